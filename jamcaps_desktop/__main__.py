@@ -1,0 +1,3 @@
+from jamcaps_desktop.cli.main import main
+
+main()

@@ -1,0 +1,79 @@
+"""The library schema and its forward migrations.
+
+``PRAGMA user_version`` holds the schema version. Each migration moves the schema one version
+forward inside a transaction; a library written by a newer app is refused rather than guessed at.
+
+Stable track ids are the spine of the design: a moved or renamed file keeps its row, so everything
+later stages attach to a track (analyses, embeddings, captions, proposals with their confidence and
+provenance, the write journal) lives in its own table keyed by ``track_id`` with
+``ON DELETE CASCADE``, added by a migration of its own.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[str] = [
+    # 1: tracks, the tags found in them, scan runs and what each scan could not use.
+    """
+    CREATE TABLE scans (
+        id INTEGER PRIMARY KEY,
+        started_at TEXT NOT NULL,
+        finished_at TEXT,
+        roots TEXT NOT NULL,              -- JSON list of the folders scanned
+        status TEXT NOT NULL DEFAULT 'running'
+            CHECK (status IN ('running', 'completed', 'cancelled', 'interrupted', 'failed')),
+        files_seen INTEGER NOT NULL DEFAULT 0,
+        added INTEGER NOT NULL DEFAULT 0,
+        updated INTEGER NOT NULL DEFAULT 0,
+        unchanged INTEGER NOT NULL DEFAULT 0,
+        moved INTEGER NOT NULL DEFAULT 0,
+        missing INTEGER NOT NULL DEFAULT 0,
+        errors INTEGER NOT NULL DEFAULT 0,
+        ignored INTEGER NOT NULL DEFAULT 0
+    );
+
+    CREATE TABLE tracks (
+        id INTEGER PRIMARY KEY,
+        path TEXT NOT NULL UNIQUE,        -- absolute; readable form when path_bytes is set
+        path_bytes BLOB,                  -- exact name where it is not valid UTF-8
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        fingerprint TEXT,                 -- blake2b of size + sampled content, for move detection
+        container TEXT,                   -- mp3, flac, ogg, mp4, wav, aiff, asf, ape, wavpack, ...
+        codec TEXT,                       -- mp3, flac, vorbis, opus, aac, alac, pcm_s16le, wmav2, ...
+        duration REAL,                    -- seconds
+        sample_rate INTEGER,
+        channels INTEGER,
+        bitrate INTEGER,                  -- bits per second
+        bits_per_sample INTEGER,
+        tag_formats TEXT,                 -- JSON list of the tag blocks found: id3v2.4, vorbis, mp4, apev2, asf...
+        status TEXT NOT NULL CHECK (status IN ('ok', 'error', 'missing')),
+        error TEXT,                       -- plain reason when the file could not be read
+        added_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        missing_since TEXT,
+        scan_id INTEGER REFERENCES scans(id) ON DELETE SET NULL
+    );
+    CREATE INDEX tracks_fingerprint ON tracks(fingerprint);
+    CREATE INDEX tracks_status ON tracks(status);
+
+    CREATE TABLE track_tags (
+        track_id INTEGER NOT NULL REFERENCES tracks(id) ON DELETE CASCADE,
+        position INTEGER NOT NULL,        -- order in which the values were found
+        field TEXT,                       -- canonical field, NULL for a key the app does not map
+        raw_key TEXT NOT NULL,            -- the key as stored in the file (ID3 frame id, Vorbis key...)
+        value TEXT NOT NULL,
+        PRIMARY KEY (track_id, position)
+    );
+    CREATE INDEX track_tags_field ON track_tags(field, track_id);
+
+    CREATE TABLE scan_issues (
+        scan_id INTEGER NOT NULL REFERENCES scans(id) ON DELETE CASCADE,
+        path TEXT NOT NULL,
+        kind TEXT NOT NULL,               -- ignored (not audio), unreadable-folder, loop...
+        reason TEXT NOT NULL
+    );
+    CREATE INDEX scan_issues_scan ON scan_issues(scan_id);
+    """,
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
