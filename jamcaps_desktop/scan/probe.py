@@ -8,6 +8,7 @@ opens the stream and gives its own. A file neither can make sense of is an error
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from dataclasses import dataclass
@@ -311,10 +312,8 @@ def check_complete(path: str, info: StreamInfo) -> None:
         if base is None:
             return
         if info.duration > 2 * _TAIL_SECONDS:
-            try:
+            with contextlib.suppress(av.error.FFmpegError, OverflowError):
                 handle.seek(int((info.duration - _TAIL_SECONDS) / base), stream=stream, backward=True)
-            except (av.error.FFmpegError, OverflowError):
-                pass
         end = 0.0
         try:
             for count, packet in enumerate(handle.demux(stream)):

@@ -278,7 +278,7 @@ def _read_block(tags: object, values: list[TagValue], formats: list[str]) -> Non
     if tags is None:
         return
     if isinstance(tags, mutagen.id3.ID3):
-        formats.append("id3v2.%d" % tags.version[1])
+        formats.append(f"id3v2.{tags.version[1]}")
         values.extend(read_id3(tags))
     elif isinstance(tags, mutagen.mp4.MP4Tags):
         formats.append("mp4")

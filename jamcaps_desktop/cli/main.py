@@ -1,0 +1,273 @@
+"""The ``jamcaps`` command line: a thin face over the core jobs and library queries."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from jamcaps_desktop import __version__
+from jamcaps_desktop.jobs.base import CancelToken
+from jamcaps_desktop.library import Library, LibraryError
+from jamcaps_desktop.library.queries import (
+    TrackFilter,
+    UnknownFieldError,
+    canonical_tags,
+    find_track,
+    library_stats,
+    list_tracks,
+    track_tags,
+)
+from jamcaps_desktop.paths import LIBRARY_ENV, resolve_library_path
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False)
+
+
+class Context:
+    def __init__(self, library_path: str | None) -> None:
+        self.library_path = resolve_library_path(library_path)
+        self._library: Library | None = None
+
+    def library(self) -> Library:
+        if self._library is None:
+            try:
+                self._library = Library(self.library_path)
+            except LibraryError as exc:
+                raise click.ClickException(str(exc)) from exc
+        return self._library
+
+    def close(self) -> None:
+        if self._library is not None:
+            self._library.close()
+
+
+def _emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = float(seconds)
+    hours, rest = divmod(round(seconds), 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def _size(num: int) -> str:
+    value = float(num)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1024 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TB"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--library", "library_path", metavar="PATH", envvar=LIBRARY_ENV,
+              help=f"Library file (default: ${LIBRARY_ENV}, else the user data folder).")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.version_option(__version__, prog_name="jamcaps")
+@click.pass_context
+def cli(ctx: click.Context, library_path: str | None, verbose: int) -> None:
+    """jamcaps: an offline tagger for music collections."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    ctx.obj = Context(library_path)
+    ctx.call_on_close(ctx.obj.close)
+
+
+# -- scan --------------------------------------------------------------------------------------
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, file_okay=True, dir_okay=True))
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--workers", type=click.IntRange(1, 64), default=None,
+              help="Processes reading files in parallel (default: up to 4).")
+@click.option("--list-ignored", is_flag=True, help="List every non-audio file that was skipped.")
+@click.pass_obj
+def scan(obj: Context, paths: tuple[str, ...], as_json: bool, workers: int | None, list_ignored: bool) -> None:
+    """Scan folders (or files) into the library: new, changed, moved and missing files."""
+    from jamcaps_desktop.cli.progress import TerminalProgress, ctrl_c_cancels
+    from jamcaps_desktop.scan.scanner import scan as run_scan
+
+    library = obj.library()
+    token = CancelToken()
+    show_bar = not as_json and err.is_terminal
+    with TerminalProgress(err, enabled=show_bar) as bar, ctrl_c_cancels(token, err):
+        summary = run_scan(library, paths, progress=bar, cancel=token, workers=workers)
+    if as_json:
+        data = summary.to_dict()
+        data["library_summary"] = library_stats(library)
+        _emit_json(data)
+        return
+    verb = "Scanned" if summary.status == "completed" else "[yellow]Cancelled[/] after"
+    out.print(f"{verb} {summary.files_seen} audio files in {summary.elapsed_s:.1f} s: "
+              f"{summary.added} added, {summary.updated} updated, {summary.unchanged} unchanged, "
+              f"{summary.moved} moved, {summary.missing} now missing.")
+    if summary.status != "completed":
+        out.print("[yellow]The scan was cancelled: what was read is saved; nothing was marked missing. "
+                  "Run the same scan again to finish it.")
+    if summary.errors:
+        out.print(f"[red]{len(summary.errors)} file(s) cannot be used:")
+        for item in summary.errors:
+            out.print(f"  {item['path']}\n    [dim]{item['reason']}")
+    for item in summary.issues:
+        out.print(f"[yellow]skipped[/] {item['path']}: {item['reason']}")
+    if summary.ignored:
+        if list_ignored:
+            out.print(f"{len(summary.ignored)} non-audio file(s) ignored:")
+            for item in summary.ignored:
+                out.print(f"  {item['path']} [dim]({item['reason']})")
+        else:
+            out.print(f"[dim]{len(summary.ignored)} non-audio file(s) ignored (--list-ignored lists them).")
+    out.print()
+    _print_stats(library_stats(library))
+
+
+# -- ls ----------------------------------------------------------------------------------------
+@cli.command(name="ls")
+@click.option("--missing", "missing", multiple=True, metavar="FIELD", help="Only tracks lacking FIELD (repeatable).")
+@click.option("--format", "formats", multiple=True, metavar="FMT",
+              help="Only this container or codec: mp3, flac, ogg, opus, m4a, alac, wav, wma, ... (repeatable).")
+@click.option("--errors", is_flag=True, help="Only files that could not be read, with the reason.")
+@click.option("--missing-files", is_flag=True, help="Only tracks whose file is gone.")
+@click.option("--under", type=click.Path(file_okay=False), help="Only tracks inside this folder.")
+@click.option("--limit", type=click.IntRange(1), help="At most this many rows.")
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
+@click.pass_obj
+def ls_command(obj: Context, missing: tuple[str, ...], formats: tuple[str, ...], errors: bool, missing_files: bool,
+               under: str | None, limit: int | None, as_json: bool) -> None:
+    """List tracks in the library."""
+    statuses = (["error"] if errors else []) + (["missing"] if missing_files else [])
+    flt = TrackFilter(missing=list(missing), formats=list(formats), statuses=statuses, under=under, limit=limit)
+    try:
+        rows = list_tracks(obj.library(), flt)
+    except UnknownFieldError as exc:
+        raise click.UsageError(str(exc)) from exc
+    if as_json:
+        _emit_json(rows)
+        return
+    if not rows:
+        out.print("[dim]No tracks match.")
+        return
+    headers = ["ID", "Format", "Length", "Artist", "Title", "Genre", "Path"] + (["Problem"] if errors else [])
+    lines = []
+    for row in rows:
+        fmt = row["container"] or "?"
+        if row["codec"] and row["codec"] != row["container"]:
+            fmt += f"/{row['codec']}"
+        cells = [str(row["id"]), fmt, _duration(row["duration"]), row["artist"] or "", row["title"] or "",
+                 ", ".join(row["genre"]), row["path"]]
+        if errors:
+            cells.append(row["error"] or "")
+        lines.append((cells, row["status"]))
+    if not out.is_terminal:  # piped: one tab-separated line per track, easy to cut and grep
+        click.echo("\t".join(headers))
+        for cells, _status in lines:
+            click.echo("\t".join(c.replace("\t", " ") for c in cells))
+        return
+    table = Table(show_edge=False, header_style="bold")
+    for name in headers:
+        table.add_column(name, justify="right" if name in ("ID", "Length") else "left",
+                         overflow="fold" if name in ("Path", "Problem") else "ellipsis")
+    for cells, status in lines:
+        style = "red" if status == "error" else ("dim" if status == "missing" else None)
+        table.add_row(*cells, style=style)
+    out.print(table)
+    out.print(f"[dim]{len(rows)} track(s)")
+
+
+# -- show --------------------------------------------------------------------------------------
+@cli.command()
+@click.argument("track")
+@click.option("--json", "as_json", is_flag=True, help="Print the track as JSON.")
+@click.option("--raw", is_flag=True, help="Also list every raw tag as stored in the file.")
+@click.pass_obj
+def show(obj: Context, track: str, as_json: bool, raw: bool) -> None:
+    """Show one track (by id or path): file facts and its tags."""
+    library = obj.library()
+    row = find_track(library, track)
+    if row is None:
+        raise click.ClickException(f"no track {track!r} in the library {library.path}")
+    tags = track_tags(library, row["id"])
+    fields = canonical_tags(tags)
+    if as_json:
+        _emit_json({**row, "tags": fields, "raw_tags": tags})
+        return
+    out.print(f"[bold]{row['path']}")
+    facts = [
+        ("Track id", str(row["id"])),
+        ("Status", row["status"] + (f" ({row['error']})" if row["error"] else "")),
+        ("Format", f"{row['container'] or '?'} / {row['codec'] or '?'}"),
+        ("Duration", _duration(row["duration"])),
+        ("Sample rate", f"{row['sample_rate']} Hz" if row["sample_rate"] else "?"),
+        ("Channels", str(row["channels"] or "?")),
+        ("Bitrate", f"{round(row['bitrate'] / 1000)} kbps" if row["bitrate"] else "?"),
+        ("Size", _size(row["size"])),
+        ("Tag blocks", ", ".join(row["tag_formats"]) or "none"),
+    ]
+    if row["missing_since"]:
+        facts.append(("Missing since", row["missing_since"]))
+    for name, value in facts:
+        out.print(f"  [dim]{name:<26}[/] {value}")
+    if fields:
+        out.print("[bold]Tags")
+        for name, values in fields.items():
+            out.print(f"  [dim]{name:<26}[/] {' ; '.join(values)}")
+    elif row["status"] == "ok":
+        out.print("[dim]No tags.")
+    unmapped = [t for t in tags if t["field"] is None]
+    if raw:
+        out.print("[bold]As stored in the file")
+        for tag in tags:
+            out.print(f"  [dim]{tag['raw_key']}[/] = {tag['value']}")
+    elif unmapped:
+        out.print(f"[dim]{len(unmapped)} other tag(s) kept as found (--raw lists them).")
+
+
+# -- stats -------------------------------------------------------------------------------------
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON.")
+@click.pass_obj
+def stats(obj: Context, as_json: bool) -> None:
+    """Summarise the library: tracks, formats, field coverage, last scan."""
+    data = library_stats(obj.library())
+    if as_json:
+        _emit_json(data)
+        return
+    _print_stats(data)
+
+
+def _print_stats(data: dict[str, Any]) -> None:
+    out.print(f"[bold]Library[/] {data['library']}")
+    out.print(f"  {data['tracks']} tracks: {data['ok']} usable, {data['errors']} with errors, "
+              f"{data['missing']} missing; {_duration(data['duration_s'])} of audio, {_size(data['size_bytes'])}")
+    if data["formats"]:
+        parts = []
+        for f in data["formats"]:
+            name = f["container"] or "?"
+            if f["codec"] and f["codec"] != f["container"]:
+                name += f"/{f['codec']}"
+            parts.append(f"{name} {f['tracks']}")
+        out.print("  Formats: " + ", ".join(parts))
+    if data["ok"]:
+        cov = ", ".join(f"{name} {c['percent']:.0f}%" for name, c in data["field_coverage"].items())
+        out.print(f"  Tracks with: {cov}")
+
+
+def main() -> None:
+    try:
+        cli(prog_name="jamcaps")
+    except KeyboardInterrupt:
+        err.print("[red]Interrupted.[/] The library is consistent; run the command again to continue.")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
