@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from audio_fixtures import FORMATS, audio_file  # noqa: E402
+
+from jamcaps_desktop.library import Library  # noqa: E402
+
+SHARED = Path(__file__).resolve().parent.parent.parent / "shared"
+
+
+@pytest.fixture
+def shared_corpus() -> Path:
+    corpus = SHARED / "corpus"
+    if not corpus.is_dir():
+        pytest.skip("../shared/corpus is not present (it is not part of the project)")
+    return corpus
+
+
+@pytest.fixture
+def library(tmp_path: Path):
+    lib = Library(tmp_path / "lib" / "library.sqlite")
+    yield lib
+    lib.close()
+
+
+@pytest.fixture(scope="session")
+def audio_templates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One encoded file per format, made once per session; tests copy them."""
+    folder = tmp_path_factory.mktemp("templates")
+    return {fmt: audio_file(folder, fmt) for fmt in FORMATS}
+
+
+@pytest.fixture
+def make_track(audio_templates: dict[str, Path]):
+    def make(directory: Path, fmt: str, name: str | None = None) -> Path:
+        directory.mkdir(parents=True, exist_ok=True)
+        source = audio_templates[fmt]
+        target = directory / (f"{name}.{FORMATS[fmt][0]}" if name else source.name)
+        shutil.copyfile(source, target)
+        return target
+
+    return make
