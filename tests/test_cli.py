@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from jamcaps_desktop.cli.main import cli
+from tagging import tag_file
+
+
+def _run(args, library):
+    runner = CliRunner()
+    return runner.invoke(cli, ["--library", str(library), *args], catch_exceptions=False)
+
+
+def test_scan_json_and_exit_status_with_bad_files(make_track, tmp_path):
+    music = tmp_path / "music"
+    good = make_track(music, "flac")
+    tag_file(good)
+    make_track(music, "mp3")
+    (music / "broken.mp3").write_bytes(b"nonsense" * 10)
+    (music / "cover.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 10)
+    lib = tmp_path / "lib.sqlite"
+    result = _run(["scan", str(music), "--json"], lib)
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["status"] == "completed"
+    assert data["added"] == 3 and data["error_count"] == 1 and data["ignored_count"] == 1
+    assert data["errors"][0]["path"].endswith("broken.mp3")
+    assert data["library_summary"]["tracks"] == 3
+
+    again = json.loads(_run(["scan", str(music), "--json"], lib).output)
+    assert again["unchanged"] == 3 and again["added"] == 0
+
+
+def test_human_scan_output_ends_with_library_summary(make_track, tmp_path):
+    music = tmp_path / "music"
+    make_track(music, "ogg")
+    result = _run(["scan", str(music)], tmp_path / "lib.sqlite")
+    assert result.exit_code == 0
+    assert "Scanned 1 audio files" in result.output
+    assert "1 tracks: 1 usable" in result.output
+
+
+def test_ls_filters(make_track, tmp_path):
+    music = tmp_path / "music"
+    tagged = make_track(music, "flac")
+    tag_file(tagged)
+    make_track(music, "mp3")
+    (music / "bad.ogg").write_bytes(b"x" * 100)
+    lib = tmp_path / "lib.sqlite"
+    _run(["scan", str(music)], lib)
+
+    rows = json.loads(_run(["ls", "--json", "--missing", "genre"], lib).output)
+    assert [r["path"].rsplit("/", 1)[1] for r in rows] == ["mp3.mp3"]
+    rows = json.loads(_run(["ls", "--json", "--format", "flac"], lib).output)
+    assert [r["genre"] for r in rows] == [["Rock", "Pop"]]
+    rows = json.loads(_run(["ls", "--json", "--errors"], lib).output)
+    assert len(rows) == 1 and rows[0]["status"] == "error" and rows[0]["error"]
+    plain = _run(["ls"], lib).output.splitlines()
+    assert plain[0].split("\t")[:3] == ["ID", "Format", "Length"] and len(plain) == 4
+
+
+def test_show_and_stats(make_track, tmp_path):
+    music = tmp_path / "music"
+    path = make_track(music, "m4a")
+    tag_file(path)
+    lib = tmp_path / "lib.sqlite"
+    _run(["scan", str(music)], lib)
+    data = json.loads(_run(["show", str(path), "--json"], lib).output)
+    assert data["container"] == "mp4" and data["codec"] == "aac"
+    assert data["tags"]["mood"] == ["Happy"] and data["tags"]["key"] == ["Am"]
+    text = _run(["show", str(data["id"])], lib).output
+    assert "instruments" in text and "piano ; drums" in text
+    stats = json.loads(_run(["stats", "--json"], lib).output)
+    assert stats["ok"] == 1 and stats["field_coverage"]["genre"]["percent"] == 100.0
+
+
+def test_usage_errors_exit_non_zero(tmp_path):
+    lib = tmp_path / "lib.sqlite"
+    assert _run(["scan", str(tmp_path / "does-not-exist")], lib).exit_code == 2
+    assert _run(["ls", "--missing", "colour"], lib).exit_code == 2
+    assert _run(["show", "12345"], lib).exit_code == 1
+
+
+def test_library_error_exits_non_zero(tmp_path):
+    bad = tmp_path / "lib.sqlite"
+    bad.write_text("not a database" * 100)
+    result = _run(["stats"], bad)
+    assert result.exit_code == 1 and "library" in result.output
+
+
+def test_environment_variable_selects_the_library(make_track, tmp_path, monkeypatch):
+    music = tmp_path / "music"
+    make_track(music, "wav")
+    monkeypatch.setenv("JAMCAPS_LIBRARY", str(tmp_path / "env.sqlite"))
+    result = CliRunner().invoke(cli, ["scan", str(music), "--json"])
+    assert result.exit_code == 0
+    assert (tmp_path / "env.sqlite").exists()
