@@ -9,9 +9,9 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from audio_fixtures import FORMATS, audio_file  # noqa: E402
+from audio_fixtures import FORMATS, audio_file
 
-from jamcaps_desktop.library import Library  # noqa: E402
+from jamcaps_desktop.library import Library
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared"
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 import json
 
 from click.testing import CliRunner
+from tagging import tag_file
 
 from jamcaps_desktop.cli.main import cli
-from tagging import tag_file
 
 
 def _run(args, library):

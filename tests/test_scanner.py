@@ -5,14 +5,14 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from audio_fixtures import EXPECTED_CODEC, EXPECTED_CONTAINER, FORMATS
+from tagging import tag_file
+
 from jamcaps_desktop.jobs.base import CancelToken, Progress
 from jamcaps_desktop.library import Library
 from jamcaps_desktop.library.queries import canonical_tags, find_track, track_tags
 from jamcaps_desktop.scan import scanner as scanner_module
 from jamcaps_desktop.scan.scanner import scan
-from tagging import tag_file
 
 
 def _rows(library: Library) -> dict[str, dict]:

@@ -5,15 +5,15 @@ from pathlib import Path
 
 import mutagen
 import pytest
+from audio_fixtures import FORMATS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mutagen.id3 import ID3, TCON, TXXX
+from tagging import EXPECTED, tag_file, tag_id3
 
-from audio_fixtures import FORMATS
 from jamcaps_desktop.library.queries import canonical_tags
 from jamcaps_desktop.scan.reader import read_file
 from jamcaps_desktop.tags.read import read_tags
-from tagging import EXPECTED, tag_file, tag_id3
 
 
 def _read(path: Path):
