@@ -8,18 +8,18 @@ from pathlib import Path
 import av
 import numpy as np
 
-# name → (file extension, PyAV container format, codec, sample format, encoder options)
-FORMATS: dict[str, tuple[str, str, str, str, dict[str, str]]] = {
-    "mp3": ("mp3", "mp3", "libmp3lame", "fltp", {}),
-    "flac": ("flac", "flac", "flac", "s16", {}),
-    "ogg": ("ogg", "ogg", "vorbis", "fltp", {"strict": "experimental"}),
-    "opus": ("opus", "ogg", "libopus", "s16", {}),
-    "m4a": ("m4a", "ipod", "aac", "fltp", {}),
-    "alac": ("m4a", "ipod", "alac", "s16p", {}),
-    "wav": ("wav", "wav", "pcm_s16le", "s16", {}),
-    "aiff": ("aiff", "aiff", "pcm_s16be", "s16", {}),
-    "wma": ("wma", "asf", "wmav2", "fltp", {}),
-    "wv": ("wv", "wv", "wavpack", "s16p", {}),
+# name → (file extension, PyAV container format, codec, encoder options)
+FORMATS: dict[str, tuple[str, str, str, dict[str, str]]] = {
+    "mp3": ("mp3", "mp3", "libmp3lame", {}),
+    "flac": ("flac", "flac", "flac", {}),
+    "ogg": ("ogg", "ogg", "vorbis", {"strict": "experimental"}),
+    "opus": ("opus", "ogg", "libopus", {}),
+    "m4a": ("m4a", "ipod", "aac", {}),
+    "alac": ("m4a", "ipod", "alac", {}),
+    "wav": ("wav", "wav", "pcm_s16le", {}),
+    "aiff": ("aiff", "aiff", "pcm_s16be", {}),
+    "wma": ("wma", "asf", "wmav2", {}),
+    "wv": ("wv", "wv", "wavpack", {}),
 }
 
 EXPECTED_CONTAINER = {"mp3": "mp3", "flac": "flac", "ogg": "ogg", "opus": "ogg", "m4a": "mp4", "alac": "mp4",
@@ -30,7 +30,7 @@ EXPECTED_CODEC = {"mp3": "mp3", "flac": "flac", "ogg": "vorbis", "opus": "opus",
 
 def make_audio(path: Path, fmt: str, seconds: float = 1.0, freq: float = 440.0, rate: int = 44100) -> Path:
     """Encode ``seconds`` of a sine tone into ``path`` in format ``fmt`` (a key of FORMATS)."""
-    _ext, container, codec, sample_fmt, options = FORMATS[fmt]
+    _ext, container, codec, options = FORMATS[fmt]
     if codec == "libopus":
         rate = 48000
     t = np.arange(int(seconds * rate)) / rate

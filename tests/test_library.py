@@ -37,7 +37,7 @@ def test_library_from_a_newer_app_is_refused(tmp_path):
 def test_a_file_that_is_not_a_database_gives_a_clear_error(tmp_path):
     path = tmp_path / "lib.sqlite"
     path.write_bytes(b"this is not sqlite" * 100)
-    with pytest.raises(LibraryError, match="not a jamcaps library|cannot open"):
+    with pytest.raises(LibraryError, match=r"not a jamcaps library|cannot open"):
         Library(path)
 
 

@@ -17,7 +17,8 @@ from jamcaps_desktop.scan.scanner import scan
 
 def _rows(library: Library) -> dict[str, dict]:
     cols = ("id", "path", "status", "error", "container", "codec", "duration", "sample_rate", "channels")
-    return {r[1]: dict(zip(cols, r, strict=True)) for r in library.conn.execute(f"SELECT {', '.join(cols)} FROM tracks")}
+    rows = library.conn.execute(f"SELECT {', '.join(cols)} FROM tracks")
+    return {r[1]: dict(zip(cols, r, strict=True)) for r in rows}
 
 
 def test_first_scan_records_every_format(library, make_track, tmp_path):
