@@ -21,6 +21,7 @@ BROKEN = {
     "test.ofr": "cannot be decoded",  # OptimFROG: no decoder
     "test.ofs": "cannot be decoded",
     "test-dst.dff": "cannot be read",  # DST-compressed DSDIFF with no usable stream
+    "emptylist.mp3": "truncated",     # 8 KB whose LAME header promises 3:37 of audio
 }
 
 

@@ -269,3 +269,22 @@ def test_single_file_root(library, make_track, tmp_path):
     summary = scan(library, [path])
     assert summary.added == 1
     assert find_track(library, str(path))["container"] == "wavpack"
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+@pytest.mark.parametrize("keep", [0.5, 0.9])
+def test_truncated_files_are_errors_in_every_format(fmt, keep, tmp_path):
+    from audio_fixtures import make_audio
+
+    from jamcaps_desktop.scan.reader import read_file
+
+    whole = make_audio(tmp_path / f"whole.{FORMATS[fmt][0]}", fmt, seconds=6.0)
+    data = whole.read_bytes()
+    cut = tmp_path / f"cut.{FORMATS[fmt][0]}"
+    cut.write_bytes(data[: int(len(data) * keep)])
+    for path, expect_ok in ((whole, True), (cut, False)):
+        st = os.stat(path)
+        record = read_file(str(path), st.st_size, st.st_mtime_ns, expect_audio=True)
+        assert (record.status == "ok") is expect_ok, (fmt, keep, path.name, record.error)
+        if not expect_ok:
+            assert "truncated" in record.error or "damaged" in record.error, record.error

@@ -277,9 +277,11 @@ def _merge(header: StreamInfo, probed: StreamInfo) -> StreamInfo:
     )
 
 
-# Formats whose header states the number of samples: a file cut short still claims the full
-# length, so the end of the stream is checked against that claim.
-COMPLETENESS_CHECKED = {"flac", "wavpack", "mp4", "aiff", "wav", "dsf", "dff", "tak", "tta", "musepack"}
+# Formats whose header states the length (a sample or frame count, a play duration, a chunk size):
+# a file cut short still claims the full length, so the end of the stream is checked against it.
+COMPLETENESS_CHECKED = {
+    "flac", "wavpack", "mp4", "aiff", "wav", "dsf", "dff", "tak", "tta", "musepack", "mp3", "asf", "ape",
+}
 _TAIL_SECONDS = 1.5
 _MAX_TAIL_PACKETS = 4000
 
@@ -296,6 +298,9 @@ def check_complete(path: str, info: StreamInfo) -> None:
     packets. Where FFmpeg cannot open the file at all the check is skipped: mutagen understood it,
     and decoding problems are reported when the track is analysed.
     """
+    if info.container == "ogg":
+        _check_ogg_end(path)
+        return
     if info.container not in COMPLETENESS_CHECKED or info.source != "header" or not info.duration:
         return
     import av
@@ -332,3 +337,39 @@ def check_complete(path: str, info: StreamInfo) -> None:
                              "but no audio data could be read")
         raise ProbeError(f"truncated: the header promises {_format_time(info.duration)} of audio "
                          f"but the file ends at {_format_time(end)}")
+
+
+_OGG_EOS = 0x04
+_OGG_TAIL = 128 * 1024
+
+
+def _check_ogg_end(path: str) -> None:
+    """An Ogg file ends with a whole page flagged end-of-stream; a cut one does not.
+
+    Ogg has no header that states the length, so a cut file just looks shorter: this is the only
+    sign of it.
+    """
+    with open(path, "rb") as handle:
+        handle.seek(0, 2)
+        size = handle.tell()
+        start = max(0, size - _OGG_TAIL)
+        handle.seek(start)
+        tail = handle.read()
+    position = tail.rfind(b"OggS")
+    while position >= 0:
+        header = tail[position:position + 27]
+        if len(header) == 27 and header[4] == 0:
+            segments = header[26]
+            lacing = tail[position + 27:position + 27 + segments]
+            end = position + 27 + segments + sum(lacing)
+            if len(lacing) == segments and end <= len(tail):
+                # Whatever follows the last whole page may be an appended tag, but not the start of
+                # another page: that one was cut off.
+                if tail[end:end + 4] == b"OggS":
+                    raise ProbeError("truncated: the last Ogg page is cut off")
+                if not header[5] & _OGG_EOS:
+                    raise ProbeError("truncated: the Ogg stream stops without its end-of-stream page")
+                return
+        position = tail.rfind(b"OggS", 0, position)
+    if size <= _OGG_TAIL:
+        raise ProbeError("truncated: no complete Ogg page")
