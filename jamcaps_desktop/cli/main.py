@@ -105,6 +105,8 @@ def scan(obj: Context, paths: tuple[str, ...], as_json: bool, workers: int | Non
         data = summary.to_dict()
         data["library_summary"] = library_stats(library)
         _emit_json(data)
+        if summary.status != "completed":
+            sys.exit(130)
         return
     verb = "Scanned" if summary.status == "completed" else "[yellow]Cancelled[/] after"
     out.print(f"{verb} {summary.files_seen} audio files in {summary.elapsed_s:.1f} s: "
@@ -128,6 +130,8 @@ def scan(obj: Context, paths: tuple[str, ...], as_json: bool, workers: int | Non
             out.print(f"[dim]{len(summary.ignored)} non-audio file(s) ignored (--list-ignored lists them).")
     out.print()
     _print_stats(library_stats(library))
+    if summary.status != "completed":
+        sys.exit(130)  # like any command stopped with Ctrl-C
 
 
 # -- ls ----------------------------------------------------------------------------------------
@@ -263,8 +267,13 @@ def _print_stats(data: dict[str, Any]) -> None:
 
 def main() -> None:
     try:
-        cli(prog_name="jamcaps")
-    except KeyboardInterrupt:
+        cli.main(prog_name="jamcaps", standalone_mode=False)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (KeyboardInterrupt, click.Abort):
         err.print("[red]Interrupted.[/] The library is consistent; run the command again to continue.")
         sys.exit(130)
 

@@ -145,16 +145,20 @@ def _read_and_store(library: Library, to_read: list[FoundFile], known: dict[str,
     pending: list[FileRecord] = []
     last_commit = time.monotonic()
     done = 0
-    for record in _records(to_read, cancel, workers):
-        pending.append(record)
-        done += 1
-        progress(Progress("read", done, total, current=record.path))
-        if len(pending) >= COMMIT_EVERY_FILES or time.monotonic() - last_commit > COMMIT_EVERY_SECONDS:
-            _store(library, pending, known, seen_paths, summary, moved_ids)
-            pending.clear()
-            last_commit = time.monotonic()
-        if cancel.cancelled:
-            break
+    records = _records(to_read, cancel, workers)
+    try:
+        for record in records:
+            pending.append(record)
+            done += 1
+            progress(Progress("read", done, total, current=record.path))
+            if len(pending) >= COMMIT_EVERY_FILES or time.monotonic() - last_commit > COMMIT_EVERY_SECONDS:
+                _store(library, pending, known, seen_paths, summary, moved_ids)
+                pending.clear()
+                last_commit = time.monotonic()
+            if cancel.cancelled:
+                break
+    finally:
+        records.close()  # stop the worker pool here, not whenever the generator is collected
     if pending:
         _store(library, pending, known, seen_paths, summary, moved_ids)
     return done == total
