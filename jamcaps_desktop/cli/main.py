@@ -109,7 +109,8 @@ def scan(obj: Context, paths: tuple[str, ...], as_json: bool, workers: int | Non
             sys.exit(130)
         return
     verb = "Scanned" if summary.status == "completed" else "[yellow]Cancelled[/] after"
-    out.print(f"{verb} {summary.files_seen} audio files in {summary.elapsed_s:.1f} s: "
+    elapsed = f"{summary.elapsed_s:.2f}" if summary.elapsed_s < 10 else f"{summary.elapsed_s:.0f}"
+    out.print(f"{verb} {summary.files_seen} audio files in {elapsed} s: "
               f"{summary.added} added, {summary.updated} updated, {summary.unchanged} unchanged, "
               f"{summary.moved} moved, {summary.missing} now missing.")
     if summary.status != "completed":

@@ -24,3 +24,8 @@ def db_path_to_fs(path: str, path_bytes: bytes | None) -> str:
     if path_bytes is not None:
         return os.fsdecode(path_bytes)
     return path
+
+
+def display_path(path: str) -> str:
+    """The path as the library shows it (exact for UTF-8 names, ``\\xNN`` for other bytes)."""
+    return fs_path_to_db(path)[0]

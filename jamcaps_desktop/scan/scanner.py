@@ -26,7 +26,7 @@ from typing import Any
 
 from jamcaps_desktop.jobs.base import CancelToken, Progress, ProgressCallback, no_progress
 from jamcaps_desktop.library.database import Library, utc_now
-from jamcaps_desktop.library.paths import db_path_to_fs, fs_path_to_db
+from jamcaps_desktop.library.paths import db_path_to_fs, display_path, fs_path_to_db
 from jamcaps_desktop.scan.reader import FileRecord, read_file
 from jamcaps_desktop.scan.walker import FoundFile, walk
 
@@ -84,7 +84,7 @@ def scan(library: Library, roots: Iterable[str | os.PathLike[str]], *,
         root_list.append(absolute)
     started = time.monotonic()
     scan_id = _start_scan_row(library, root_list)
-    summary = ScanSummary(scan_id=scan_id, status="running", roots=root_list)
+    summary = ScanSummary(scan_id=scan_id, status="running", roots=[display_path(r) for r in root_list])
     try:
         _run(library, root_list, summary, progress, cancel, workers)
     except BaseException:
@@ -101,7 +101,7 @@ def _run(library: Library, roots: list[str], summary: ScanSummary, progress: Pro
     progress(Progress("walk", 0, None, message="looking for files"))
     walked = walk(roots, on_file=lambda n: progress(Progress("walk", n, None)) if n % 500 == 0 else None,
                   should_stop=lambda: cancel.cancelled)
-    summary.issues = [{"path": i.path, "kind": i.kind, "reason": i.reason} for i in walked.issues]
+    summary.issues = [{"path": display_path(i.path), "kind": i.kind, "reason": i.reason} for i in walked.issues]
     if cancel.cancelled:
         summary.status = "cancelled"
         return
@@ -113,7 +113,7 @@ def _run(library: Library, roots: list[str], summary: ScanSummary, progress: Pro
         db_path, _ = fs_path_to_db(found.path)
         seen_paths.add(db_path)
         if found.kind == "ignored":
-            summary.ignored.append({"path": found.path, "reason": found.reason or "not audio"})
+            summary.ignored.append({"path": db_path, "reason": found.reason or "not audio"})
             continue
         row = known.get(db_path)
         if row is not None and row.size == found.size and row.mtime_ns == found.mtime_ns \
@@ -121,7 +121,7 @@ def _run(library: Library, roots: list[str], summary: ScanSummary, progress: Pro
             summary.unchanged += 1
             summary.files_seen += 1
             if row.status == "error":
-                summary.errors.append({"path": found.path, "reason": row.error or "unreadable"})
+                summary.errors.append({"path": db_path, "reason": row.error or "unreadable"})
             continue
         to_read.append(found)
 
@@ -270,11 +270,11 @@ def _store(library: Library, records: list[FileRecord], known: dict[str, _Known]
     with library.transaction() as conn:
         for record in records:
             if record.status == "ignored":
-                summary.ignored.append({"path": record.path, "reason": record.error or "not audio"})
+                summary.ignored.append({"path": display_path(record.path), "reason": record.error or "not audio"})
                 continue
             summary.files_seen += 1
             if record.status == "error":
-                summary.errors.append({"path": record.path, "reason": record.error or "unreadable"})
+                summary.errors.append({"path": display_path(record.path), "reason": record.error or "unreadable"})
             values = _track_values(record, summary.scan_id, now)
             row = known.get(values["path"])
             if row is not None:
@@ -327,13 +327,13 @@ def _start_scan_row(library: Library, roots: list[str]) -> int:
     with library.transaction() as conn:
         conn.execute("UPDATE scans SET status = 'interrupted' WHERE status = 'running'")
         cursor = conn.execute("INSERT INTO scans (started_at, roots, status) VALUES (?, ?, 'running')",
-                              (utc_now(), json.dumps([fs_path_to_db(r)[0] for r in roots])))
+                              (utc_now(), json.dumps([display_path(r) for r in roots])))
         return int(cursor.lastrowid)  # type: ignore[arg-type]
 
 
 def _finish_scan_row(library: Library, summary: ScanSummary) -> None:
-    issues = [(summary.scan_id, fs_path_to_db(i["path"])[0], i["kind"], i["reason"]) for i in summary.issues]
-    issues += [(summary.scan_id, fs_path_to_db(i["path"])[0], "ignored", i["reason"]) for i in summary.ignored]
+    issues = [(summary.scan_id, i["path"], i["kind"], i["reason"]) for i in summary.issues]
+    issues += [(summary.scan_id, i["path"], "ignored", i["reason"]) for i in summary.ignored]
     with library.transaction() as conn:
         conn.execute(
             "UPDATE scans SET finished_at = ?, status = ?, files_seen = ?, added = ?, updated = ?, "
