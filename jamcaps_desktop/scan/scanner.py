@@ -101,6 +101,7 @@ def _run(library: Library, roots: list[str], summary: ScanSummary, progress: Pro
     progress(Progress("walk", 0, None, message="looking for files"))
     walked = walk(roots, on_file=lambda n: progress(Progress("walk", n, None)) if n % 500 == 0 else None,
                   should_stop=lambda: cancel.cancelled)
+    progress(Progress("walk", len(walked.files), len(walked.files), message="done"))
     summary.issues = [{"path": display_path(i.path), "kind": i.kind, "reason": i.reason} for i in walked.issues]
     if cancel.cancelled:
         summary.status = "cancelled"
