@@ -66,3 +66,35 @@ def test_library_location_precedence(tmp_path, monkeypatch):
     monkeypatch.setenv(LIBRARY_ENV, str(tmp_path / "env.sqlite"))
     assert resolve_library_path(None) == tmp_path / "env.sqlite"
     assert resolve_library_path(tmp_path / "flag.sqlite") == tmp_path / "flag.sqlite"
+
+
+def test_a_new_migration_upgrades_an_existing_library_and_keeps_its_data(tmp_path, monkeypatch):
+    from jamcaps_desktop.library import database, schema
+
+    path = tmp_path / "lib.sqlite"
+    with Library(path) as lib, lib.transaction() as conn:
+        conn.execute("INSERT INTO tracks (path, size, mtime_ns, status, added_at, updated_at) "
+                     "VALUES ('/a.flac', 1, 1, 'ok', 'x', 'x')")
+    extra = "CREATE TABLE analyses (track_id INTEGER NOT NULL REFERENCES tracks(id) ON DELETE CASCADE, model TEXT);"
+    monkeypatch.setattr(database, "MIGRATIONS", [*schema.MIGRATIONS, extra])
+    monkeypatch.setattr(database, "SCHEMA_VERSION", schema.SCHEMA_VERSION + 1)
+    with Library(path) as lib:
+        assert lib.schema_version == schema.SCHEMA_VERSION + 1
+        assert "analyses" in lib.db.table_names()
+        assert lib.conn.execute("SELECT path FROM tracks").fetchall() == [("/a.flac",)]
+
+
+def test_a_failing_migration_leaves_the_library_at_its_old_version(tmp_path, monkeypatch):
+    from jamcaps_desktop.library import database, schema
+
+    path = tmp_path / "lib.sqlite"
+    Library(path).close()
+    broken = "CREATE TABLE ok_part (x INTEGER);\nTHIS IS NOT SQL;"
+    monkeypatch.setattr(database, "MIGRATIONS", [*schema.MIGRATIONS, broken])
+    monkeypatch.setattr(database, "SCHEMA_VERSION", schema.SCHEMA_VERSION + 1)
+    with pytest.raises(LibraryError, match="cannot upgrade"):
+        Library(path)
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION
+    assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'ok_part'").fetchall() == []
+    conn.close()
