@@ -288,3 +288,18 @@ def test_truncated_files_are_errors_in_every_format(fmt, keep, tmp_path):
         assert (record.status == "ok") is expect_ok, (fmt, keep, path.name, record.error)
         if not expect_ok:
             assert "truncated" in record.error or "damaged" in record.error, record.error
+
+
+def test_a_track_whose_file_stops_being_audio_becomes_an_error(library, make_track, tmp_path):
+    music = tmp_path / "music"
+    source = make_track(tmp_path / "src", "mp3")
+    path = music / "no_extension"
+    music.mkdir()
+    shutil.copyfile(source, path)
+    scan(library, [music])
+    assert find_track(library, str(path))["status"] == "ok"
+    path.write_text("now a text file\n")
+    summary = scan(library, [music])
+    row = find_track(library, str(path))
+    assert row["status"] == "error" and "text file" in row["error"]
+    assert summary.updated == 1 and not summary.ignored

@@ -271,8 +271,10 @@ def _store(library: Library, records: list[FileRecord], known: dict[str, _Known]
     with library.transaction() as conn:
         for record in records:
             if record.status == "ignored":
-                summary.ignored.append({"path": display_path(record.path), "reason": record.error or "not audio"})
-                continue
+                if display_path(record.path) not in known:
+                    summary.ignored.append({"path": display_path(record.path), "reason": record.error or "not audio"})
+                    continue
+                record.status = "error"  # a track whose file is no longer audio: say so, keep the row
             summary.files_seen += 1
             if record.status == "error":
                 summary.errors.append({"path": display_path(record.path), "reason": record.error or "unreadable"})
