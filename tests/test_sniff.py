@@ -60,3 +60,18 @@ def test_long_id3_tag_before_flac_is_skipped():
     size = bytes([(tag_size >> 21) & 0x7F, (tag_size >> 14) & 0x7F, (tag_size >> 7) & 0x7F, tag_size & 0x7F])
     data = b"ID3\x03\x00\x00" + size + b"\x00" * tag_size + b"fLaC" + b"\x00" * 64
     assert sniff_file(io.BytesIO(data)).container == "flac"
+
+
+def test_utf16_text_is_not_mistaken_for_mpeg_audio():
+    text = "\ufeffExact Audio Copy V1.0 log file\r\n".encode("utf-16-le") * 40
+    assert text[:2] == b"\xff\xfe"
+    assert sniff_bytes(text).container is None
+
+
+def test_mpeg_frames_are_confirmed_by_the_next_header(make_track, tmp_path):
+    data = make_track(tmp_path, "mp3").read_bytes()
+    from jamcaps_desktop.scan.sniff import id3v2_size
+
+    audio = data[id3v2_size(data):]
+    assert sniff_bytes(audio[:4096]).container == "mp3"
+    assert sniff_bytes(b"junk!" * 10 + audio[:4096]).container is None  # no ID3 tag: must start with a frame

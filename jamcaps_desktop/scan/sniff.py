@@ -62,32 +62,75 @@ def id3v2_size(head: bytes) -> int:
     return 10 + size + footer
 
 
-def _mpeg_audio(head: bytes) -> Sniffed | None:
-    """An MPEG audio frame header (layer I/II/III) or an ADTS AAC header at the start of ``head``."""
+_MPEG_BITRATES = {
+    (1, 1): (0, 32, 64, 96, 128, 160, 192, 224, 256, 288, 320, 352, 384, 416, 448),
+    (1, 2): (0, 32, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384),
+    (1, 3): (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320),
+    (2, 1): (0, 32, 48, 56, 64, 80, 96, 112, 128, 144, 160, 176, 192, 224, 256),
+    (2, 2): (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
+    (2, 3): (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
+}
+_MPEG_RATES = {3: (44100, 48000, 32000), 2: (22050, 24000, 16000), 0: (11025, 12000, 8000)}
+
+
+def _mpeg_frame(head: bytes) -> tuple[Sniffed, int | None] | None:
+    """Parse an MPEG audio (layer I/II/III) or ADTS AAC frame header: (kind, frame length or None)."""
     if len(head) < 4 or head[0] != 0xFF or (head[1] & 0xE0) != 0xE0:
         return None
-    version = (head[1] >> 3) & 0x3
-    layer = (head[1] >> 1) & 0x3
-    if layer == 0:
-        # ADTS: sync 0xFFF, layer bits 00
-        if (head[1] & 0xF0) == 0xF0 and ((head[2] >> 2) & 0xF) < len(_ADTS_SAMPLE_RATES):
-            return Sniffed("aac", "aac")
-        return None
-    if version == 1:  # reserved
+    version_bits = (head[1] >> 3) & 0x3
+    layer_bits = (head[1] >> 1) & 0x3
+    if layer_bits == 0:
+        # ADTS: sync 0xFFF, layer bits 00; the frame length is in the header
+        if (head[1] & 0xF0) != 0xF0 or ((head[2] >> 2) & 0xF) >= len(_ADTS_SAMPLE_RATES) or len(head) < 6:
+            return None
+        length = ((head[3] & 0x3) << 11) | (head[4] << 3) | (head[5] >> 5)
+        return (Sniffed("aac", "aac"), length) if length >= 7 else None
+    if version_bits == 1:  # reserved
         return None
     bitrate_index = head[2] >> 4
-    sample_rate_index = (head[2] >> 2) & 0x3
-    if bitrate_index == 0xF or sample_rate_index == 0x3:
+    rate_index = (head[2] >> 2) & 0x3
+    if bitrate_index == 0xF or rate_index == 0x3:
         return None
-    codec = {3: "mp1", 2: "mp2", 1: "mp3"}[layer]
-    return Sniffed("mp3" if codec == "mp3" else "mpeg", codec)
+    layer = 4 - layer_bits
+    codec = f"mp{layer}"
+    kind = Sniffed("mp3" if layer == 3 else "mpeg", codec)
+    if bitrate_index == 0:  # free format: the length is unknown
+        return kind, None
+    mpeg1 = version_bits == 3
+    bitrate = _MPEG_BITRATES[(1 if mpeg1 else 2, layer)][bitrate_index] * 1000
+    rate = _MPEG_RATES[version_bits][rate_index]
+    padding = (head[2] >> 1) & 1
+    if layer == 1:
+        length = (12 * bitrate // rate + padding) * 4
+    elif layer == 3 and not mpeg1:
+        length = 72 * bitrate // rate + padding
+    else:
+        length = 144 * bitrate // rate + padding
+    return kind, length
+
+
+def _mpeg_audio(data: bytes, at: int = 0) -> Sniffed | None:
+    """MPEG audio or ADTS at ``data[at:]``, confirmed by the next frame header where the data reaches it.
+
+    One four-byte header alone is too easy to meet by chance (a UTF-16 text file starts with FF FE).
+    """
+    parsed = _mpeg_frame(data[at:at + 6])
+    if parsed is None:
+        return None
+    kind, length = parsed
+    if length is None or at + length + 4 > len(data):
+        return kind if len(data) - at < 4096 else None
+    following = _mpeg_frame(data[at + length:at + length + 6])
+    if following is None or following[0].container != kind.container:
+        return None
+    return kind
 
 
 def _find_mpeg_sync(data: bytes, limit: int = 2048) -> Sniffed | None:
     """MP3 files sometimes start with junk; look for two consecutive plausible frame headers."""
     pos = data.find(b"\xff", 0, limit)
     while 0 <= pos < limit:
-        found = _mpeg_audio(data[pos:pos + 4])
+        found = _mpeg_audio(data, pos)
         if found is not None and found.container in ("mp3", "mpeg"):
             return found
         pos = data.find(b"\xff", pos + 1, limit)
@@ -199,7 +242,7 @@ def sniff_bytes(head: bytes) -> Sniffed:
     for magic, what in _NOT_AUDIO_MAGIC:
         if what and body.startswith(magic):
             return Sniffed(None, what=what)
-    mpeg = _mpeg_audio(body[:4])
+    mpeg = _mpeg_audio(body)
     if mpeg is not None:
         return mpeg
     if skip:

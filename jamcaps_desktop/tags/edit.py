@@ -1,0 +1,249 @@
+"""Change tags in an open file object, and prove afterwards that only those tags changed.
+
+``apply_changes`` edits the file object it is given (the writer hands it a temporary copy, never
+the original) and returns what it needs to verify the result and to undo it later.
+``verify_changes`` reopens the edited copy and checks three things: every field set reads back as
+set, every other item of the tag (frames, atoms, comments, pictures, unknown frames) is byte-for-byte
+what it was, and the audio stream's facts are unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+import mutagen
+import mutagen.apev2
+
+from jamcaps_desktop.scan.probe import mutagen_class
+from jamcaps_desktop.tags.adapters import (
+    APEv2Adapter,
+    ASFAdapter,
+    ID3Adapter,
+    MP4Adapter,
+    TagAdapter,
+    VorbisAdapter,
+)
+from jamcaps_desktop.tags.read import read_tags
+
+TAG_FORMAT_BY_CONTAINER = {
+    "mp3": "id3", "mpeg": "id3", "aiff": "id3", "wav": "id3", "dsf": "id3", "dff": "id3",
+    "flac": "vorbis", "ogg": "vorbis",
+    "mp4": "mp4",
+    "asf": "asf",
+    "ape": "apev2", "wavpack": "apev2", "musepack": "apev2", "tak": "apev2", "tta": "apev2", "aac": "apev2",
+    "ac3": "apev2",
+}
+# Containers whose mutagen class does not carry APEv2 itself: the tag is opened on its own.
+_STANDALONE_APE = {"tta", "aac", "ac3"}
+
+
+class TagEditError(Exception):
+    """The tags could not be changed or did not verify; the message is the plain reason."""
+
+
+@dataclass
+class EditSession:
+    """An opened file with the adapter for its tag format."""
+
+    container: str
+    opened: Any               # the mutagen object (or a bare APEv2 tag for TTA/AAC/AC3)
+    adapter: TagAdapter
+    tag_format: str
+
+    def save(self, fileobj: BinaryIO) -> None:
+        kwargs: dict[str, Any] = {}
+        if isinstance(self.adapter, ID3Adapter):
+            kwargs = self.adapter.prepare_save()
+        fileobj.seek(0)
+        self.opened.save(fileobj, **kwargs)
+
+
+def open_for_edit(fileobj: BinaryIO, container: str, codec: str | None, id3_version: int | None = None
+                  ) -> EditSession:
+    tag_format = TAG_FORMAT_BY_CONTAINER.get(container)
+    if tag_format is None:
+        raise TagEditError(f"tags cannot be written to {container} files")
+    fileobj.seek(0)
+    try:
+        if container in _STANDALONE_APE:
+            try:
+                tags = mutagen.apev2.APEv2(fileobj)
+            except mutagen.apev2.APENoHeaderError:
+                tags = mutagen.apev2.APEv2()
+            return EditSession(container, tags, APEv2Adapter(tags), tag_format)
+        cls = mutagen_class(container, codec)
+        if cls is None:
+            raise TagEditError(f"tags cannot be written to {container} files with {codec or 'this'} audio")
+        opened = cls(fileobj)
+    except TagEditError:
+        raise
+    except Exception as exc:
+        raise TagEditError(f"the file cannot be opened for tagging: {exc}") from exc
+    if tag_format == "id3":
+        adapter: TagAdapter = ID3Adapter(opened, id3_version)
+    elif tag_format == "vorbis":
+        adapter = VorbisAdapter(opened)
+    elif tag_format == "mp4":
+        adapter = MP4Adapter(opened)
+    elif tag_format == "asf":
+        adapter = ASFAdapter(opened)
+    else:
+        if opened.tags is None:
+            opened.add_tags()
+        adapter = APEv2Adapter(opened.tags)
+    return EditSession(container, opened, adapter, tag_format)
+
+
+def canonical_values(opened: Any) -> dict[str, list[str]]:
+    """field → values as the library's reader sees them."""
+    if isinstance(opened, mutagen.apev2.APEv2):
+        from jamcaps_desktop.tags.read import read_apev2
+
+        values = list(read_apev2(opened))
+    else:
+        values = read_tags(opened).values
+    out: dict[str, list[str]] = {}
+    for tag in values:
+        if tag.field is not None and tag.value not in out.setdefault(tag.field, []):
+            out[tag.field].append(tag.value)
+    return {k: v for k, v in out.items() if v}
+
+
+@dataclass
+class EditResult:
+    tag_format: str
+    old_values: dict[str, list[str]]   # the changed fields as they were
+    backup: dict[str, Any]             # raw items of every touched key, for an exact undo
+    before: Counter                    # snapshot of every raw item before the change
+    before_fields: dict[str, list[str]]
+    stream: tuple[float | None, int | None, int | None]
+    converted_id3: bool                # the ID3 version changed, so converted frames are compared by value
+
+
+def _stream_facts(opened: Any) -> tuple[float | None, int | None, int | None]:
+    info = getattr(opened, "info", None)
+    if info is None:
+        return (None, None, None)
+    return (getattr(info, "length", None), getattr(info, "sample_rate", None), getattr(info, "channels", None))
+
+
+def apply_changes(fileobj: BinaryIO, container: str, codec: str | None, changes: dict[str, list[str]], *,
+                  id3_version: int | None = None) -> EditResult:
+    """Set ``changes`` (field → values, [] removes the field) in ``fileobj`` and save it."""
+    session = open_for_edit(fileobj, container, codec, id3_version)
+    adapter = session.adapter
+    for field in changes:
+        adapter.check_supported(field)
+    fields = sorted(changes)
+    before_fields = canonical_values(session.opened)
+    before = adapter.snapshot()
+    backup = adapter.backup(fields)
+    converted = isinstance(adapter, ID3Adapter) and adapter.original_version is not None \
+        and adapter.original_version != (2, adapter.version)
+    backup["saved_version"] = adapter.version if isinstance(adapter, ID3Adapter) else None
+    stream = _stream_facts(session.opened)
+    for field in fields:
+        adapter.set(field, changes[field])
+    try:
+        session.save(fileobj)
+    except Exception as exc:
+        raise TagEditError(f"saving the tags failed: {exc}") from exc
+    old_values = {f: before_fields.get(f, []) for f in fields}
+    return EditResult(session.tag_format, old_values, backup, before, before_fields, stream, converted)
+
+
+def restore_backup(fileobj: BinaryIO, container: str, codec: str | None, backup: dict[str, Any]) -> EditResult:
+    """Put back the raw items a write replaced (and the ID3 version it had)."""
+    version = None
+    if backup.get("format") == "id3" and backup.get("version"):
+        version = 3 if tuple(backup["version"]) == (2, 3) else 4
+    session = open_for_edit(fileobj, container, codec, version)
+    adapter = session.adapter
+    fields = list(backup["fields"])
+    before_fields = canonical_values(session.opened)
+    before = adapter.snapshot()
+    undo_backup = adapter.backup(fields)
+    stream = _stream_facts(session.opened)
+    adapter.restore(backup)
+    try:
+        session.save(fileobj)
+    except Exception as exc:
+        raise TagEditError(f"saving the tags failed: {exc}") from exc
+    old_values = {f: before_fields.get(f, []) for f in fields}
+    return EditResult(session.tag_format, old_values, undo_backup, before, before_fields, stream, False)
+
+
+# Frames whose raw form changes when the ID3 version changes; they are compared by value instead.
+_ID3_VERSION_SENSITIVE = {"TDRC", "TDOR", "TYER", "TDAT", "TIME", "TORY", "TIPL", "TMCL", "IPLS", "TMOO", "TDRL",
+                          "unknown-frame"}
+
+
+def verify_changes(fileobj: BinaryIO, container: str, codec: str | None, result: EditResult,
+                   expected: dict[str, list[str]]) -> None:
+    """Raise TagEditError unless the edited file holds exactly ``expected`` and nothing else moved."""
+    fileobj.seek(0)
+    try:
+        session = open_for_edit(fileobj, container, codec)
+    except TagEditError as exc:
+        raise TagEditError(f"the written file cannot be read back: {exc}") from exc
+    after_fields = canonical_values(session.opened)
+    for field, values in expected.items():
+        found = after_fields.get(field, [])
+        if found != values:
+            raise TagEditError(f"{field} reads back as {found!r}, not {values!r}")
+    touched = set(expected)
+    after = session.adapter.snapshot()
+    before = result.before
+
+    def untouched(snapshot: Counter, adapter_keys: set[str]) -> Counter:
+        kept: Counter = Counter()
+        for (key, digest), count in snapshot.items():
+            if key in adapter_keys:
+                continue
+            if result.converted_id3 and key.split(":", 1)[0] in _ID3_VERSION_SENSITIVE:
+                continue
+            kept[(key, digest)] = count
+        return kept
+
+    touched_after = session.adapter.touched_keys(list(touched))
+    touched_before = _keys_in_backup(result.backup) | touched_after
+    kept_before, kept_after = untouched(before, touched_before), untouched(after, touched_after)
+    if kept_before != kept_after:
+        names = sorted({k for k, _ in (kept_before - kept_after) + (kept_after - kept_before)})
+        raise TagEditError("other tags would change: " + ", ".join(names[:8]))
+    for field, values in result.before_fields.items():
+        if field in touched:
+            continue
+        now = after_fields.get(field, [])
+        if now != values and not (result.converted_id3 and field == "originaldate"
+                                  and [v[:4] for v in now] == [v[:4] for v in values]):
+            raise TagEditError(f"{field} would change from {values!r} to {now!r}")
+    length, rate, channels = _stream_facts(session.opened)
+    old_length, old_rate, old_channels = result.stream
+    if (rate, channels) != (old_rate, old_channels) or (
+            length is not None and old_length is not None and not math.isclose(length, old_length, abs_tol=1e-3)):
+        raise TagEditError("the audio stream's facts changed")
+
+
+def _keys_in_backup(backup: dict[str, Any]) -> set[str]:
+    if backup.get("format") == "id3":
+        from mutagen.id3._tags import ID3Header
+
+        header = ID3Header.__new__(ID3Header)
+        header.version = (2, 4, 0)
+        header._flags = 0
+        keys = set()
+        for item in backup["frames"]:
+            import base64
+
+            frame = mutagen.id3.Frames[item["id"]]._fromData(header, 0, base64.b64decode(item["data"]))
+            keys.add(frame.HashKey)
+        return keys
+    if backup.get("format") == "vorbis":
+        return {k.upper() for k, _ in backup["items"]}
+    if backup.get("format") == "apev2":
+        return {k.casefold() for k in backup["items"]}
+    return set(backup.get("items", {}))
