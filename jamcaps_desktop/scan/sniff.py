@@ -245,11 +245,11 @@ def sniff_bytes(head: bytes) -> Sniffed:
     mpeg = _mpeg_audio(body)
     if mpeg is not None:
         return mpeg
-    if skip:
-        # Behind an ID3 tag, MP3 frames may start after padding or junk.
-        mpeg = _find_mpeg_sync(body)
-        if mpeg is not None:
-            return mpeg
+    # MP3 frames may start after padding or junk (behind an ID3 tag or not); two confirmed
+    # consecutive frame headers are needed, so text and binaries are not taken for audio.
+    mpeg = _find_mpeg_sync(body)
+    if mpeg is not None:
+        return mpeg
     return Sniffed(None, what=_describe_unknown(body))
 
 
