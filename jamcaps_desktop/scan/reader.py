@@ -82,6 +82,10 @@ def read_file(path: str, size: int, mtime_ns: int, *, expect_audio: bool) -> Fil
         check_complete(path, stream)
         tags = read_tags(opened, path)
     except ProbeError as exc:
+        if not expect_audio:
+            # a file whose name does not say audio and whose content only looked like it
+            record.status, record.error = "ignored", f"not audio: looks like {sniffed.container} but {exc}"
+            return record
         record.error = str(exc)
         return record
     except Exception as exc:  # a mutagen bug on a strange file must not stop a batch

@@ -110,7 +110,10 @@ def _run(library: Library, roots: list[str], summary: ScanSummary, progress: Pro
     known = _load_known(library, roots)
     to_read: list[FoundFile] = []
     seen_paths: set[str] = set()
+    own_files = {os.path.abspath(str(library.path)) + suffix for suffix in ("", "-wal", "-shm", "-journal")}
     for found in walked.files:
+        if found.path in own_files:
+            continue  # the library itself may live inside the music folder
         db_path, _ = fs_path_to_db(found.path)
         seen_paths.add(db_path)
         if found.kind == "ignored":

@@ -109,20 +109,23 @@ def _mpeg_frame(head: bytes) -> tuple[Sniffed, int | None] | None:
     return kind, length
 
 
-def _mpeg_audio(data: bytes, at: int = 0) -> Sniffed | None:
-    """MPEG audio or ADTS at ``data[at:]``, confirmed by the next frame header where the data reaches it.
+def _mpeg_audio(data: bytes, at: int = 0, frames: int = 2) -> Sniffed | None:
+    """MPEG audio or ADTS at ``data[at:]``, confirmed by the following frame headers the data reaches.
 
-    One four-byte header alone is too easy to meet by chance (a UTF-16 text file starts with FF FE).
+    One four-byte header alone is too easy to meet by chance (a UTF-16 text file starts with FF FE),
+    so ``frames`` consecutive headers must chain, each where the previous frame's length says.
     """
-    parsed = _mpeg_frame(data[at:at + 6])
-    if parsed is None:
-        return None
-    kind, length = parsed
-    if length is None or at + length + 4 > len(data):
-        return kind if len(data) - at < 4096 else None
-    following = _mpeg_frame(data[at + length:at + length + 6])
-    if following is None or following[0].container != kind.container:
-        return None
+    kind: Sniffed | None = None
+    position = at
+    for _ in range(frames):
+        parsed = _mpeg_frame(data[position:position + 6])
+        if parsed is None or (kind is not None and parsed[0].container != kind.container):
+            return None
+        kind, length = parsed
+        if length is None or position + length + 4 > len(data):
+            # the data ends first: accept only what fits a tiny file, never a guess inside a big one
+            return kind if position > at or len(data) - at < 4096 else None
+        position += length
     return kind
 
 
@@ -130,7 +133,7 @@ def _find_mpeg_sync(data: bytes, limit: int = 2048) -> Sniffed | None:
     """MP3 files sometimes start with junk; look for two consecutive plausible frame headers."""
     pos = data.find(b"\xff", 0, limit)
     while 0 <= pos < limit:
-        found = _mpeg_audio(data, pos)
+        found = _mpeg_audio(data, pos, frames=3)
         if found is not None and found.container in ("mp3", "mpeg"):
             return found
         pos = data.find(b"\xff", pos + 1, limit)
