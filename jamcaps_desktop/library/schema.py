@@ -74,6 +74,56 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX scan_issues_scan ON scan_issues(scan_id);
     """,
+    # 2: values staged for writing, and the write journal behind undo.
+    """
+    CREATE TABLE staged_values (
+        track_id INTEGER NOT NULL REFERENCES tracks(id) ON DELETE CASCADE,
+        field TEXT NOT NULL,
+        vals TEXT NOT NULL,               -- JSON list; [] removes the field from the file
+        origin TEXT NOT NULL DEFAULT 'user',
+        staged_at TEXT NOT NULL,
+        PRIMARY KEY (track_id, field)
+    );
+
+    CREATE TABLE write_batches (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL CHECK (kind IN ('write', 'undo')),
+        undo_of INTEGER REFERENCES write_batches(id),
+        started_at TEXT NOT NULL,
+        finished_at TEXT,
+        status TEXT NOT NULL DEFAULT 'running'
+            CHECK (status IN ('running', 'completed', 'cancelled', 'interrupted')),
+        options TEXT NOT NULL DEFAULT '{}',   -- JSON: id3 version, keep mtime
+        written INTEGER NOT NULL DEFAULT 0,
+        failed INTEGER NOT NULL DEFAULT 0,
+        unchanged INTEGER NOT NULL DEFAULT 0
+    );
+
+    CREATE TABLE write_files (
+        id INTEGER PRIMARY KEY,
+        batch_id INTEGER NOT NULL REFERENCES write_batches(id) ON DELETE CASCADE,
+        track_id INTEGER REFERENCES tracks(id) ON DELETE SET NULL,
+        path TEXT NOT NULL,
+        path_bytes BLOB,
+        status TEXT NOT NULL CHECK (status IN ('pending', 'written', 'failed', 'unchanged', 'undone')),
+        error TEXT,
+        tag_format TEXT,
+        backup TEXT,                      -- JSON: the raw tag items the write replaced, for an exact undo
+        before_size INTEGER, before_mtime_ns INTEGER,
+        after_size INTEGER, after_mtime_ns INTEGER, after_fingerprint TEXT,
+        finished_at TEXT
+    );
+    CREATE INDEX write_files_batch ON write_files(batch_id);
+    CREATE INDEX write_files_track ON write_files(track_id);
+
+    CREATE TABLE write_changes (
+        write_file_id INTEGER NOT NULL REFERENCES write_files(id) ON DELETE CASCADE,
+        field TEXT NOT NULL,
+        old_values TEXT NOT NULL,         -- JSON list
+        new_values TEXT NOT NULL,         -- JSON list
+        PRIMARY KEY (write_file_id, field)
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -27,6 +27,7 @@ from typing import Any
 from jamcaps_desktop.jobs.base import CancelToken, Progress, ProgressCallback, no_progress
 from jamcaps_desktop.library.database import Library, utc_now
 from jamcaps_desktop.library.paths import db_path_to_fs, display_path, fs_path_to_db
+from jamcaps_desktop.library.tracks import insert_track, record_values, replace_tags, store_record
 from jamcaps_desktop.scan.reader import FileRecord, read_file
 from jamcaps_desktop.scan.walker import FoundFile, walk
 
@@ -228,31 +229,6 @@ def _load_known(library: Library, roots: list[str]) -> dict[str, _Known]:
     return known
 
 
-def _track_values(record: FileRecord, scan_id: int, now: str) -> dict[str, Any]:
-    stream = record.stream
-    db_path, path_bytes = fs_path_to_db(record.path)
-    return {
-        "path": db_path,
-        "path_bytes": path_bytes,
-        "size": record.size,
-        "mtime_ns": record.mtime_ns,
-        "fingerprint": record.fingerprint,
-        "container": stream.container if stream else record.container,
-        "codec": stream.codec if stream else None,
-        "duration": stream.duration if stream else None,
-        "sample_rate": stream.sample_rate if stream else None,
-        "channels": stream.channels if stream else None,
-        "bitrate": stream.bitrate if stream else None,
-        "bits_per_sample": stream.bits_per_sample if stream else None,
-        "tag_formats": json.dumps(record.tag_formats) if record.status == "ok" else None,
-        "status": record.status,
-        "error": record.error,
-        "updated_at": now,
-        "missing_since": None,
-        "scan_id": scan_id,
-    }
-
-
 def _find_moved(library: Library, record: FileRecord, seen_paths: set[str]) -> int | None:
     """A track with the same content whose old path no longer exists, or None."""
     if not record.fingerprint:
@@ -281,35 +257,22 @@ def _store(library: Library, records: list[FileRecord], known: dict[str, _Known]
             summary.files_seen += 1
             if record.status == "error":
                 summary.errors.append({"path": display_path(record.path), "reason": record.error or "unreadable"})
-            values = _track_values(record, summary.scan_id, now)
+            values = record_values(record, now, summary.scan_id)
             row = known.get(values["path"])
             if row is not None:
                 track_id = row.id
-                _update_track(conn, track_id, values)
                 summary.updated += 1
-            else:
-                moved = _find_moved(library, record, seen_paths)
-                if moved is not None:
-                    track_id = moved
-                    _update_track(conn, track_id, values)
-                    moved_ids.add(track_id)
-                    summary.moved += 1
-                else:
-                    values["added_at"] = now
-                    names = ", ".join(values)
-                    marks = ", ".join("?" for _ in values)
-                    cursor = conn.execute(f"INSERT INTO tracks ({names}) VALUES ({marks})", list(values.values()))
-                    track_id = int(cursor.lastrowid)  # type: ignore[arg-type]
-                    summary.added += 1
-            conn.execute("DELETE FROM track_tags WHERE track_id = ?", (track_id,))
-            conn.executemany(
-                "INSERT INTO track_tags (track_id, position, field, raw_key, value) VALUES (?, ?, ?, ?, ?)",
-                [(track_id, i, t.field, t.raw_key, t.value) for i, t in enumerate(record.tags)])
-
-
-def _update_track(conn: Any, track_id: int, values: dict[str, Any]) -> None:
-    assignments = ", ".join(f"{name} = ?" for name in values)
-    conn.execute(f"UPDATE tracks SET {assignments} WHERE id = ?", [*values.values(), track_id])
+                store_record(conn, track_id, record, now, summary.scan_id)
+                continue
+            moved = _find_moved(library, record, seen_paths)
+            if moved is not None:
+                moved_ids.add(moved)
+                summary.moved += 1
+                store_record(conn, moved, record, now, summary.scan_id)
+                continue
+            track_id = insert_track(conn, values, now)
+            replace_tags(conn, track_id, record)
+            summary.added += 1
 
 
 def _mark_missing(library: Library, known: dict[str, _Known], seen_paths: set[str], moved_ids: set[int],

@@ -1,0 +1,65 @@
+"""Storing what was read from a file into its track row and tag rows (scanner and writer alike)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+from jamcaps_desktop.library.paths import fs_path_to_db
+from jamcaps_desktop.scan.reader import FileRecord
+
+
+def record_values(record: FileRecord, now: str, scan_id: int | None = None) -> dict[str, Any]:
+    """The ``tracks`` columns for a file record (``scan_id`` only when a scan read it)."""
+    stream = record.stream
+    db_path, path_bytes = fs_path_to_db(record.path)
+    values: dict[str, Any] = {
+        "path": db_path,
+        "path_bytes": path_bytes,
+        "size": record.size,
+        "mtime_ns": record.mtime_ns,
+        "fingerprint": record.fingerprint,
+        "container": stream.container if stream else record.container,
+        "codec": stream.codec if stream else None,
+        "duration": stream.duration if stream else None,
+        "sample_rate": stream.sample_rate if stream else None,
+        "channels": stream.channels if stream else None,
+        "bitrate": stream.bitrate if stream else None,
+        "bits_per_sample": stream.bits_per_sample if stream else None,
+        "tag_formats": json.dumps(record.tag_formats) if record.status == "ok" else None,
+        "status": record.status,
+        "error": record.error,
+        "updated_at": now,
+        "missing_since": None,
+    }
+    if scan_id is not None:
+        values["scan_id"] = scan_id
+    return values
+
+
+def insert_track(conn: sqlite3.Connection, values: dict[str, Any], now: str) -> int:
+    values = {**values, "added_at": now}
+    names = ", ".join(values)
+    marks = ", ".join("?" for _ in values)
+    cursor = conn.execute(f"INSERT INTO tracks ({names}) VALUES ({marks})", list(values.values()))
+    return int(cursor.lastrowid)  # type: ignore[arg-type]
+
+
+def update_track(conn: sqlite3.Connection, track_id: int, values: dict[str, Any]) -> None:
+    assignments = ", ".join(f"{name} = ?" for name in values)
+    conn.execute(f"UPDATE tracks SET {assignments} WHERE id = ?", [*values.values(), track_id])
+
+
+def replace_tags(conn: sqlite3.Connection, track_id: int, record: FileRecord) -> None:
+    conn.execute("DELETE FROM track_tags WHERE track_id = ?", (track_id,))
+    conn.executemany(
+        "INSERT INTO track_tags (track_id, position, field, raw_key, value) VALUES (?, ?, ?, ?, ?)",
+        [(track_id, i, t.field, t.raw_key, t.value) for i, t in enumerate(record.tags)])
+
+
+def store_record(conn: sqlite3.Connection, track_id: int, record: FileRecord, now: str,
+                 scan_id: int | None = None) -> None:
+    """Bring an existing track row and its tags in line with ``record``."""
+    update_track(conn, track_id, record_values(record, now, scan_id))
+    replace_tags(conn, track_id, record)
