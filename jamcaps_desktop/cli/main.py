@@ -266,6 +266,203 @@ def _print_stats(data: dict[str, Any]) -> None:
         out.print(f"  Tracks with: {cov}")
 
 
+# -- staging and writing -----------------------------------------------------------------------
+def _targets(library: Library, target: str) -> list[int]:
+    from jamcaps_desktop.library.queries import resolve_targets
+
+    try:
+        ids = resolve_targets(library, target)
+    except UnknownFieldError as exc:
+        raise click.UsageError(str(exc)) from exc
+    if not ids:
+        raise click.ClickException(f"no track matches {target!r}")
+    return ids
+
+
+def _parse_assignments(assignments: tuple[str, ...]) -> dict[str, list[str]]:
+    values: dict[str, list[str]] = {}
+    for item in assignments:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise click.UsageError(f"expected FIELD=VALUE, got {item!r}")
+        name = name.strip().lower()
+        values.setdefault(name, [])
+        if value.strip():
+            values[name].append(value)
+    return values
+
+
+def _show_value(values: list[str]) -> str:
+    return " ; ".join(values) if values else "[dim](none)[/]"
+
+
+def _print_outcomes(summary: Any, verb: str) -> None:
+    for item in summary.files:
+        if item.status == "unchanged":
+            continue
+        mark = {"written": "[green]✓[/]", "planned": "[cyan]•[/]", "failed": "[red]✗[/]"}.get(item.status, " ")
+        out.print(f"{mark} {item.path}")
+        for name, (old, new) in item.changes.items():
+            out.print(f"    [dim]{name:<12}[/] {_show_value(old)}  →  {_show_value(new)}")
+        if item.error:
+            out.print(f"    [red]{item.error}")
+    counts = {k: summary.count(k) for k in ("planned", "written", "failed", "unchanged")}
+    parts = [f"{n} {k}" for k, n in counts.items() if n]
+    out.print(f"{verb}: " + (", ".join(parts) if parts else "nothing to do"))
+
+
+@cli.command(name="set")
+@click.argument("target")
+@click.argument("assignments", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print what was staged as JSON.")
+@click.pass_obj
+def set_command(obj: Context, target: str, assignments: tuple[str, ...], as_json: bool) -> None:
+    """Stage FIELD=VALUE changes on tracks; `jamcaps write` puts them in the files.
+
+    TARGET is a track id, a file, a folder, or a query such as 'artist:"Some One" missing:mood'.
+    Repeat a field for several values (genre=Rock genre=Pop); FIELD= with no value stages its removal.
+    """
+    from jamcaps_desktop.tags.values import InvalidValueError
+    from jamcaps_desktop.write.batch import stage
+
+    library = obj.library()
+    values = _parse_assignments(assignments)
+    ids = _targets(library, target)
+    try:
+        count = stage(library, ids, values)
+    except InvalidValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    if as_json:
+        _emit_json({"tracks": ids, "fields": values})
+        return
+    out.print(f"Staged {', '.join(values)} on {count} track(s). Review with 'jamcaps write --dry-run'.")
+
+
+@cli.command()
+@click.option("--clear", is_flag=True, help="Drop every staged value (or those of --field).")
+@click.option("--field", "fields", multiple=True, metavar="FIELD", help="With --clear: only this field.")
+@click.option("--json", "as_json", is_flag=True, help="Print the staged values as JSON.")
+@click.pass_obj
+def staged(obj: Context, clear: bool, fields: tuple[str, ...], as_json: bool) -> None:
+    """List (or --clear) the values staged for writing."""
+    from jamcaps_desktop.write.batch import plan, staged_changes, unstage
+
+    library = obj.library()
+    if clear:
+        removed = unstage(library, fields=fields or None)
+        out.print(f"Dropped {removed} staged value(s).")
+        return
+    summary = plan(library, staged_changes(library))
+    if as_json:
+        _emit_json(summary.to_dict())
+        return
+    _print_outcomes(summary, "Staged")
+
+
+@cli.command()
+@click.argument("targets", nargs=-1)
+@click.option("--dry-run", is_flag=True, help="Show the changes file by file; write nothing.")
+@click.option("--id3-version", type=click.Choice(["keep", "2.3", "2.4"]), default="keep", show_default=True,
+              help="ID3 version for MP3, WAV, AIFF and DSF files ('keep': each file's own, v2.4 for new tags).")
+@click.option("--keep-mtime", is_flag=True, help="Keep each file's modification time.")
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
+@click.pass_obj
+def write(obj: Context, targets: tuple[str, ...], dry_run: bool, id3_version: str, keep_mtime: bool,
+          as_json: bool) -> None:
+    """Write staged values into the files (all, or those of TARGETS), safely and undoably."""
+    from jamcaps_desktop.cli.progress import TerminalProgress, ctrl_c_cancels
+    from jamcaps_desktop.write.batch import WriteOptions, plan, staged_changes, write_changes
+
+    library = obj.library()
+    ids = None
+    if targets:
+        ids = [tid for target in targets for tid in _targets(library, target)]
+    changes = staged_changes(library, ids)
+    if dry_run:
+        summary = plan(library, changes)
+    else:
+        options = WriteOptions(id3_version={"keep": None, "2.3": 3, "2.4": 4}[id3_version], keep_mtime=keep_mtime)
+        token = CancelToken()
+        with TerminalProgress(err, enabled=not as_json and err.is_terminal) as bar, ctrl_c_cancels(token, err):
+            summary = write_changes(library, changes, options=options, progress=bar, cancel=token)
+    if as_json:
+        _emit_json(summary.to_dict())
+    else:
+        _print_outcomes(summary, "Dry run" if dry_run else f"Batch {summary.batch_id}")
+        if not dry_run and summary.count("written"):
+            out.print(f"[dim]Undo with 'jamcaps undo {summary.batch_id}'.")
+    if summary.status == "cancelled":
+        sys.exit(130)
+
+
+@cli.command()
+@click.argument("batch", required=False, type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
+@click.pass_obj
+def undo(obj: Context, batch: int | None, as_json: bool) -> None:
+    """Restore the tags a write batch replaced (default: the latest one).
+
+    A file changed since that write is left alone and reported.
+    """
+    from jamcaps_desktop.cli.progress import TerminalProgress, ctrl_c_cancels
+    from jamcaps_desktop.write.batch import UndoError
+    from jamcaps_desktop.write.batch import undo as run_undo
+
+    library = obj.library()
+    token = CancelToken()
+    try:
+        with TerminalProgress(err, enabled=not as_json and err.is_terminal) as bar, ctrl_c_cancels(token, err):
+            summary = run_undo(library, batch, progress=bar, cancel=token)
+    except UndoError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        _emit_json(summary.to_dict())
+    else:
+        _print_outcomes(summary, f"Undo batch {summary.batch_id}")
+    if summary.status == "cancelled":
+        sys.exit(130)
+
+
+@cli.command()
+@click.argument("batch", required=False, type=int)
+@click.option("--limit", type=click.IntRange(1), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the history as JSON.")
+@click.pass_obj
+def history(obj: Context, batch: int | None, limit: int, as_json: bool) -> None:
+    """List write batches, or the files and changes of one BATCH."""
+    from jamcaps_desktop.write.batch import batch_details
+    from jamcaps_desktop.write.batch import history as batches
+
+    library = obj.library()
+    if batch is not None:
+        details = batch_details(library, batch)
+        if as_json:
+            _emit_json(details)
+            return
+        if not details:
+            raise click.ClickException(f"batch {batch} wrote no files")
+        for item in details:
+            colour = {"written": "green", "failed": "red", "undone": "yellow"}.get(item["status"], "dim")
+            out.print(f"[{colour}]{item['status']:<8}[/] {item['path']}")
+            for name, change in item["changes"].items():
+                out.print(f"    [dim]{name:<12}[/] {_show_value(change['old'])}  →  {_show_value(change['new'])}")
+            if item["error"]:
+                out.print(f"    [red]{item['error']}")
+        return
+    rows = batches(library, limit)
+    if as_json:
+        _emit_json(rows)
+        return
+    if not rows:
+        out.print("[dim]Nothing has been written yet.")
+        return
+    for row in rows:
+        what = f"undo of batch {row['undo_of']}" if row["kind"] == "undo" else "write"
+        undone = f", {row['undone']} undone" if row["undone"] else ""
+        out.print(f"  {row['id']:>4}  {row['started_at']}  {what:<16} {row['status']:<11} "
+                  f"{row['written']} written, {row['failed']} failed{undone}")
+
+
 def main() -> None:
     try:
         cli.main(prog_name="jamcaps", standalone_mode=False)

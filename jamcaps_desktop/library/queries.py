@@ -27,6 +27,8 @@ class TrackFilter:
     formats: list[str] = field(default_factory=list)   # container or codec names (aliases allowed)
     statuses: list[str] = field(default_factory=list)  # ok / error / missing
     under: str | None = None                           # only tracks inside this folder
+    tag_equals: list[tuple[str, str]] = field(default_factory=list)  # (field, value), case-insensitive
+    text: list[str] = field(default_factory=list)      # words found in the path or any tag value
     limit: int | None = None
 
 
@@ -56,6 +58,17 @@ def _where(flt: TrackFilter) -> tuple[str, list[Any]]:
         base = fs_path_to_db(os.path.abspath(flt.under))[0].rstrip("/")
         clauses.append("t.path >= ? AND t.path < ?")
         params += [base + "/", base + "0"]
+    for name, value in flt.tag_equals:
+        if name not in FIELDS:
+            raise UnknownFieldError(f"unknown field {name!r}; known fields: {', '.join(FIELDS)}")
+        clauses.append("EXISTS (SELECT 1 FROM track_tags g WHERE g.track_id = t.id AND g.field = ? "
+                       "AND g.value = ? COLLATE NOCASE)")
+        params += [name, value]
+    for word in flt.text:
+        clauses.append("(t.path LIKE ? ESCAPE '\\' OR EXISTS (SELECT 1 FROM track_tags g WHERE g.track_id = t.id "
+                       "AND g.field IS NOT NULL AND g.value LIKE ? ESCAPE '\\'))")
+        pattern = "%" + word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        params += [pattern, pattern]
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 
@@ -155,3 +168,50 @@ def library_stats(library: Library) -> dict[str, Any]:
         "field_coverage": coverage,
         "last_scan": last_scan,
     }
+
+
+def parse_query(query: str) -> TrackFilter:
+    """A filter from words such as ``missing:genre format:flac artist:"Some One" piano``.
+
+    ``missing:FIELD``, ``format:FMT``, ``status:ok|error|missing``, ``under:FOLDER`` and ``FIELD:VALUE``
+    (exact, ignoring case) narrow the selection; other words must appear in the path or a tag value.
+    """
+    import shlex
+
+    flt = TrackFilter()
+    try:
+        words = shlex.split(query)
+    except ValueError as exc:
+        raise UnknownFieldError(f"cannot read the query {query!r}: {exc}") from exc
+    for word in words:
+        key, sep, value = word.partition(":")
+        key = key.lower()
+        if not sep or not value:
+            flt.text.append(word)
+        elif key == "missing":
+            flt.missing.append(value)
+        elif key == "format":
+            flt.formats.append(value)
+        elif key == "status":
+            flt.statuses.append(value)
+        elif key == "under":
+            flt.under = value
+        elif key in FIELDS:
+            flt.tag_equals.append((key, value))
+        else:
+            flt.text.append(word)
+    return flt
+
+
+def resolve_targets(library: Library, target: str) -> list[int]:
+    """Track ids for a track id, a file or folder path, or a query (see ``parse_query``)."""
+    if target.isdigit():
+        row = library.conn.execute("SELECT id FROM tracks WHERE id = ?", (int(target),)).fetchone()
+        if row:
+            return [int(row[0])]
+    if os.path.isdir(target):
+        return [r["id"] for r in list_tracks(library, TrackFilter(under=target))]
+    if os.path.lexists(target):
+        track = find_track(library, target)
+        return [int(track["id"])] if track else []
+    return [r["id"] for r in list_tracks(library, parse_query(target))]
