@@ -97,3 +97,19 @@ def test_environment_variable_selects_the_library(make_track, tmp_path, monkeypa
     result = CliRunner().invoke(cli, ["scan", str(music), "--json"])
     assert result.exit_code == 0
     assert (tmp_path / "env.sqlite").exists()
+
+
+def test_read_commands_do_not_create_a_library(tmp_path):
+    missing = tmp_path / "typo" / "lib.sqlite"
+    result = _run(["stats"], missing)
+    assert result.exit_code == 1 and "no library" in result.output
+    assert not missing.parent.exists()
+
+
+def test_piped_ls_keeps_one_line_per_track_whatever_the_names(make_track, tmp_path):
+    music = tmp_path / "music"
+    make_track(music, "mp3", name="two\nlines\tand tab")
+    lib = tmp_path / "lib.sqlite"
+    _run(["scan", str(music)], lib)
+    lines = _run(["ls"], lib).output.splitlines()
+    assert len(lines) == 2 and lines[1].endswith("two\\nlines\\tand tab.mp3")

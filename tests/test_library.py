@@ -44,8 +44,8 @@ def test_a_file_that_is_not_a_database_gives_a_clear_error(tmp_path):
 def test_deleting_a_track_cascades_to_its_tags(tmp_path):
     with Library(tmp_path / "lib.sqlite") as lib:
         with lib.transaction() as conn:
-            conn.execute("INSERT INTO tracks (id, path, size, mtime_ns, status, added_at, updated_at) "
-                         "VALUES (1, '/a.mp3', 1, 1, 'ok', 'x', 'x')")
+            conn.execute("INSERT INTO tracks (id, path_key, path, size, mtime_ns, status, added_at, updated_at) "
+                         "VALUES (1, X'2f612e6d7033', '/a.mp3', 1, 1, 'ok', 'x', 'x')")
             conn.execute("INSERT INTO track_tags VALUES (1, 0, 'title', 'TIT2', 'A')")
         with lib.transaction() as conn:
             conn.execute("DELETE FROM tracks WHERE id = 1")
@@ -73,8 +73,8 @@ def test_a_new_migration_upgrades_an_existing_library_and_keeps_its_data(tmp_pat
 
     path = tmp_path / "lib.sqlite"
     with Library(path) as lib, lib.transaction() as conn:
-        conn.execute("INSERT INTO tracks (path, size, mtime_ns, status, added_at, updated_at) "
-                     "VALUES ('/a.flac', 1, 1, 'ok', 'x', 'x')")
+        conn.execute("INSERT INTO tracks (path_key, path, size, mtime_ns, status, added_at, updated_at) "
+                     "VALUES (X'2f612e666c6163', '/a.flac', 1, 1, 'ok', 'x', 'x')")
     extra = "CREATE TABLE analyses (track_id INTEGER NOT NULL REFERENCES tracks(id) ON DELETE CASCADE, model TEXT);"
     monkeypatch.setattr(database, "MIGRATIONS", [*schema.MIGRATIONS, extra])
     monkeypatch.setattr(database, "SCHEMA_VERSION", schema.SCHEMA_VERSION + 1)

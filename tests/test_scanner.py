@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -166,10 +167,10 @@ def test_hidden_files_symlink_loops_and_odd_names(library, make_track, tmp_path)
     rows = _rows(library)
     names = sorted(Path(p).name for p in rows)
     assert names == sorted(["visible.mp3", odd.name, "latin1-\\xe9t\\xe9.mp3"])
-    assert any(i["kind"] == "loop" for i in summary.issues)
+    assert summary.status == "completed"  # the loop link points inside the folder: not followed
     # the non-UTF-8 name keeps its exact bytes and is found again unchanged
-    stored = library.conn.execute("SELECT path_bytes FROM tracks WHERE path_bytes IS NOT NULL").fetchone()[0]
-    assert stored == raw_name
+    keys = [bytes(k) for (k,) in library.conn.execute("SELECT path_key FROM tracks")]
+    assert raw_name in keys
     again = scan(library, [music])
     assert again.unchanged == 3 and again.added == 0
 
@@ -303,3 +304,191 @@ def test_a_track_whose_file_stops_being_audio_becomes_an_error(library, make_tra
     row = find_track(library, str(path))
     assert row["status"] == "error" and "text file" in row["error"]
     assert summary.updated == 1 and not summary.ignored
+
+
+def test_one_file_one_path_whatever_the_links(library, make_track, tmp_path):
+    music = tmp_path / "music"
+    make_track(music, "mp3", name="a")
+    make_track(music, "flac", name="b")
+    outside = tmp_path / "elsewhere"
+    make_track(outside, "ogg", name="c")
+    os.symlink(music, tmp_path / "alias")          # another name for the same folder
+    os.symlink(outside, music / "linked-outside")  # a folder outside the roots: followed
+    os.symlink(music / "a.mp3", music / "a-link.mp3")  # a link to a file already there: not a second track
+    first = scan(library, [tmp_path / "alias"])
+    assert first.added == 3
+    again = scan(library, [music])
+    assert again.unchanged == 3 and again.added == 0 and again.missing == 0
+    paths = sorted(Path(p).relative_to(tmp_path).as_posix() for p in _rows(library))
+    assert paths == ["music/a.mp3", "music/b.flac", "music/linked-outside/c.ogg"]
+    # scanning the parent reaches "elsewhere" directly: c.ogg keeps its track under its real path
+    parent = scan(library, [tmp_path])
+    assert parent.added == 0 and parent.missing == 0 and parent.moved == 1
+    paths = sorted(Path(p).relative_to(tmp_path).as_posix() for p in _rows(library))
+    assert paths == ["elsewhere/c.ogg", "music/a.mp3", "music/b.flac"]
+
+
+def test_a_file_renamed_while_a_new_file_takes_its_name_keeps_its_track(library, make_track, tmp_path):
+    music = tmp_path / "music"
+    first = make_track(music, "mp3", name="a")
+    scan(library, [music])
+    original_id = find_track(library, str(first))["id"]
+    shutil.move(first, music / "z.mp3")
+    make_track(music, "flac", name="tmp")
+    shutil.move(music / "tmp.flac", music / "a.mp3")  # different content under the old name
+    summary = scan(library, [music])
+    assert summary.moved == 1 and summary.added == 1
+    assert find_track(library, str(music / "z.mp3"))["id"] == original_id
+    assert find_track(library, str(music / "a.mp3"))["id"] != original_id
+
+
+def test_a_file_moved_onto_a_missing_tracks_path_keeps_its_own_track(library, make_track, tmp_path):
+    music = tmp_path / "music"
+    p1 = make_track(music, "mp3", name="p1")
+    p2 = make_track(music, "flac", name="p2")
+    scan(library, [music])
+    id1, id2 = find_track(library, str(p1))["id"], find_track(library, str(p2))["id"]
+    os.unlink(p2)
+    scan(library, [music])
+    shutil.move(p1, music / "p2.flac")
+    summary = scan(library, [music])
+    assert summary.moved == 1
+    assert find_track(library, str(music / "p2.flac"))["id"] == id1
+    status = library.conn.execute("SELECT status FROM tracks WHERE id = ?", (id2,)).fetchone()[0]
+    assert status == "missing"
+
+
+def test_a_copy_on_an_unmounted_drive_is_not_taken_for_a_move(library, make_track, tmp_path):
+    drive = tmp_path / "drive"
+    original = make_track(drive, "mp3", name="x")
+    scan(library, [drive])
+    original_id = find_track(library, str(original))["id"]
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy2(original, home / "x-copy.mp3")
+    os.rename(drive, tmp_path / "drive-unmounted")   # the drive's folder is gone
+    summary = scan(library, [home])
+    assert summary.moved == 0 and summary.added == 1
+    os.rename(tmp_path / "drive-unmounted", drive)
+    scan(library, [drive])
+    assert find_track(library, str(original))["id"] == original_id
+
+
+def test_error_rows_are_read_again_when_the_problem_is_fixed(library, make_track, tmp_path, monkeypatch):
+    music = tmp_path / "music"
+    make_track(music, "mp3", name="locked")
+    real_open = open
+
+    def guarded_open(file, *args, **kwargs):
+        if str(file).endswith("locked.mp3"):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", guarded_open)
+    assert scan(library, [music], workers=1).errors
+    monkeypatch.undo()
+    summary = scan(library, [music], workers=1)
+    assert not summary.errors
+    assert {r["status"] for r in _rows(library).values()} == {"ok"}
+
+
+def test_a_file_replaced_by_one_of_the_same_size_and_mtime_is_read_again(library, make_track, tmp_path):
+    music = tmp_path / "music"
+    path = make_track(music, "flac", name="a")
+    scan(library, [music])
+    before = find_track(library, str(path))["fingerprint"]
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0xFF  # same size, different content
+    time.sleep(0.05)  # file times have a clock tick of a few milliseconds
+    st = os.stat(path)
+    replacement = music / "new.tmp"
+    replacement.write_bytes(bytes(data))
+    os.utime(replacement, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(replacement, path)
+    summary = scan(library, [music])
+    assert summary.updated == 1
+    assert find_track(library, str(path))["fingerprint"] != before
+
+
+def test_non_audio_files_without_an_extension_are_not_read_again(library, make_track, tmp_path, monkeypatch):
+    music = tmp_path / "music"
+    make_track(music, "mp3")
+    (music / "README").write_text("liner notes\n")
+    (music / "blob").write_bytes(os.urandom(3000))
+    first = scan(library, [music])
+    assert len(first.ignored) == 2
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("a file was read again")
+
+    monkeypatch.setattr(scanner_module, "read_file", no_reading)
+    again = scan(library, [music])
+    assert len(again.ignored) == 2 and again.unchanged == 1
+
+
+def test_the_library_inside_the_scanned_folder_is_left_alone(make_track, tmp_path):
+    music = tmp_path / "music"
+    make_track(music, "mp3")
+    with Library(music / "library.sqlite") as lib:
+        summary = scan(lib, [music])
+        again = scan(lib, [music])
+    assert summary.added == 1 and not summary.errors and not summary.ignored
+    assert again.unchanged == 1 and not again.ignored
+
+
+def test_two_jobs_cannot_run_on_one_library_at_once(library, make_track, tmp_path):
+    from jamcaps_desktop.library import LibraryError
+
+    music = tmp_path / "music"
+    make_track(music, "mp3")
+    other = Library(library.path)
+    try:
+        with other.job_lock("test"), pytest.raises(LibraryError, match="another scan or write"):
+            scan(library, [music])
+    finally:
+        other.close()
+    assert scan(library, [music]).added == 1
+
+
+def test_a_crashing_reader_becomes_an_error_row(library, make_track, tmp_path, monkeypatch):
+    from concurrent.futures.process import BrokenProcessPool
+
+    music = tmp_path / "music"
+    _tree(make_track, music, scanner_module.PARALLEL_THRESHOLD + 2)
+    victim = sorted(music.rglob("*.flac"))[3]
+
+    class FakeFuture:
+        def __init__(self, value=None, broken=False):
+            self.value, self.broken = value, broken
+
+        def result(self):
+            if self.broken:
+                raise BrokenProcessPool("a worker died")
+            return self.value
+
+    class FakePool:
+        """Runs reads in-process; the victim's read fails the way a dead worker does."""
+
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def submit(self, fn, found):
+            if found.path == str(victim):
+                return FakeFuture(broken=True)
+            return FakeFuture(fn(found))
+
+        def shutdown(self, wait=True, cancel_futures=False):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(scanner_module, "ProcessPoolExecutor", FakePool)
+    summary = scan(library, [music], workers=2)
+    assert summary.status == "completed"
+    reasons = {e["path"]: e["reason"] for e in summary.errors}
+    assert reasons == {str(victim): scanner_module.READER_CRASHED}
+    assert summary.added == scanner_module.PARALLEL_THRESHOLD + 2

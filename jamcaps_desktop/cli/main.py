@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import sys
 from typing import Any
 
@@ -34,10 +35,11 @@ class Context:
         self.library_path = resolve_library_path(library_path)
         self._library: Library | None = None
 
-    def library(self) -> Library:
+    def library(self, *, create: bool = False) -> Library:
+        """The library; only a scan creates one where there is none."""
         if self._library is None:
             try:
-                self._library = Library(self.library_path)
+                self._library = Library(self.library_path, create=create)
             except LibraryError as exc:
                 raise click.ClickException(str(exc)) from exc
         return self._library
@@ -49,6 +51,11 @@ class Context:
 
 def _emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+def _tsv(cell: str) -> str:
+    """A cell of tab-separated output: backslash, tab and newline escaped, so every row is one line."""
+    return cell.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
 def _duration(seconds: float | None) -> str:
@@ -96,7 +103,7 @@ def scan(obj: Context, paths: tuple[str, ...], as_json: bool, workers: int | Non
     from jamcaps_desktop.cli.progress import TerminalProgress, ctrl_c_cancels
     from jamcaps_desktop.scan.scanner import scan as run_scan
 
-    library = obj.library()
+    library = obj.library(create=True)
     token = CancelToken()
     show_bar = not as_json and err.is_terminal
     with TerminalProgress(err, enabled=show_bar) as bar, ctrl_c_cancels(token, err):
@@ -149,6 +156,11 @@ def scan(obj: Context, paths: tuple[str, ...], as_json: bool, workers: int | Non
 def ls_command(obj: Context, missing: tuple[str, ...], formats: tuple[str, ...], errors: bool, missing_files: bool,
                under: str | None, limit: int | None, as_json: bool) -> None:
     """List tracks in the library."""
+    from jamcaps_desktop.tags.fields import FIELDS
+
+    for name in missing:
+        if name not in FIELDS:
+            raise click.UsageError(f"unknown field {name!r}; known fields: {', '.join(FIELDS)}")
     statuses = (["error"] if errors else []) + (["missing"] if missing_files else [])
     flt = TrackFilter(missing=list(missing), formats=list(formats), statuses=statuses, under=under, limit=limit)
     try:
@@ -175,7 +187,7 @@ def ls_command(obj: Context, missing: tuple[str, ...], formats: tuple[str, ...],
     if not out.is_terminal:  # piped: one tab-separated line per track, easy to cut and grep
         click.echo("\t".join(headers))
         for cells, _status in lines:
-            click.echo("\t".join(c.replace("\t", " ") for c in cells))
+            click.echo("\t".join(_tsv(c) for c in cells))
         return
     table = Table(show_edge=False, header_style="bold")
     for name in headers:
@@ -471,6 +483,12 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    except LibraryError as exc:
+        err.print(f"[red]Error:[/] {exc}")
+        sys.exit(1)
+    except sqlite3.Error as exc:
+        err.print(f"[red]Library error:[/] {exc}")
+        sys.exit(1)
     except (KeyboardInterrupt, click.Abort):
         err.print("[red]Interrupted.[/] The library is consistent; run the command again to continue.")
         sys.exit(130)

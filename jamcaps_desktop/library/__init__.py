@@ -1,6 +1,6 @@
 """The music library: one SQLite file holding tracks, their tags and everything derived from them."""
 
 from jamcaps_desktop.library.database import Library, LibraryError, open_library
-from jamcaps_desktop.library.paths import db_path_to_fs, fs_path_to_db
+from jamcaps_desktop.library.paths import display_path, fs_path, path_key, real_path
 
-__all__ = ["Library", "LibraryError", "db_path_to_fs", "fs_path_to_db", "open_library"]
+__all__ = ["Library", "LibraryError", "display_path", "fs_path", "open_library", "path_key", "real_path"]

@@ -1,8 +1,9 @@
-"""File paths as stored in the library.
+"""File paths as the library stores them.
 
-Linux file names are bytes. Nearly all are valid UTF-8 and are stored as they are. A name that is
-not valid UTF-8 cannot be stored as SQLite TEXT exactly, so the row keeps its exact bytes in
-``path_bytes`` and a readable form (invalid bytes shown as ``\\xNN``) in ``path``.
+Linux file names are bytes, and nearly all of them are valid UTF-8. Every track row keeps its path
+twice: ``path_key``, the exact bytes (unique, used for every lookup), and ``path``, readable text
+(the same string for UTF-8 names; invalid bytes shown as ``\\xNN`` otherwise). Two different names
+can never collide, whatever they contain.
 """
 
 from __future__ import annotations
@@ -10,22 +11,31 @@ from __future__ import annotations
 import os
 
 
-def fs_path_to_db(path: str) -> tuple[str, bytes | None]:
-    """Return (display text, exact bytes or None when the text is exact)."""
-    raw = os.fsencode(path)
+def path_key(path: str) -> bytes:
+    """The exact bytes of ``path`` (as found on disk)."""
+    return os.fsencode(path)
+
+
+def display_path(path: str | bytes) -> str:
+    """Readable text for a path: exact for UTF-8 names, ``\\xNN`` for other bytes."""
+    raw = path if isinstance(path, bytes) else os.fsencode(path)
     try:
-        return raw.decode("utf-8"), None
+        return raw.decode("utf-8")
     except UnicodeDecodeError:
-        return raw.decode("utf-8", "backslashreplace"), raw
+        return raw.decode("utf-8", "backslashreplace")
 
 
-def db_path_to_fs(path: str, path_bytes: bytes | None) -> str:
-    """The path to hand to the operating system for a stored track."""
-    if path_bytes is not None:
-        return os.fsdecode(path_bytes)
-    return path
+def fs_path(key: bytes) -> str:
+    """The path to hand to the operating system for a stored key."""
+    return os.fsdecode(key)
 
 
-def display_path(path: str) -> str:
-    """The path as the library shows it (exact for UTF-8 names, ``\\xNN`` for other bytes)."""
-    return fs_path_to_db(path)[0]
+def key_range(folder_key: bytes) -> tuple[bytes, bytes]:
+    """Keys strictly inside a folder: ``folder/`` <= key < ``folder0`` ('0' sorts right after '/')."""
+    base = folder_key.rstrip(b"/")
+    return base + b"/", base + b"0"
+
+
+def real_path(path: str) -> str:
+    """An absolute path with symbolic links resolved, so one file has one path in the library."""
+    return os.path.realpath(os.path.abspath(path))

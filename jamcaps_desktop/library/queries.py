@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jamcaps_desktop.library.database import Library
-from jamcaps_desktop.library.paths import fs_path_to_db
+from jamcaps_desktop.library.paths import key_range, path_key, real_path
 from jamcaps_desktop.tags.fields import FIELDS
 
 FORMAT_ALIASES = {
@@ -55,9 +55,9 @@ def _where(flt: TrackFilter) -> tuple[str, list[Any]]:
         clauses.append(f"t.status IN ({marks})")
         params += flt.statuses
     if flt.under:
-        base = fs_path_to_db(os.path.abspath(flt.under))[0].rstrip("/")
-        clauses.append("t.path >= ? AND t.path < ?")
-        params += [base + "/", base + "0"]
+        low, high = key_range(path_key(real_path(flt.under)))
+        clauses.append("t.path_key >= ? AND t.path_key < ?")
+        params += [low, high]
     for name, value in flt.tag_equals:
         if name not in FIELDS:
             raise UnknownFieldError(f"unknown field {name!r}; known fields: {', '.join(FIELDS)}")
@@ -102,9 +102,9 @@ def find_track(library: Library, path_or_id: str) -> dict[str, Any] | None:
         row = library.conn.execute(f"SELECT {', '.join(TRACK_COLUMNS)} FROM tracks WHERE id = ?",
                                    (int(path_or_id),)).fetchone()
     if row is None:
-        db_path = fs_path_to_db(os.path.abspath(path_or_id))[0]
-        row = library.conn.execute(f"SELECT {', '.join(TRACK_COLUMNS)} FROM tracks WHERE path = ?",
-                                   (db_path,)).fetchone()
+        key = path_key(real_path(path_or_id))
+        row = library.conn.execute(f"SELECT {', '.join(TRACK_COLUMNS)} FROM tracks WHERE path_key = ?",
+                                   (key,)).fetchone()
     if row is None:
         return None
     track = dict(zip(TRACK_COLUMNS, row, strict=True))

@@ -33,10 +33,11 @@ MIGRATIONS: list[str] = [
 
     CREATE TABLE tracks (
         id INTEGER PRIMARY KEY,
-        path TEXT NOT NULL UNIQUE,        -- absolute; readable form when path_bytes is set
-        path_bytes BLOB,                  -- exact name where it is not valid UTF-8
+        path_key BLOB NOT NULL UNIQUE,    -- the absolute path's exact bytes: the lookup key
+        path TEXT NOT NULL,               -- the same path as readable text (invalid UTF-8 bytes escaped)
         size INTEGER NOT NULL,
         mtime_ns INTEGER NOT NULL,
+        ctime_ns INTEGER,                 -- catches a file replaced by one of the same size and mtime
         fingerprint TEXT,                 -- blake2b of size + sampled content, for move detection
         container TEXT,                   -- mp3, flac, ogg, mp4, wav, aiff, asf, ape, wavpack, ...
         codec TEXT,                       -- mp3, flac, vorbis, opus, aac, alac, pcm_s16le, wmav2, ...
@@ -54,6 +55,7 @@ MIGRATIONS: list[str] = [
         scan_id INTEGER REFERENCES scans(id) ON DELETE SET NULL
     );
     CREATE INDEX tracks_fingerprint ON tracks(fingerprint);
+    CREATE INDEX tracks_path ON tracks(path);
     CREATE INDEX tracks_status ON tracks(status);
 
     CREATE TABLE track_tags (
@@ -73,6 +75,16 @@ MIGRATIONS: list[str] = [
         reason TEXT NOT NULL
     );
     CREATE INDEX scan_issues_scan ON scan_issues(scan_id);
+
+    -- files with no audio extension whose content was found not to be audio: not opened again
+    -- until their size or times change
+    CREATE TABLE ignored_files (
+        path_key BLOB PRIMARY KEY,
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        ctime_ns INTEGER,
+        reason TEXT NOT NULL
+    );
     """,
     # 2: values staged for writing, and the write journal behind undo.
     """
@@ -103,8 +115,8 @@ MIGRATIONS: list[str] = [
         id INTEGER PRIMARY KEY,
         batch_id INTEGER NOT NULL REFERENCES write_batches(id) ON DELETE CASCADE,
         track_id INTEGER REFERENCES tracks(id) ON DELETE SET NULL,
+        path_key BLOB NOT NULL,
         path TEXT NOT NULL,
-        path_bytes BLOB,
         status TEXT NOT NULL CHECK (status IN ('pending', 'written', 'failed', 'unchanged', 'undone')),
         error TEXT,
         tag_format TEXT,

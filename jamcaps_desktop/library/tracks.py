@@ -6,19 +6,19 @@ import json
 import sqlite3
 from typing import Any
 
-from jamcaps_desktop.library.paths import fs_path_to_db
+from jamcaps_desktop.library.paths import display_path, path_key
 from jamcaps_desktop.scan.reader import FileRecord
 
 
 def record_values(record: FileRecord, now: str, scan_id: int | None = None) -> dict[str, Any]:
     """The ``tracks`` columns for a file record (``scan_id`` only when a scan read it)."""
     stream = record.stream
-    db_path, path_bytes = fs_path_to_db(record.path)
     values: dict[str, Any] = {
-        "path": db_path,
-        "path_bytes": path_bytes,
+        "path_key": path_key(record.path),
+        "path": display_path(record.path),
         "size": record.size,
         "mtime_ns": record.mtime_ns,
+        "ctime_ns": record.ctime_ns,
         "fingerprint": record.fingerprint,
         "container": stream.container if stream else record.container,
         "codec": stream.codec if stream else None,

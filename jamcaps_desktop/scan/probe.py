@@ -56,6 +56,7 @@ class StreamInfo:
     bitrate: int | None
     bits_per_sample: int | None
     source: str = "header"  # "header" (mutagen) or "ffmpeg" (PyAV)
+    estimated: bool = False  # the header gives no length; it was estimated from the bitrate
 
 
 _OGG_CLASSES = {
@@ -163,7 +164,10 @@ def stream_info_from_mutagen(opened: mutagen.FileType, container: str, codec: st
         sample_rate = sample_rate or 48000  # Opus always decodes at 48 kHz
     if (not bitrate or bitrate <= 0) and duration and duration > 0:
         bitrate = int(size * 8 / duration)
-    return StreamInfo(container, codec, duration, sample_rate, channels, bitrate, bits)
+    # An MP3 without a Xing/VBRI/LAME header states no length: mutagen estimates it from the first
+    # frame's bitrate, which is wrong for variable-bitrate files.
+    estimated = container in ("mp3", "mpeg") and getattr(info, "bitrate_mode", None) == 0
+    return StreamInfo(container, codec, duration, sample_rate, channels, bitrate, bits, estimated=estimated)
 
 
 def _float_or_none(value: object) -> float | None:
@@ -211,6 +215,8 @@ def probe_with_ffmpeg(path: str, container: str, size: int) -> StreamInfo:
                 raise ProbeError("the file has no audio stream")
             stream = streams[0]
             ctx = stream.codec_context
+            if ctx is None:
+                raise ProbeError("no decoder for this audio format")
             duration = None
             if stream.duration is not None and stream.time_base is not None:
                 duration = float(stream.duration * stream.time_base)
@@ -296,7 +302,8 @@ def check_complete(path: str, info: StreamInfo) -> None:
 
     Only a few milliseconds per file: FFmpeg seeks close to the promised end and reads the last
     packets. Where FFmpeg cannot open the file at all the check is skipped: mutagen understood it,
-    and decoding problems are reported when the track is analysed.
+    and decoding problems are reported when the track is analysed. Where the length was only an
+    estimate (an MP3 without a length header), the end found replaces it instead.
     """
     if info.container == "ogg":
         _check_ogg_end(path)
@@ -331,6 +338,11 @@ def check_complete(path: str, info: StreamInfo) -> None:
     finally:
         handle.close()
     tolerance = max(0.25, 0.02 * info.duration)
+    if info.estimated and end > 0:
+        if abs(end - info.duration) > tolerance:
+            info.bitrate = int(info.bitrate * info.duration / end) if info.bitrate else None
+            info.duration = end
+        return
     if end < info.duration - tolerance:
         if end <= 0:
             raise ProbeError(f"truncated: the header promises {_format_time(info.duration)} of audio "

@@ -7,7 +7,6 @@ plain reason. It touches no database, so it can run in worker processes.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 
 from jamcaps_desktop.scan.fingerprint import fingerprint_fileobj
@@ -29,6 +28,7 @@ class FileRecord:
     path: str
     size: int
     mtime_ns: int
+    ctime_ns: int | None
     status: str                      # "ok", "error" or "ignored" (not audio, not expected to be)
     error: str | None = None
     fingerprint: str | None = None
@@ -38,9 +38,13 @@ class FileRecord:
     tag_formats: list[str] = field(default_factory=list)
 
 
-def read_file(path: str, size: int, mtime_ns: int, *, expect_audio: bool) -> FileRecord:
-    """Read one file. ``expect_audio``: its name says audio, so non-audio content is an error."""
-    record = FileRecord(path, size, mtime_ns, status="error")
+def read_file(path: str, size: int, mtime_ns: int, ctime_ns: int | None = None, *, expect_audio: bool
+              ) -> FileRecord:
+    """Read one file whose stat gave ``size``, ``mtime_ns`` and ``ctime_ns``.
+
+    ``expect_audio``: its name says audio, so content that is not audio is an error.
+    """
+    record = FileRecord(path, size, mtime_ns, ctime_ns, status="error")
     try:
         handle = open(path, "rb")  # noqa: SIM115 - closed below; several steps share it
     except PermissionError:
@@ -97,7 +101,3 @@ def read_file(path: str, size: int, mtime_ns: int, *, expect_audio: bool) -> Fil
     record.tags = tags.values
     record.tag_formats = tags.formats
     return record
-
-
-def stat_key(st: os.stat_result) -> tuple[int, int]:
-    return st.st_size, st.st_mtime_ns

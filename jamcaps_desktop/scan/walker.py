@@ -45,6 +45,7 @@ class FoundFile:
     path: str
     size: int
     mtime_ns: int
+    ctime_ns: int
     kind: str            # "audio" (by name), "unknown" (content decides) or "ignored"
     reason: str | None = None
 
@@ -77,10 +78,21 @@ def is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
+def _inside(path: str, folders: list[str]) -> bool:
+    return any(path == f or path.startswith(f.rstrip("/") + "/") for f in folders)
+
+
 def walk(roots: Iterable[str], on_file: Callable[[int], None] | None = None,
          should_stop: Callable[[], bool] | None = None) -> WalkResult:
-    """Collect the files under ``roots`` (folders or single files), each real file once."""
+    """Collect the files under ``roots`` (folders or single files), each real file once.
+
+    ``roots`` should have their symbolic links resolved. A link that points inside a root is not
+    followed (what it points to is reached by its real path), so each file gets exactly one path
+    whatever the order of the walk; links to places outside the roots are followed.
+    """
     result = WalkResult()
+    roots = list(roots)
+    root_folders = [r for r in roots if os.path.isdir(r)]
     seen_dirs: set[tuple[int, int]] = set()
     seen_files: set[tuple[int, int]] = set()
 
@@ -90,7 +102,7 @@ def walk(roots: Iterable[str], on_file: Callable[[int], None] | None = None,
             return  # a hard link or a symlink to a file already found
         seen_files.add(ident)
         kind, reason = classify(os.path.basename(path))
-        result.files.append(FoundFile(path, st.st_size, st.st_mtime_ns, kind, reason))
+        result.files.append(FoundFile(path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, kind, reason))
         if on_file is not None:
             on_file(len(result.files))
 
@@ -133,7 +145,10 @@ def walk(roots: Iterable[str], on_file: Callable[[int], None] | None = None,
                 continue
             except OSError as exc:
                 result.issues.append(WalkIssue(entry.path, "unreadable", f"cannot read: {exc.strerror or exc}"))
+                result.unreadable_dirs.append(entry.path)  # it may be a folder: keep its tracks as they are
                 continue
+            if entry.is_symlink() and _inside(os.path.realpath(entry.path), root_folders):
+                continue  # reached by its real path
             if stat.S_ISDIR(st.st_mode):
                 ident = (st.st_dev, st.st_ino)
                 if ident in seen_dirs:

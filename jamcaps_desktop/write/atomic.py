@@ -48,11 +48,12 @@ class DiskFullError(WriteError):
 class FileState:
     size: int
     mtime_ns: int
+    ctime_ns: int | None = None  # informational: compared only where both sides know it
 
     @classmethod
     def of(cls, path: str) -> FileState:
         st = os.stat(path)
-        return cls(st.st_size, st.st_mtime_ns)
+        return cls(st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 # -- the steps (patched by fault-injection tests) -------------------------------------------------

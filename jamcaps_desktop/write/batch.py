@@ -24,7 +24,7 @@ from typing import Any
 
 from jamcaps_desktop.jobs.base import CancelToken, Progress, ProgressCallback, no_progress
 from jamcaps_desktop.library.database import Library, utc_now
-from jamcaps_desktop.library.paths import db_path_to_fs
+from jamcaps_desktop.library.paths import fs_path
 from jamcaps_desktop.library.queries import canonical_tags, track_tags
 from jamcaps_desktop.library.tracks import store_record
 from jamcaps_desktop.scan.fingerprint import fingerprint_file
@@ -131,12 +131,14 @@ def staged_changes(library: Library, track_ids: Iterable[int] | None = None) -> 
 # -- helpers ------------------------------------------------------------------------------------
 def _track(library: Library, track_id: int) -> dict[str, Any] | None:
     row = library.conn.execute(
-        "SELECT id, path, path_bytes, size, mtime_ns, container, codec, status, error FROM tracks WHERE id = ?",
+        "SELECT id, path, path_key, size, mtime_ns, container, codec, status, error FROM tracks WHERE id = ?",
         (track_id,)).fetchone()
     if row is None:
         return None
-    keys = ("id", "path", "path_bytes", "size", "mtime_ns", "container", "codec", "status", "error")
-    return dict(zip(keys, row, strict=True))
+    keys = ("id", "path", "path_key", "size", "mtime_ns", "container", "codec", "status", "error")
+    track = dict(zip(keys, row, strict=True))
+    track["path_key"] = bytes(track["path_key"])
+    return track
 
 
 def _diff(current: Changes, wanted: Changes) -> dict[str, tuple[list[str], list[str]]]:
@@ -174,9 +176,9 @@ def _journal_file(library: Library, batch_id: int, track: dict[str, Any], status
                   changes: dict[str, tuple[list[str], list[str]]] | None = None) -> int:
     with library.transaction() as conn:
         cursor = conn.execute(
-            "INSERT INTO write_files (batch_id, track_id, path, path_bytes, status, error, tag_format, backup, "
+            "INSERT INTO write_files (batch_id, track_id, path, path_key, status, error, tag_format, backup, "
             "before_size, before_mtime_ns, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (batch_id, track["id"], track["path"], track["path_bytes"], status, error,
+            (batch_id, track["id"], track["path"], track["path_key"], status, error,
              result.tag_format if result else None,
              json.dumps(result.backup) if result else None, track["size"], track["mtime_ns"],
              None if status == "pending" else utc_now()))
@@ -189,10 +191,10 @@ def _journal_file(library: Library, batch_id: int, track: dict[str, Any], status
     return file_id
 
 
-def _settle_written(library: Library, file_id: int, track_id: int, fs_path: str, state: FileState,
+def _settle_written(library: Library, file_id: int, track_id: int, file_path: str, state: FileState,
                     clear_fields: list[str] | None) -> None:
     """The file now holds the new tags: record its new state and re-read it into the library."""
-    record = read_file(fs_path, state.size, state.mtime_ns, expect_audio=True)
+    record = read_file(file_path, state.size, state.mtime_ns, state.ctime_ns, expect_audio=True)
     now = utc_now()
     with library.transaction() as conn:
         conn.execute("UPDATE write_files SET status = 'written', after_size = ?, after_mtime_ns = ?, "
@@ -270,7 +272,7 @@ def _write_one(library: Library, batch_id: int, track_id: int, wanted: Changes, 
                 conn.executemany("DELETE FROM staged_values WHERE track_id = ? AND field = ?",
                                  [(track_id, name) for name in wanted])
         return FileOutcome(track_id, path, "unchanged")
-    fs_path = db_path_to_fs(track["path"], track["path_bytes"])
+    file_path = fs_path(track["path_key"])
     to_write = {name: wanted[name] for name in diff}
     journal: dict[str, int] = {}
 
@@ -286,7 +288,7 @@ def _write_one(library: Library, batch_id: int, track_id: int, wanted: Changes, 
         journal["id"] = _journal_file(library, batch_id, track, "pending", result=result, changes=old_new)
 
     try:
-        result, state = rewrite_file(fs_path, edit, expected=FileState(track["size"], track["mtime_ns"]),
+        result, state = rewrite_file(file_path, edit, expected=FileState(track["size"], track["mtime_ns"]),
                                      keep_mtime=options.keep_mtime, before_replace=record_pending)
     except (WriteError, TagEditError, UnsupportedFieldError) as exc:
         if "id" in journal:
@@ -295,7 +297,7 @@ def _write_one(library: Library, batch_id: int, track_id: int, wanted: Changes, 
             _journal_file(library, batch_id, track, "failed", error=str(exc),
                           changes={n: (current.get(n, []), v) for n, v in to_write.items()})
         return FileOutcome(track_id, path, "failed", diff, error=str(exc))
-    _settle_written(library, journal["id"], track_id, fs_path, state, list(wanted) if clear_staged else None)
+    _settle_written(library, journal["id"], track_id, file_path, state, list(wanted) if clear_staged else None)
     old_new = {name: (result.old_values.get(name, []), to_write[name]) for name in to_write}
     return FileOutcome(track_id, path, "written", old_new)
 
@@ -326,7 +328,7 @@ def undo(library: Library, batch_id: int | None = None, *, progress: ProgressCal
     if original is None:
         raise UndoError(f"there is no write batch {batch_id}")
     rows = library.conn.execute(
-        "SELECT id, track_id, path, path_bytes, backup, after_size, after_mtime_ns, after_fingerprint "
+        "SELECT id, track_id, path, path_key, backup, after_size, after_mtime_ns, after_fingerprint "
         "FROM write_files WHERE batch_id = ? AND status = 'written' ORDER BY id", (batch_id,)).fetchall()
     if not rows:
         raise UndoError(f"batch {batch_id} has nothing left to undo")
@@ -349,17 +351,17 @@ def undo(library: Library, batch_id: int | None = None, *, progress: ProgressCal
 
 
 def _undo_one(library: Library, undo_id: int, row: tuple[Any, ...], options: WriteOptions) -> FileOutcome:
-    file_id, track_id, path, path_bytes, backup_json, after_size, after_mtime, after_fp = row
+    file_id, track_id, path, key, backup_json, after_size, after_mtime, after_fp = row
     track = _track(library, track_id) if track_id is not None else None
-    fs_path = db_path_to_fs(track["path"], track["path_bytes"]) if track else db_path_to_fs(path, path_bytes)
+    file_path = fs_path(track["path_key"] if track else bytes(key))
     shown = track["path"] if track else path
     changes = {name: (json.loads(new), json.loads(old)) for name, old, new in library.conn.execute(
         "SELECT field, old_values, new_values FROM write_changes WHERE write_file_id = ?", (file_id,))}
     try:
-        state = FileState.of(fs_path)
+        state = FileState.of(file_path)
     except OSError:
         return FileOutcome(track_id, shown, "failed", changes, error="the file is not there any more")
-    if (state.size, state.mtime_ns) != (after_size, after_mtime) or fingerprint_file(fs_path) != after_fp:
+    if (state.size, state.mtime_ns) != (after_size, after_mtime) or fingerprint_file(file_path) != after_fp:
         return FileOutcome(track_id, shown, "failed", changes,
                            error="the file changed after it was written; it was left as it is")
     if track is None:
@@ -379,13 +381,13 @@ def _undo_one(library: Library, undo_id: int, row: tuple[Any, ...], options: Wri
                                       "pending", result=result, changes=changes)
 
     try:
-        _result, new_state = rewrite_file(fs_path, edit, expected=state, keep_mtime=options.keep_mtime,
+        _result, new_state = rewrite_file(file_path, edit, expected=state, keep_mtime=options.keep_mtime,
                                           before_replace=record_pending)
     except (WriteError, TagEditError) as exc:
         if "id" in journal:
             _fail(library, journal["id"], str(exc))
         return FileOutcome(track_id, shown, "failed", changes, error=str(exc))
-    _settle_written(library, journal["id"], track_id, fs_path, new_state, None)
+    _settle_written(library, journal["id"], track_id, file_path, new_state, None)
     with library.transaction() as conn:
         conn.execute("UPDATE write_files SET status = 'undone' WHERE id = ?", (file_id,))
     return FileOutcome(track_id, shown, "written", changes)
@@ -399,25 +401,25 @@ def recover(library: Library) -> int:
     is found by reading the file. Temporary copies left beside it are removed.
     """
     rows = library.conn.execute(
-        "SELECT f.id, f.track_id, f.path, f.path_bytes, f.batch_id FROM write_files f "
+        "SELECT f.id, f.track_id, f.path, f.path_key, f.batch_id FROM write_files f "
         "WHERE f.status = 'pending'").fetchall()
-    for file_id, track_id, path, path_bytes, batch_id in rows:
-        fs_path = db_path_to_fs(path, path_bytes)
-        _remove_temp_copies(fs_path)
+    for file_id, track_id, path, key, batch_id in rows:
+        file_path = fs_path(bytes(key))
+        _remove_temp_copies(file_path)
         changes = {name: json.loads(new) for name, new in library.conn.execute(
             "SELECT field, new_values FROM write_changes WHERE write_file_id = ?", (file_id,))}
         try:
-            state = FileState.of(fs_path)
+            state = FileState.of(file_path)
         except OSError:
             _fail(library, file_id, "interrupted, and the file is gone")
             continue
-        record = read_file(fs_path, state.size, state.mtime_ns, expect_audio=True)
+        record = read_file(file_path, state.size, state.mtime_ns, expect_audio=True)
         found: Changes = {}
         for tag in record.tags:
             if tag.field in changes and tag.value not in found.setdefault(tag.field, []):
                 found[tag.field].append(tag.value)
         if all(found.get(name, []) == vals for name, vals in changes.items()) and track_id is not None:
-            _settle_written(library, file_id, track_id, fs_path, state, None)
+            _settle_written(library, file_id, track_id, file_path, state, None)
             log.info("write of %s was completed before an interruption", path)
         else:
             _fail(library, file_id, "interrupted before the file was replaced; the file was not changed")
@@ -427,8 +429,8 @@ def recover(library: Library) -> int:
     return len(rows)
 
 
-def _remove_temp_copies(fs_path: str) -> None:
-    folder, name = os.path.split(fs_path)
+def _remove_temp_copies(file_path: str) -> None:
+    folder, name = os.path.split(file_path)
     try:
         entries = os.listdir(folder)
     except OSError:
