@@ -36,12 +36,12 @@ class Library:
 
     def __init__(self, path: str | Path, *, timeout: float = 30.0, create: bool = True) -> None:
         self.path = Path(path)
+        if not create and not self.path.exists():
+            raise LibraryError(f"there is no library at {self.path} yet; scan a folder first ('jamcaps scan FOLDER')")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise LibraryError(f"cannot create the library folder {self.path.parent}: {exc.strerror}") from exc
-        if not create and not self.path.exists():
-            raise LibraryError(f"there is no library at {self.path} yet; scan a folder first ('jamcaps scan FOLDER')")
         try:
             conn = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None,
                                    check_same_thread=False)
