@@ -44,21 +44,24 @@ def _clean(value: str) -> str:
     return value[:MAX_VALUE_CHARS]
 
 
-def _split_multi(field: str | None, value: str, *, slash: bool = False) -> list[str]:
-    """Multi-value fields stored as one string: split on ';' (and '/' for ID3v2.3, Picard's joiner)."""
+_NUMBER_FIELDS = {"tracknumber", "totaltracks", "discnumber", "totaldiscs"}
+
+
+def _split_multi(field: str | None, value: str) -> list[str]:
+    """Multi-value fields stored as one string (as ID3v2.3 must) are split on ';'."""
     if field not in MULTI_VALUE_FIELDS:
         return [value]
-    parts = re.split(r"[;/]" if slash else r";", value)
-    return [p.strip() for p in parts if p.strip()]
+    return [p.strip() for p in value.split(";") if p.strip()]
 
 
-def _emit(field: str | None, raw_key: str, values: Iterable[object], *, slash: bool = False
-          ) -> Iterator[TagValue]:
+def _emit(field: str | None, raw_key: str, values: Iterable[object]) -> Iterator[TagValue]:
     for item in values:
         text = _clean(str(item))
         if not text:
             continue
-        for part in _split_multi(field, text, slash=slash):
+        if field in _NUMBER_FIELDS and text.isdigit():
+            text = str(int(text))  # "03" and "3" are the same track number
+        for part in _split_multi(field, text):
             yield TagValue(field, raw_key, part)
 
 
@@ -98,20 +101,19 @@ _TXXX = mapping.reverse(mapping.ID3_TXXX, fold_case=True)
 
 
 def read_id3(tags: mutagen.id3.ID3) -> Iterator[TagValue]:
-    v23 = tags.version[:2] < (2, 4)
     for frame in tags.values():
         frame_id = frame.FrameID
         key = frame.HashKey
         if frame_id in mapping.ID3_FRAMES:
             field = mapping.ID3_FRAMES[frame_id]
             values = frame.genres if frame_id == "TCON" else frame.text
-            yield from _emit(field, key, values, slash=v23)
+            yield from _emit(field, key, values)
         elif frame_id in mapping.ID3_NUMBER_PAIRS:
             for text in frame.text:
                 yield from _number_pair(key, str(text), mapping.ID3_NUMBER_PAIRS[frame_id])
         elif frame_id == "TXXX":
             field = _TXXX.get(frame.desc.casefold())
-            yield from _emit(field, key, frame.text, slash=v23)
+            yield from _emit(field, key, frame.text)
         elif frame_id == "COMM":
             field = "comment" if frame.desc == "" else None
             yield from _emit(field, key, frame.text)
@@ -278,7 +280,7 @@ def _read_block(tags: object, values: list[TagValue], formats: list[str]) -> Non
     if tags is None:
         return
     if isinstance(tags, mutagen.id3.ID3):
-        formats.append(f"id3v2.{tags.version[1]}")
+        formats.append("id3v1" if tags.version[0] == 1 else f"id3v2.{tags.version[1]}")
         values.extend(read_id3(tags))
     elif isinstance(tags, mutagen.mp4.MP4Tags):
         formats.append("mp4")
