@@ -34,10 +34,15 @@ TAG_FORMAT_BY_CONTAINER = {
     "mp4": "mp4",
     "asf": "asf",
     "ape": "apev2", "wavpack": "apev2", "musepack": "apev2", "tak": "apev2", "tta": "apev2", "aac": "apev2",
-    "ac3": "apev2",
 }
 # Containers whose mutagen class does not carry APEv2 itself: the tag is opened on its own.
-_STANDALONE_APE = {"tta", "aac", "ac3"}
+_STANDALONE_APE = {"tta", "aac"}
+# Raw AC-3 streams have no place for tags: FFmpeg stops decoding at an appended APEv2 tag, losing
+# the end of the audio, so the app refuses to write one.
+UNTAGGABLE_REASONS = {
+    "ac3": "raw AC-3 streams have no tag block; a tag appended to one cuts decoding short",
+    "optimfrog": "OptimFROG files cannot be decoded, so they are not tagged",
+}
 
 
 class TagEditError(Exception):
@@ -65,7 +70,7 @@ def open_for_edit(fileobj: BinaryIO, container: str, codec: str | None, id3_vers
                   ) -> EditSession:
     tag_format = TAG_FORMAT_BY_CONTAINER.get(container)
     if tag_format is None:
-        raise TagEditError(f"tags cannot be written to {container} files")
+        raise TagEditError(UNTAGGABLE_REASONS.get(container, f"tags cannot be written to {container} files"))
     fileobj.seek(0)
     try:
         if container in _STANDALONE_APE:

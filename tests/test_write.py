@@ -1,0 +1,465 @@
+"""Writing tags: values read back, nothing else moves, the audio is untouched, undo is exact, and no
+failure at any step can damage the original file."""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import shutil
+import stat
+from collections import Counter
+from pathlib import Path
+
+import av
+import mutagen
+import numpy as np
+import pytest
+from audio_fixtures import FORMATS
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from jamcaps_desktop.library import Library
+from jamcaps_desktop.library.queries import canonical_tags, find_track, track_tags
+from jamcaps_desktop.scan.scanner import scan
+from jamcaps_desktop.scan.sniff import sniff_file
+from jamcaps_desktop.scan.walker import NON_AUDIO_EXTENSIONS, extension
+from jamcaps_desktop.tags.edit import (
+    TAG_FORMAT_BY_CONTAINER,
+    apply_changes,
+    open_for_edit,
+    restore_backup,
+    verify_changes,
+)
+from jamcaps_desktop.tags.read import read_tags
+from jamcaps_desktop.tags.values import InvalidValueError, normalise
+from jamcaps_desktop.write import atomic
+from jamcaps_desktop.write import batch as batch_module
+from jamcaps_desktop.write.batch import WriteOptions, recover, stage, staged_changes, undo, write_changes
+
+CHANGES = {
+    "genre": ["Ambient", "Drone"],
+    "mood": ["calm"],
+    "bpm": ["92"],
+    "key": ["F#m"],
+    "comment": ["written by the test"],
+    "instruments": ["piano", "strings"],
+}
+
+
+def decoded_audio(path: Path) -> np.ndarray | None:
+    """Every decoded sample of the first audio stream, or None where FFmpeg cannot decode the file."""
+    try:
+        with av.open(str(path)) as container:
+            chunks = [frame.to_ndarray().reshape(-1) for frame in container.decode(audio=0)]
+    except (av.error.FFmpegError, IndexError, ValueError):
+        return None
+    return np.concatenate(chunks) if chunks else np.zeros(0)
+
+
+def raw_tags(path: Path, container: str, codec: str | None) -> Counter:
+    """Every raw item of the file's tag, exactly (the adapter's snapshot), for before/after comparisons."""
+    with open(path, "rb") as handle:
+        data = io.BytesIO(handle.read())
+    return open_for_edit(data, container, codec).adapter.snapshot()
+
+
+def readable(path: Path) -> dict[tuple[str | None, str], list[str]]:
+    values: dict[tuple[str | None, str], list[str]] = {}
+    for tag in read_tags(mutagen.File(path), str(path)).values:
+        values.setdefault((tag.field, tag.raw_key), []).append(tag.value)
+    return values
+
+
+# -- every file of the shared corpus that can be tagged ---------------------------------------------
+def _corpus_files() -> list[Path]:
+    root = Path(__file__).resolve().parent.parent.parent / "shared" / "corpus" / "tags"
+    if not root.is_dir():
+        return []
+    found = []
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and path.suffix.lower() not in (".txt", ".log", ".json", ".jpg", ".png"):
+            with open(path, "rb") as handle:
+                sniffed = sniff_file(handle)
+            if sniffed.container in TAG_FORMAT_BY_CONTAINER and extension(path.name) not in NON_AUDIO_EXTENSIONS:
+                found.append(path)
+    return found
+
+
+CORPUS = _corpus_files()
+
+
+@pytest.mark.parametrize("source", CORPUS or [None], ids=[str(p.relative_to(p.parents[3])) for p in CORPUS] or ["-"])
+def test_write_and_undo_every_corpus_file(source, tmp_path):
+    if source is None:
+        pytest.skip("../shared/corpus is not present (it is not part of the project)")
+    work = tmp_path / "music"
+    work.mkdir()
+    path = work / source.name
+    shutil.copyfile(source, path)
+    os.chmod(path, 0o644)
+    original_bytes = path.read_bytes()
+    with Library(tmp_path / "lib.sqlite") as library:
+        scan(library, [work])
+        track = find_track(library, str(path))
+        if track["status"] != "ok":
+            # a file the scanner could not use: writing refuses clearly and touches nothing
+            stage(library, [track["id"]], CHANGES)
+            summary = write_changes(library, staged_changes(library))
+            assert summary.files[0].status == "failed" and summary.files[0].error
+            assert path.read_bytes() == original_bytes
+            return
+        container, codec = track["container"], track["codec"]
+        before_raw = raw_tags(path, container, codec)
+        before_readable = readable(path)
+        before_audio = decoded_audio(path)
+
+        stage(library, [track["id"]], CHANGES)
+        summary = write_changes(library, staged_changes(library))
+        outcome = summary.files[0]
+        assert outcome.status == "written", outcome.error
+
+        # the values read back, from the file and in the library
+        after_readable = readable(path)
+        found = {}
+        for (field, _key), values in after_readable.items():
+            if field:
+                found.setdefault(field, [])
+                found[field] += [v for v in values if v not in found[field]]
+        for field, values in CHANGES.items():
+            assert found[field] == values, field
+        assert {f: canonical_tags(track_tags(library, track["id"]))[f] for f in CHANGES} == CHANGES
+        # every other tag (pictures included) is exactly as it was
+        untouched_before = {k: v for k, v in before_readable.items() if k[0] not in CHANGES}
+        untouched_after = {k: v for k, v in after_readable.items() if k[0] not in CHANGES}
+        assert untouched_after == untouched_before
+        # the audio is the same, sample for sample
+        if before_audio is not None:
+            after_audio = decoded_audio(path)
+            assert after_audio is not None and np.array_equal(before_audio, after_audio)
+
+        undone = undo(library)
+        assert [f.status for f in undone.files] == ["written"], undone.files[0].error
+        assert raw_tags(path, container, codec) == before_raw
+        assert readable(path) == before_readable
+
+
+# -- generated files: property tests ----------------------------------------------------------------
+values_strategy = st.lists(
+    st.text(st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters=";"), min_size=1, max_size=200)
+    .map(str.strip).filter(bool),
+    min_size=1, max_size=12, unique=True)
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(genres=values_strategy, comment=st.text(min_size=1, max_size=5000).map(str.strip).filter(bool),
+       instruments=values_strategy)
+def test_random_unicode_long_and_many_values_round_trip(fmt, audio_templates, genres, comment, instruments):
+    container = {"mp3": "mp3", "flac": "flac", "ogg": "ogg", "opus": "ogg", "m4a": "mp4", "alac": "mp4",
+                 "wav": "wav", "aiff": "aiff", "wma": "asf", "wv": "wavpack"}[fmt]
+    codec = {"ogg": "vorbis", "opus": "opus"}.get(fmt)
+    try:
+        changes = {name: normalise(name, vals) for name, vals in
+                   {"genre": genres, "comment": [comment], "instruments": instruments}.items()}
+    except InvalidValueError:
+        assume(False)
+    assume(all(changes.values()))
+    original = audio_templates[fmt].read_bytes()
+    data = io.BytesIO(original)
+    result = apply_changes(data, container, codec, changes)
+    verify_changes(data, container, codec, result, changes)
+    restore_backup(data, container, codec, result.backup)
+    data.seek(0)
+    restored = open_for_edit(data, container, codec).adapter.snapshot()
+    assert restored == open_for_edit(io.BytesIO(original), container, codec).adapter.snapshot()
+
+
+# -- the safety of each step ------------------------------------------------------------------------
+@pytest.fixture
+def tagged_library(tmp_path, make_track):
+    music = tmp_path / "music"
+    paths = [make_track(music, fmt) for fmt in ("mp3", "flac", "m4a")]
+    library = Library(tmp_path / "lib.sqlite")
+    scan(library, [music])
+    ids = [find_track(library, str(p))["id"] for p in paths]
+    stage(library, ids, CHANGES)
+    yield library, paths, ids
+    library.close()
+
+
+def _snapshot_files(paths: list[Path]) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in paths}
+
+
+def _no_temp_files(folder: Path) -> bool:
+    return not [p for p in folder.iterdir() if p.name.startswith(atomic.TEMP_PREFIX)]
+
+
+@pytest.mark.parametrize("step", ["copy_file", "fsync_file", "replace_file", "verify", "save"])
+def test_a_failure_at_any_step_leaves_every_original_intact(tagged_library, monkeypatch, step):
+    library, paths, _ids = tagged_library
+    before = _snapshot_files(paths)
+
+    def fail(*args, **kwargs):
+        raise OSError(errno.EIO, "injected failure")
+
+    if step == "verify":
+        def wrong(*args, **kwargs):
+            raise batch_module.TagEditError("genre reads back as ['x'], not ['Ambient']")
+        monkeypatch.setattr(batch_module, "verify_changes", wrong)
+    elif step == "save":
+        monkeypatch.setattr("jamcaps_desktop.tags.edit.EditSession.save", fail)
+    else:
+        monkeypatch.setattr(atomic, step, fail)
+    summary = write_changes(library, staged_changes(library))
+    assert [f.status for f in summary.files] == ["failed"] * 3
+    assert all(f.error for f in summary.files)
+    assert _snapshot_files(paths) == before
+    assert _no_temp_files(paths[0].parent)
+    # nothing was written, so the staged values are still there to try again
+    assert len(staged_changes(library)) == 3
+
+
+def test_a_full_disk_is_a_clear_error(tagged_library, monkeypatch):
+    library, paths, _ids = tagged_library
+    before = _snapshot_files(paths)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic, "copy_file", disk_full)
+    summary = write_changes(library, staged_changes(library))
+    assert {f.error for f in summary.files} == {"the disk is full (copying the file)"}
+    assert _snapshot_files(paths) == before
+
+
+class FaultyFile:
+    """A file object that fails on its N-th operation, the way mutagen's own tests inject faults."""
+
+    def __init__(self, handle, fail_at: int) -> None:
+        self._handle = handle
+        self._left = fail_at
+
+    def _tick(self) -> None:
+        self._left -= 1
+        if self._left < 0:
+            raise OSError(errno.EIO, "injected I/O error")
+
+    def read(self, *args):
+        self._tick()
+        return self._handle.read(*args)
+
+    def write(self, *args):
+        self._tick()
+        return self._handle.write(*args)
+
+    def seek(self, *args):
+        self._tick()
+        return self._handle.seek(*args)
+
+    def truncate(self, *args):
+        self._tick()
+        return self._handle.truncate(*args)
+
+    def __getattr__(self, name):
+        return getattr(self._handle, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._handle.close()
+        return False
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(fail_at=st.integers(min_value=0, max_value=400))
+def test_io_faults_inside_the_tag_save_never_touch_the_original(make_track, tmp_path_factory, fail_at):
+    folder = tmp_path_factory.mktemp("faults")
+    path = make_track(folder / "music", "flac")
+    original = path.read_bytes()
+    real_open = open
+
+    def faulty_open(file, mode="r", *args, **kwargs):
+        handle = real_open(file, mode, *args, **kwargs)
+        if str(file).endswith(atomic.TEMP_SUFFIX) and "+" in mode:
+            return FaultyFile(handle, fail_at)
+        return handle
+
+    with Library(folder / "lib.sqlite") as library:
+        scan(library, [folder / "music"])
+        track_id = find_track(library, str(path))["id"]
+        atomic.open = faulty_open  # type: ignore[attr-defined]
+        try:
+            summary = write_changes(library, {track_id: CHANGES})
+        finally:
+            del atomic.open  # type: ignore[attr-defined]
+        outcome = summary.files[0]
+        if outcome.status == "written":
+            # the fault came after the last operation: the new file must be complete and correct
+            assert canonical_tags(track_tags(library, track_id))["genre"] == CHANGES["genre"]
+        else:
+            assert outcome.error
+            assert path.read_bytes() == original
+    assert _no_temp_files(path.parent)
+
+
+def test_a_crash_before_the_replace_is_settled_as_not_written(tagged_library, monkeypatch):
+    library, paths, ids = tagged_library
+    before = _snapshot_files(paths)
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(atomic, "replace_file", crash)
+    with pytest.raises(KeyboardInterrupt):
+        write_changes(library, staged_changes(library))
+    pending = library.conn.execute("SELECT COUNT(*) FROM write_files WHERE status = 'pending'").fetchone()[0]
+    assert pending == 1
+    monkeypatch.undo()
+    assert recover(library) == 1
+    assert library.conn.execute("SELECT status FROM write_files").fetchone()[0] == "failed"
+    assert _snapshot_files(paths) == before
+    assert _no_temp_files(paths[0].parent)
+
+
+def test_a_crash_after_the_replace_is_settled_as_written(tagged_library, monkeypatch):
+    library, paths, ids = tagged_library
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(batch_module, "_settle_written", crash)
+    with pytest.raises(KeyboardInterrupt):
+        write_changes(library, staged_changes(library))
+    monkeypatch.undo()
+    assert recover(library) == 1
+    status, track_id = library.conn.execute("SELECT status, track_id FROM write_files").fetchone()
+    assert status == "written"
+    assert canonical_tags(track_tags(library, track_id))["mood"] == ["calm"]
+    batch_status = library.conn.execute("SELECT status FROM write_batches").fetchone()[0]
+    assert batch_status == "interrupted"
+    # and the recovered write can be undone
+    assert undo(library).files[0].status == "written"
+
+
+def test_read_only_files_and_files_changed_since_the_scan_are_refused(tagged_library):
+    library, paths, _ids = tagged_library
+    before = _snapshot_files(paths)
+    os.chmod(paths[0], 0o444)
+    with open(paths[1], "ab") as handle:
+        handle.write(b"\x00")  # changed behind the library's back
+    before[paths[1]] = paths[1].read_bytes()
+    summary = write_changes(library, staged_changes(library))
+    errors = {Path(f.path).name: f.error for f in summary.files if f.status == "failed"}
+    assert errors[paths[0].name] == "the file is read-only"
+    assert "changed on disk since it was scanned" in errors[paths[1].name]
+    assert [f.status for f in summary.files].count("written") == 1
+    assert paths[0].read_bytes() == before[paths[0]] and paths[1].read_bytes() == before[paths[1]]
+
+
+def test_permissions_kept_and_mtime_kept_when_asked(tagged_library):
+    library, paths, ids = tagged_library
+    os.chmod(paths[0], 0o640)
+    os.utime(paths[1], ns=(1_000_000_000_000_000_000, 1_000_000_000_000_000_000))
+    scan(library, [paths[0].parent])
+    mtime = os.stat(paths[1]).st_mtime_ns
+    write_changes(library, staged_changes(library), options=WriteOptions(keep_mtime=True))
+    assert stat.S_IMODE(os.stat(paths[0]).st_mode) == 0o640
+    assert os.stat(paths[1]).st_mtime_ns == mtime
+
+
+def test_undo_refuses_a_file_changed_after_the_write(tagged_library):
+    library, paths, ids = tagged_library
+    summary = write_changes(library, staged_changes(library))
+    assert summary.count("written") == 3
+    audio = mutagen.File(paths[1])
+    audio.tags["TITLE"] = "edited by another program"
+    audio.save()
+    edited = paths[1].read_bytes()
+    undone = undo(library, summary.batch_id)
+    outcomes = {Path(f.path).name: f for f in undone.files}
+    assert outcomes[paths[1].name].status == "failed"
+    assert "changed after it was written" in outcomes[paths[1].name].error
+    assert paths[1].read_bytes() == edited
+    assert [outcomes[p.name].status for p in (paths[0], paths[2])] == ["written", "written"]
+
+
+def test_id3v23_files_stay_v23_and_keep_mood_the_picard_way(tmp_path, make_track):
+    from mutagen.id3 import ID3, TSOP
+
+    music = tmp_path / "music"
+    path = make_track(music, "mp3")
+    tags = ID3()
+    tags.add(TSOP(encoding=1, text=["Artist, The"]))  # a v2.4 frame Picard keeps in v2.3
+    tags.save(path, v2_version=3)
+    with Library(tmp_path / "lib.sqlite") as library:
+        scan(library, [music])
+        track_id = find_track(library, str(path))["id"]
+        summary = write_changes(library, {track_id: {"mood": ["calm", "warm"], "genre": ["A", "B"]}})
+        assert summary.files[0].status == "written", summary.files[0].error
+    saved = ID3(path)
+    assert saved.version[:2] == (2, 3)
+    assert saved["TXXX:mood"].text == ["calm; warm"] or saved["TXXX:mood"].text == ["calm", "warm"]
+    assert "TSOP" in saved
+    assert canonical_tags([{"field": t.field, "raw_key": t.raw_key, "value": t.value}
+                           for t in read_tags(mutagen.File(path)).values])["mood"] == ["calm", "warm"]
+
+
+def test_id3v23_chosen_for_a_new_tag(tmp_path, make_track):
+    from mutagen.id3 import ID3
+
+    music = tmp_path / "music"
+    path = make_track(music, "mp3")
+    ID3(path).delete()
+    with Library(tmp_path / "lib.sqlite") as library:
+        scan(library, [music])
+        track_id = find_track(library, str(path))["id"]
+        summary = write_changes(library, {track_id: {"mood": ["calm"]}}, options=WriteOptions(id3_version=3))
+        assert summary.files[0].status == "written", summary.files[0].error
+    assert ID3(path).version[:2] == (2, 3)
+    assert "TXXX:mood" in ID3(path)
+
+
+def test_a_field_the_format_cannot_hold_is_a_clear_error(tmp_path, make_track):
+    music = tmp_path / "music"
+    path = make_track(music, "wma")
+    original = path.read_bytes()
+    with Library(tmp_path / "lib.sqlite") as library:
+        scan(library, [music])
+        track_id = find_track(library, str(path))["id"]
+        summary = write_changes(library, {track_id: {"totaltracks": ["12"]}})
+    assert summary.files[0].status == "failed"
+    assert "ASF tags have no place for total tracks" in summary.files[0].error
+    assert path.read_bytes() == original
+
+
+def test_track_number_keeps_its_total(tmp_path, make_track):
+    from tagging import tag_file
+
+    music = tmp_path / "music"
+    paths = [make_track(music, fmt) for fmt in ("mp3", "m4a", "wv", "flac")]
+    for path in paths:
+        tag_file(path)
+    with Library(tmp_path / "lib.sqlite") as library:
+        scan(library, [music])
+        ids = [find_track(library, str(p))["id"] for p in paths]
+        summary = write_changes(library, {tid: {"tracknumber": ["7"]} for tid in ids})
+        assert [f.status for f in summary.files] == ["written"] * 4, [f.error for f in summary.files]
+        for tid in ids:
+            tags = canonical_tags(track_tags(library, tid))
+            assert tags["tracknumber"] == ["7"] and tags["totaltracks"] == ["12"]
+
+
+def test_values_are_checked_before_they_are_staged():
+    assert normalise("bpm", ["127.6"]) == ["128"]
+    assert normalise("genre", [" Rock ", "Rock", ""]) == ["Rock"]
+    assert normalise("mood", []) == []
+    for field, value in (("genre", "17"), ("genre", "(17)Rock"), ("genre", "a;b"), ("bpm", "fast"),
+                         ("tracknumber", "0"), ("date", "yesterday"), ("musicbrainz_recordingid", "x"),
+                         ("colour", "red")):
+        with pytest.raises(InvalidValueError):
+            normalise(field, [value])
+    with pytest.raises(InvalidValueError):
+        normalise("title", ["one", "two"])
