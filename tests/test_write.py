@@ -306,7 +306,7 @@ def test_io_faults_inside_the_tag_save_never_touch_the_original(make_track, tmp_
 
 
 def test_a_crash_before_the_replace_is_settled_as_not_written(tagged_library, monkeypatch):
-    library, paths, ids = tagged_library
+    library, paths, _ids = tagged_library
     before = _snapshot_files(paths)
 
     def crash(*args, **kwargs):
@@ -325,7 +325,7 @@ def test_a_crash_before_the_replace_is_settled_as_not_written(tagged_library, mo
 
 
 def test_a_crash_after_the_replace_is_settled_as_written(tagged_library, monkeypatch):
-    library, paths, ids = tagged_library
+    library, _paths, _ids = tagged_library
 
     def crash(*args, **kwargs):
         raise KeyboardInterrupt
@@ -360,7 +360,7 @@ def test_read_only_files_and_files_changed_since_the_scan_are_refused(tagged_lib
 
 
 def test_permissions_kept_and_mtime_kept_when_asked(tagged_library):
-    library, paths, ids = tagged_library
+    library, paths, _ids = tagged_library
     os.chmod(paths[0], 0o640)
     os.utime(paths[1], ns=(1_000_000_000_000_000_000, 1_000_000_000_000_000_000))
     scan(library, [paths[0].parent])
@@ -371,7 +371,7 @@ def test_permissions_kept_and_mtime_kept_when_asked(tagged_library):
 
 
 def test_undo_refuses_a_file_changed_after_the_write(tagged_library):
-    library, paths, ids = tagged_library
+    library, paths, _ids = tagged_library
     summary = write_changes(library, staged_changes(library))
     assert summary.count("written") == 3
     audio = mutagen.File(paths[1])
