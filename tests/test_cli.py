@@ -113,3 +113,56 @@ def test_piped_ls_keeps_one_line_per_track_whatever_the_names(make_track, tmp_pa
     _run(["scan", str(music)], lib)
     lines = _run(["ls"], lib).output.splitlines()
     assert len(lines) == 2 and lines[1].endswith("two\\nlines\\tand tab.mp3")
+
+
+def test_set_write_history_undo(make_track, tmp_path):
+    music = tmp_path / "music"
+    paths = [make_track(music, fmt) for fmt in ("mp3", "flac", "m4a")]
+    for path in paths:
+        tag_file(path)
+    lib = tmp_path / "lib.sqlite"
+    _run(["scan", str(music)], lib)
+    originals = {p: p.read_bytes() for p in paths}
+
+    result = _run(["set", "format:flac", "mood=calm", "mood=dark", "bpm=90.4"], lib)
+    assert result.exit_code == 0 and "on 1 track(s)" in result.output
+    result = _run(["set", str(music), "genre=Ambient"], lib)
+    assert "on 3 track(s)" in result.output
+
+    dry = json.loads(_run(["write", "--dry-run", "--json"], lib).output)
+    assert dry["planned"] == 3
+    flac = next(f for f in dry["files"] if f["path"].endswith(".flac"))
+    assert flac["changes"]["mood"] == {"old": ["Happy"], "new": ["calm", "dark"]}
+    assert flac["changes"]["bpm"] == {"old": ["120"], "new": ["90"]}
+    assert {p: p.read_bytes() for p in paths} == originals  # a dry run writes nothing
+
+    done = json.loads(_run(["write", "--json"], lib).output)
+    assert done["written"] == 3 and done["failed"] == 0
+    shown = json.loads(_run(["show", str(paths[1]), "--json"], lib).output)
+    assert shown["tags"]["mood"] == ["calm", "dark"] and shown["tags"]["genre"] == ["Ambient"]
+    assert json.loads(_run(["staged", "--json"], lib).output)["files"] == []
+
+    history = json.loads(_run(["history", "--json"], lib).output)
+    assert history[0]["kind"] == "write" and history[0]["written"] == 3
+    details = json.loads(_run(["history", str(done["batch_id"]), "--json"], lib).output)
+    assert {d["status"] for d in details} == {"written"}
+
+    undone = json.loads(_run(["undo", "--json"], lib).output)
+    assert undone["written"] == 3
+    shown = json.loads(_run(["show", str(paths[1]), "--json"], lib).output)
+    assert shown["tags"]["mood"] == ["Happy"] and shown["tags"]["genre"] == ["Rock", "Pop"]
+    again = _run(["undo", str(done["batch_id"])], lib)
+    assert again.exit_code == 1 and "nothing left to undo" in again.output
+
+
+def test_set_refuses_bad_values_and_unknown_targets(make_track, tmp_path):
+    music = tmp_path / "music"
+    make_track(music, "mp3")
+    lib = tmp_path / "lib.sqlite"
+    _run(["scan", str(music)], lib)
+    assert _run(["set", str(music), "bpm=fast"], lib).exit_code == 2
+    assert _run(["set", str(music), "colour=red"], lib).exit_code == 2
+    assert _run(["set", str(music), "genre"], lib).exit_code == 2
+    result = _run(["set", "artist:nobody", "genre=Rock"], lib)
+    assert result.exit_code == 1 and "no track matches" in result.output
+    assert _run(["undo"], lib).exit_code == 1
