@@ -316,10 +316,10 @@ def test_a_crash_before_the_replace_is_settled_as_not_written(tagged_library, mo
     with pytest.raises(KeyboardInterrupt):
         write_changes(library, staged_changes(library))
     pending = library.conn.execute("SELECT COUNT(*) FROM write_files WHERE status = 'pending'").fetchone()[0]
-    assert pending == 1
+    assert pending >= 1  # the files in flight when the process died
     monkeypatch.undo()
-    assert recover(library) == 1
-    assert library.conn.execute("SELECT status FROM write_files").fetchone()[0] == "failed"
+    assert recover(library) == pending
+    assert {s for (s,) in library.conn.execute("SELECT status FROM write_files")} == {"failed"}
     assert _snapshot_files(paths) == before
     assert _no_temp_files(paths[0].parent)
 
@@ -330,18 +330,20 @@ def test_a_crash_after_the_replace_is_settled_as_written(tagged_library, monkeyp
     def crash(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(batch_module, "_settle_written", crash)
+    monkeypatch.setattr(batch_module, "_settle", crash)
     with pytest.raises(KeyboardInterrupt):
         write_changes(library, staged_changes(library))
     monkeypatch.undo()
-    assert recover(library) == 1
-    status, track_id = library.conn.execute("SELECT status, track_id FROM write_files").fetchone()
-    assert status == "written"
-    assert canonical_tags(track_tags(library, track_id))["mood"] == ["calm"]
+    pending = recover(library)
+    assert pending >= 1
+    rows = library.conn.execute("SELECT status, track_id FROM write_files").fetchall()
+    assert len(rows) == pending and {status for status, _ in rows} == {"written"}
+    for _status, track_id in rows:
+        assert canonical_tags(track_tags(library, track_id))["mood"] == ["calm"]
     batch_status = library.conn.execute("SELECT status FROM write_batches").fetchone()[0]
     assert batch_status == "interrupted"
-    # and the recovered write can be undone
-    assert undo(library).files[0].status == "written"
+    # and the recovered writes can be undone
+    assert {f.status for f in undo(library).files} == {"written"}
 
 
 def test_read_only_files_and_files_changed_since_the_scan_are_refused(tagged_library):

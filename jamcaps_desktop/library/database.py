@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -54,6 +55,9 @@ class Library:
             log.warning("library %s runs in %s journal mode, not WAL", self.path, mode)
         self.conn = conn
         self.db = sqlite_utils.Database(conn)
+        # One connection may serve several threads of a job (the tag writer's file workers):
+        # every use of it holds this lock.
+        self.lock = threading.RLock()
         self._migrate()
 
     # -- schema -----------------------------------------------------------------------------
@@ -92,15 +96,16 @@ class Library:
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE … COMMIT, rolled back on any exception (KeyboardInterrupt included)."""
-        try:
-            self.conn.execute("BEGIN IMMEDIATE")
-            yield self.conn
-        except BaseException:
-            if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
-            raise
-        else:
-            self.conn.execute("COMMIT")
+        with self.lock:
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+                yield self.conn
+            except BaseException:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise
+            else:
+                self.conn.execute("COMMIT")
 
     @contextmanager
     def job_lock(self, job: str) -> Iterator[None]:

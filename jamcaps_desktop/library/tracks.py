@@ -8,6 +8,7 @@ from typing import Any
 
 from jamcaps_desktop.library.paths import display_path, path_key
 from jamcaps_desktop.scan.reader import FileRecord
+from jamcaps_desktop.tags.read import TagValue
 
 
 def record_values(record: FileRecord, now: str, scan_id: int | None = None) -> dict[str, Any]:
@@ -52,10 +53,14 @@ def update_track(conn: sqlite3.Connection, track_id: int, values: dict[str, Any]
 
 
 def replace_tags(conn: sqlite3.Connection, track_id: int, record: FileRecord) -> None:
+    _replace_tag_rows(conn, track_id, record.tags)
+
+
+def _replace_tag_rows(conn: sqlite3.Connection, track_id: int, tags: list[TagValue]) -> None:
     conn.execute("DELETE FROM track_tags WHERE track_id = ?", (track_id,))
     conn.executemany(
         "INSERT INTO track_tags (track_id, position, field, raw_key, value) VALUES (?, ?, ?, ?, ?)",
-        [(track_id, i, t.field, t.raw_key, t.value) for i, t in enumerate(record.tags)])
+        [(track_id, i, t.field, t.raw_key, t.value) for i, t in enumerate(tags)])
 
 
 def store_record(conn: sqlite3.Connection, track_id: int, record: FileRecord, now: str,
@@ -63,3 +68,12 @@ def store_record(conn: sqlite3.Connection, track_id: int, record: FileRecord, no
     """Bring an existing track row and its tags in line with ``record``."""
     update_track(conn, track_id, record_values(record, now, scan_id))
     replace_tags(conn, track_id, record)
+
+
+def store_written(conn: sqlite3.Connection, track_id: int, *, size: int, mtime_ns: int, ctime_ns: int | None,
+                  fingerprint: str, tags: list[TagValue], tag_formats: list[str], now: str) -> None:
+    """After the app wrote a file's tags: its new state and tags (the audio facts did not change)."""
+    conn.execute("UPDATE tracks SET size = ?, mtime_ns = ?, ctime_ns = ?, fingerprint = ?, tag_formats = ?, "
+                 "updated_at = ? WHERE id = ?",
+                 (size, mtime_ns, ctime_ns, fingerprint, json.dumps(tag_formats), now, track_id))
+    _replace_tag_rows(conn, track_id, tags)

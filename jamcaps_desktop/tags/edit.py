@@ -26,7 +26,7 @@ from jamcaps_desktop.tags.adapters import (
     TagAdapter,
     VorbisAdapter,
 )
-from jamcaps_desktop.tags.read import read_tags
+from jamcaps_desktop.tags.read import TagReadResult, read_apev2, read_tags
 
 TAG_FORMAT_BY_CONTAINER = {
     "mp3": "id3", "mpeg": "id3", "aiff": "id3", "wav": "id3", "dsf": "id3", "dff": "id3",
@@ -104,12 +104,8 @@ def open_for_edit(fileobj: BinaryIO, container: str, codec: str | None, id3_vers
 
 def canonical_values(opened: Any) -> dict[str, list[str]]:
     """field → values as the library's reader sees them."""
-    if isinstance(opened, mutagen.apev2.APEv2):
-        from jamcaps_desktop.tags.read import read_apev2
-
-        values = list(read_apev2(opened))
-    else:
-        values = read_tags(opened).values
+    standalone_ape = isinstance(opened, mutagen.apev2.APEv2)
+    values = list(read_apev2(opened)) if standalone_ape else read_tags(opened).values
     out: dict[str, list[str]] = {}
     for tag in values:
         if tag.field is not None and tag.value not in out.setdefault(tag.field, []):
@@ -187,8 +183,11 @@ _ID3_VERSION_SENSITIVE = {"TDRC", "TDOR", "TYER", "TDAT", "TIME", "TORY", "TIPL"
 
 
 def verify_changes(fileobj: BinaryIO, container: str, codec: str | None, result: EditResult,
-                   expected: dict[str, list[str]]) -> None:
-    """Raise TagEditError unless the edited file holds exactly ``expected`` and nothing else moved."""
+                   expected: dict[str, list[str]]) -> TagReadResult:
+    """Raise TagEditError unless the edited file holds exactly ``expected`` and nothing else moved.
+
+    Returns every tag of the edited file, as a scan would read it.
+    """
     fileobj.seek(0)
     try:
         session = open_for_edit(fileobj, container, codec)
@@ -231,6 +230,9 @@ def verify_changes(fileobj: BinaryIO, container: str, codec: str | None, result:
     if (rate, channels) != (old_rate, old_channels) or (
             length is not None and old_length is not None and not math.isclose(length, old_length, abs_tol=1e-3)):
         raise TagEditError("the audio stream's facts changed")
+    if isinstance(session.opened, mutagen.apev2.APEv2):
+        return TagReadResult(list(read_apev2(session.opened)), ["apev2"])
+    return read_tags(session.opened)
 
 
 def _keys_in_backup(backup: dict[str, Any]) -> set[str]:

@@ -18,7 +18,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,8 +27,8 @@ from jamcaps_desktop.jobs.base import CancelToken, Progress, ProgressCallback, n
 from jamcaps_desktop.library.database import Library, utc_now
 from jamcaps_desktop.library.paths import fs_path
 from jamcaps_desktop.library.queries import canonical_tags, track_tags
-from jamcaps_desktop.library.tracks import store_record
-from jamcaps_desktop.scan.fingerprint import fingerprint_file
+from jamcaps_desktop.library.tracks import store_record, store_written
+from jamcaps_desktop.scan.fingerprint import fingerprint_file, fingerprint_fileobj
 from jamcaps_desktop.scan.reader import read_file
 from jamcaps_desktop.tags.adapters import UnsupportedFieldError
 from jamcaps_desktop.tags.edit import (
@@ -37,12 +38,14 @@ from jamcaps_desktop.tags.edit import (
     restore_backup,
     verify_changes,
 )
+from jamcaps_desktop.tags.read import TagReadResult
 from jamcaps_desktop.tags.values import normalise
 from jamcaps_desktop.write.atomic import TEMP_PREFIX, TEMP_SUFFIX, FileState, WriteError, rewrite_file
 
 log = logging.getLogger(__name__)
 
 Changes = dict[str, list[str]]
+WRITER_THREADS = 4  # files in flight at once: one file's fsync overlaps another's tag work
 
 
 @dataclass(frozen=True)
@@ -191,9 +194,24 @@ def _journal_file(library: Library, batch_id: int, track: dict[str, Any], status
     return file_id
 
 
-def _settle_written(library: Library, file_id: int, track_id: int, file_path: str, state: FileState,
-                    clear_fields: list[str] | None) -> None:
-    """The file now holds the new tags: record its new state and re-read it into the library."""
+def _settle(library: Library, file_id: int, track_id: int, state: FileState, written: _Written,
+            clear_fields: list[str] | None) -> None:
+    """The file now holds the new tags: record its new state and tags in the journal and the library."""
+    now = utc_now()
+    with library.transaction() as conn:
+        conn.execute("UPDATE write_files SET status = 'written', after_size = ?, after_mtime_ns = ?, "
+                     "after_fingerprint = ?, finished_at = ? WHERE id = ?",
+                     (state.size, state.mtime_ns, written.fingerprint, now, file_id))
+        store_written(conn, track_id, size=state.size, mtime_ns=state.mtime_ns, ctime_ns=state.ctime_ns,
+                      fingerprint=written.fingerprint, tags=written.tags.values, tag_formats=written.tags.formats,
+                      now=now)
+        if clear_fields:
+            conn.executemany("DELETE FROM staged_values WHERE track_id = ? AND field = ?",
+                             [(track_id, name) for name in clear_fields])
+
+
+def _settle_from_disk(library: Library, file_id: int, track_id: int, file_path: str, state: FileState) -> None:
+    """Like _settle, reading the file (after an interruption, when nothing else is known)."""
     record = read_file(file_path, state.size, state.mtime_ns, state.ctime_ns, expect_audio=True)
     now = utc_now()
     with library.transaction() as conn:
@@ -201,9 +219,6 @@ def _settle_written(library: Library, file_id: int, track_id: int, file_path: st
                      "after_fingerprint = ?, finished_at = ? WHERE id = ?",
                      (state.size, state.mtime_ns, record.fingerprint, now, file_id))
         store_record(conn, track_id, record, now)
-        if clear_fields:
-            conn.executemany("DELETE FROM staged_values WHERE track_id = ? AND field = ?",
-                             [(track_id, name) for name in clear_fields])
 
 
 def _fail(library: Library, file_id: int, error: str) -> None:
@@ -229,6 +244,43 @@ def plan(library: Library, changes: dict[int, Changes]) -> BatchSummary:
     return summary
 
 
+def _run_files(library: Library, items: list[Any], work: Callable[[Any], FileOutcome], stage_name: str,
+               progress: ProgressCallback, cancel: CancelToken) -> tuple[list[FileOutcome], bool]:
+    """Run ``work`` over ``items`` on a few threads, outcomes in the order of ``items``.
+
+    Each file is still written by one thread from start to end; threads only let one file's fsync
+    overlap another file's tag work. Returns (outcomes, finished).
+    """
+    total = len(items)
+    progress(Progress(stage_name, 0, total))
+    outcomes: list[FileOutcome] = []
+    if total <= 1 or WRITER_THREADS <= 1:
+        for done, item in enumerate(items, start=1):
+            if cancel.cancelled:
+                return outcomes, False
+            outcomes.append(work(item))
+            progress(Progress(stage_name, done, total, current=outcomes[-1].path))
+        return outcomes, True
+    with ThreadPoolExecutor(max_workers=WRITER_THREADS, thread_name_prefix="jamcaps-writer") as pool:
+        window = WRITER_THREADS * 2
+        futures = [pool.submit(work, item) for item in items[:window]]
+        submitted = len(futures)
+        try:
+            for index in range(total):
+                if index >= len(futures):
+                    break  # cancelled: nothing more was submitted
+                outcomes.append(futures[index].result())
+                progress(Progress(stage_name, index + 1, total, current=outcomes[-1].path))
+                if submitted < total and not cancel.cancelled:
+                    futures.append(pool.submit(work, items[submitted]))
+                    submitted += 1
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+    return outcomes, len(outcomes) == total
+
+
 def write_changes(library: Library, changes: dict[int, Changes], *, options: WriteOptions | None = None,
                   progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
                   clear_staged: bool = True) -> BatchSummary:
@@ -236,35 +288,52 @@ def write_changes(library: Library, changes: dict[int, Changes], *, options: Wri
     options = options or WriteOptions()
     progress = progress or no_progress
     cancel = cancel or CancelToken()
-    recover(library)
-    batch_id = _start_batch(library, "write", options)
-    summary = BatchSummary(batch_id, "write", "running")
-    total = len(changes)
-    progress(Progress("write", 0, total))
-    try:
-        for done, (track_id, wanted) in enumerate(changes.items(), start=1):
-            if cancel.cancelled:
-                break
-            summary.files.append(_write_one(library, batch_id, track_id, wanted, options, clear_staged))
-            progress(Progress("write", done, total, current=summary.files[-1].path))
-    except BaseException:
-        _finish_batch(library, batch_id, "interrupted", summary)
-        raise
-    summary.status = "cancelled" if cancel.cancelled and len(summary.files) < total else "completed"
-    _finish_batch(library, batch_id, summary.status, summary)
+    with library.job_lock("write"):
+        recover(library)
+        batch_id = _start_batch(library, "write", options)
+        summary = BatchSummary(batch_id, "write", "running")
+        try:
+            summary.files, finished = _run_files(
+                library, list(changes.items()),
+                lambda item: _write_one(library, batch_id, item[0], item[1], options, clear_staged),
+                "write", progress, cancel)
+        except BaseException:
+            _finish_batch(library, batch_id, "interrupted", summary)
+            raise
+        summary.status = "completed" if finished else "cancelled"
+        _finish_batch(library, batch_id, summary.status, summary)
     return summary
+
+
+@dataclass
+class _Written:
+    """What an edit of the temporary copy leaves behind for the journal and the library."""
+
+    edit: EditResult
+    tags: TagReadResult
+    fingerprint: str
+
+
+def _edited(handle: Any, result: EditResult, tags: TagReadResult) -> _Written:
+    handle.flush()
+    size = handle.seek(0, os.SEEK_END)
+    return _Written(result, tags, fingerprint_fileobj(handle, size))
 
 
 def _write_one(library: Library, batch_id: int, track_id: int, wanted: Changes, options: WriteOptions,
                clear_staged: bool) -> FileOutcome:
-    track = _track(library, track_id)
+    with library.lock:
+        track = _track(library, track_id)
+        current = canonical_tags(track_tags(library, track_id)) if track else {}
     path = track["path"] if track else f"track {track_id}"
     problem = _usable(track)
     if problem:
         return FileOutcome(track_id, path, "failed", error=problem)
     assert track is not None
-    wanted = {name: normalise(name, vals) for name, vals in wanted.items()}
-    current = canonical_tags(track_tags(library, track_id))
+    try:
+        wanted = {name: normalise(name, vals) for name, vals in wanted.items()}
+    except ValueError as exc:
+        return FileOutcome(track_id, path, "failed", error=str(exc))
     diff = _diff(current, wanted)
     if not diff:
         if clear_staged:
@@ -276,20 +345,20 @@ def _write_one(library: Library, batch_id: int, track_id: int, wanted: Changes, 
     to_write = {name: wanted[name] for name in diff}
     journal: dict[str, int] = {}
 
-    def edit(handle: Any) -> EditResult:
+    def edit(handle: Any) -> _Written:
         result = apply_changes(handle, track["container"], track["codec"], to_write,
                                id3_version=options.id3_version)
         handle.flush()
-        verify_changes(handle, track["container"], track["codec"], result, to_write)
-        return result
+        tags = verify_changes(handle, track["container"], track["codec"], result, to_write)
+        return _edited(handle, result, tags)
 
-    def record_pending(result: EditResult) -> None:
-        old_new = {name: (result.old_values.get(name, []), to_write[name]) for name in to_write}
-        journal["id"] = _journal_file(library, batch_id, track, "pending", result=result, changes=old_new)
+    def record_pending(written: _Written) -> None:
+        old_new = {name: (written.edit.old_values.get(name, []), to_write[name]) for name in to_write}
+        journal["id"] = _journal_file(library, batch_id, track, "pending", result=written.edit, changes=old_new)
 
     try:
-        result, state = rewrite_file(file_path, edit, expected=FileState(track["size"], track["mtime_ns"]),
-                                     keep_mtime=options.keep_mtime, before_replace=record_pending)
+        written, state = rewrite_file(file_path, edit, expected=FileState(track["size"], track["mtime_ns"]),
+                                      keep_mtime=options.keep_mtime, before_replace=record_pending)
     except (WriteError, TagEditError, UnsupportedFieldError) as exc:
         if "id" in journal:
             _fail(library, journal["id"], str(exc))
@@ -297,8 +366,8 @@ def _write_one(library: Library, batch_id: int, track_id: int, wanted: Changes, 
             _journal_file(library, batch_id, track, "failed", error=str(exc),
                           changes={n: (current.get(n, []), v) for n, v in to_write.items()})
         return FileOutcome(track_id, path, "failed", diff, error=str(exc))
-    _settle_written(library, journal["id"], track_id, file_path, state, list(wanted) if clear_staged else None)
-    old_new = {name: (result.old_values.get(name, []), to_write[name]) for name in to_write}
+    _settle(library, journal["id"], track_id, state, written, list(wanted) if clear_staged else None)
+    old_new = {name: (written.edit.old_values.get(name, []), to_write[name]) for name in to_write}
     return FileOutcome(track_id, path, "written", old_new)
 
 
@@ -319,44 +388,43 @@ def undo(library: Library, batch_id: int | None = None, *, progress: ProgressCal
     """Restore what batch ``batch_id`` (default: the latest with written files) replaced."""
     progress = progress or no_progress
     cancel = cancel or CancelToken()
-    recover(library)
-    if batch_id is None:
-        batch_id = last_undoable_batch(library)
+    with library.job_lock("undo"):
+        recover(library)
         if batch_id is None:
-            raise UndoError("there is nothing to undo")
-    original = library.conn.execute("SELECT id, options FROM write_batches WHERE id = ?", (batch_id,)).fetchone()
-    if original is None:
-        raise UndoError(f"there is no write batch {batch_id}")
-    rows = library.conn.execute(
-        "SELECT id, track_id, path, path_key, backup, after_size, after_mtime_ns, after_fingerprint "
-        "FROM write_files WHERE batch_id = ? AND status = 'written' ORDER BY id", (batch_id,)).fetchall()
-    if not rows:
-        raise UndoError(f"batch {batch_id} has nothing left to undo")
-    options = WriteOptions(keep_mtime=bool(json.loads(original[1]).get("keep_mtime")))
-    undo_id = _start_batch(library, "undo", options, undo_of=batch_id)
-    summary = BatchSummary(undo_id, "undo", "running")
-    progress(Progress("undo", 0, len(rows)))
-    try:
-        for done, row in enumerate(rows, start=1):
-            if cancel.cancelled:
-                break
-            summary.files.append(_undo_one(library, undo_id, row, options))
-            progress(Progress("undo", done, len(rows), current=summary.files[-1].path))
-    except BaseException:
-        _finish_batch(library, undo_id, "interrupted", summary)
-        raise
-    summary.status = "cancelled" if cancel.cancelled and len(summary.files) < len(rows) else "completed"
-    _finish_batch(library, undo_id, summary.status, summary)
+            batch_id = last_undoable_batch(library)
+            if batch_id is None:
+                raise UndoError("there is nothing to undo")
+        original = library.conn.execute("SELECT id, options FROM write_batches WHERE id = ?",
+                                        (batch_id,)).fetchone()
+        if original is None:
+            raise UndoError(f"there is no write batch {batch_id}")
+        rows = library.conn.execute(
+            "SELECT id, track_id, path, path_key, backup, after_size, after_mtime_ns, after_fingerprint "
+            "FROM write_files WHERE batch_id = ? AND status = 'written' ORDER BY id", (batch_id,)).fetchall()
+        if not rows:
+            raise UndoError(f"batch {batch_id} has nothing left to undo")
+        options = WriteOptions(keep_mtime=bool(json.loads(original[1]).get("keep_mtime")))
+        undo_id = _start_batch(library, "undo", options, undo_of=batch_id)
+        summary = BatchSummary(undo_id, "undo", "running")
+        try:
+            summary.files, finished = _run_files(library, rows, lambda row: _undo_one(library, undo_id, row, options),
+                                                 "undo", progress, cancel)
+        except BaseException:
+            _finish_batch(library, undo_id, "interrupted", summary)
+            raise
+        summary.status = "completed" if finished else "cancelled"
+        _finish_batch(library, undo_id, summary.status, summary)
     return summary
 
 
 def _undo_one(library: Library, undo_id: int, row: tuple[Any, ...], options: WriteOptions) -> FileOutcome:
     file_id, track_id, path, key, backup_json, after_size, after_mtime, after_fp = row
-    track = _track(library, track_id) if track_id is not None else None
+    with library.lock:
+        track = _track(library, track_id) if track_id is not None else None
+        changes = {name: (json.loads(new), json.loads(old)) for name, old, new in library.conn.execute(
+            "SELECT field, old_values, new_values FROM write_changes WHERE write_file_id = ?", (file_id,))}
     file_path = fs_path(track["path_key"] if track else bytes(key))
     shown = track["path"] if track else path
-    changes = {name: (json.loads(new), json.loads(old)) for name, old, new in library.conn.execute(
-        "SELECT field, old_values, new_values FROM write_changes WHERE write_file_id = ?", (file_id,))}
     try:
         state = FileState.of(file_path)
     except OSError:
@@ -370,24 +438,24 @@ def _undo_one(library: Library, undo_id: int, row: tuple[Any, ...], options: Wri
     restore_to = {name: old for name, (_new, old) in changes.items()}
     journal: dict[str, int] = {}
 
-    def edit(handle: Any) -> EditResult:
+    def edit(handle: Any) -> _Written:
         result = restore_backup(handle, track["container"], track["codec"], backup)
         handle.flush()
-        verify_changes(handle, track["container"], track["codec"], result, restore_to)
-        return result
+        tags = verify_changes(handle, track["container"], track["codec"], result, restore_to)
+        return _edited(handle, result, tags)
 
-    def record_pending(result: EditResult) -> None:
+    def record_pending(written: _Written) -> None:
         journal["id"] = _journal_file(library, undo_id, {**track, "size": state.size, "mtime_ns": state.mtime_ns},
-                                      "pending", result=result, changes=changes)
+                                      "pending", result=written.edit, changes=changes)
 
     try:
-        _result, new_state = rewrite_file(file_path, edit, expected=state, keep_mtime=options.keep_mtime,
+        written, new_state = rewrite_file(file_path, edit, expected=state, keep_mtime=options.keep_mtime,
                                           before_replace=record_pending)
     except (WriteError, TagEditError) as exc:
         if "id" in journal:
             _fail(library, journal["id"], str(exc))
         return FileOutcome(track_id, shown, "failed", changes, error=str(exc))
-    _settle_written(library, journal["id"], track_id, file_path, new_state, None)
+    _settle(library, journal["id"], track_id, new_state, written, None)
     with library.transaction() as conn:
         conn.execute("UPDATE write_files SET status = 'undone' WHERE id = ?", (file_id,))
     return FileOutcome(track_id, shown, "written", changes)
@@ -419,7 +487,7 @@ def recover(library: Library) -> int:
             if tag.field in changes and tag.value not in found.setdefault(tag.field, []):
                 found[tag.field].append(tag.value)
         if all(found.get(name, []) == vals for name, vals in changes.items()) and track_id is not None:
-            _settle_written(library, file_id, track_id, file_path, state, None)
+            _settle_from_disk(library, file_id, track_id, file_path, state)
             log.info("write of %s was completed before an interruption", path)
         else:
             _fail(library, file_id, "interrupted before the file was replaced; the file was not changed")
