@@ -26,6 +26,7 @@ from jamcaps_desktop.scan.sniff import sniff_file
 from jamcaps_desktop.scan.walker import NON_AUDIO_EXTENSIONS, extension
 from jamcaps_desktop.tags.edit import (
     TAG_FORMAT_BY_CONTAINER,
+    TagEditError,
     apply_changes,
     open_for_edit,
     restore_backup,
@@ -35,6 +36,7 @@ from jamcaps_desktop.tags.read import read_tags
 from jamcaps_desktop.tags.values import InvalidValueError, normalise
 from jamcaps_desktop.write import atomic
 from jamcaps_desktop.write import batch as batch_module
+from jamcaps_desktop.write import prepare as prepare_module
 from jamcaps_desktop.write.batch import WriteOptions, recover, stage, staged_changes, undo, write_changes
 
 CHANGES = {
@@ -206,8 +208,8 @@ def test_a_failure_at_any_step_leaves_every_original_intact(tagged_library, monk
 
     if step == "verify":
         def wrong(*args, **kwargs):
-            raise batch_module.TagEditError("genre reads back as ['x'], not ['Ambient']")
-        monkeypatch.setattr(batch_module, "verify_changes", wrong)
+            raise TagEditError("genre reads back as ['x'], not ['Ambient']")
+        monkeypatch.setattr(prepare_module, "verify_changes", wrong)
     elif step == "save":
         monkeypatch.setattr("jamcaps_desktop.tags.edit.EditSession.save", fail)
     else:
@@ -465,3 +467,20 @@ def test_values_are_checked_before_they_are_staged():
             normalise(field, [value])
     with pytest.raises(InvalidValueError):
         normalise("title", ["one", "two"])
+
+
+def test_a_large_batch_prepared_in_worker_processes(tmp_path, make_track):
+    music = tmp_path / "music"
+    count = batch_module.PARALLEL_WRITE_THRESHOLD + 8
+    paths = [make_track(music / f"album{i % 3}", ("mp3", "flac", "m4a")[i % 3], name=f"t{i:02d}") for i in range(count)]
+    with Library(tmp_path / "lib.sqlite") as library:
+        scan(library, [music])
+        ids = [find_track(library, str(p))["id"] for p in paths]
+        stage(library, ids, CHANGES)
+        summary = write_changes(library, staged_changes(library), workers=2)
+        assert summary.count("written") == count, [f.error for f in summary.files if f.error][:3]
+        for track_id in ids:
+            assert canonical_tags(track_tags(library, track_id))["instruments"] == ["piano", "strings"]
+        undone = undo(library, workers=2)
+        assert undone.count("written") == count
+    assert all(_no_temp_files(folder) for folder in music.iterdir())

@@ -102,12 +102,17 @@ def open_for_edit(fileobj: BinaryIO, container: str, codec: str | None, id3_vers
     return EditSession(container, opened, adapter, tag_format)
 
 
-def canonical_values(opened: Any) -> dict[str, list[str]]:
+def all_tags(opened: Any) -> TagReadResult:
+    """Every tag of an opened file, as a scan reads it."""
+    if isinstance(opened, mutagen.apev2.APEv2):
+        return TagReadResult(list(read_apev2(opened)), ["apev2"])
+    return read_tags(opened)
+
+
+def canonical_values(tags: TagReadResult) -> dict[str, list[str]]:
     """field → values as the library's reader sees them."""
-    standalone_ape = isinstance(opened, mutagen.apev2.APEv2)
-    values = list(read_apev2(opened)) if standalone_ape else read_tags(opened).values
     out: dict[str, list[str]] = {}
-    for tag in values:
+    for tag in tags.values:
         if tag.field is not None and tag.value not in out.setdefault(tag.field, []):
             out[tag.field].append(tag.value)
     return {k: v for k, v in out.items() if v}
@@ -139,7 +144,7 @@ def apply_changes(fileobj: BinaryIO, container: str, codec: str | None, changes:
     for field in changes:
         adapter.check_supported(field)
     fields = sorted(changes)
-    before_fields = canonical_values(session.opened)
+    before_fields = canonical_values(all_tags(session.opened))
     before = adapter.snapshot()
     backup = adapter.backup(fields)
     converted = isinstance(adapter, ID3Adapter) and adapter.original_version is not None \
@@ -164,7 +169,7 @@ def restore_backup(fileobj: BinaryIO, container: str, codec: str | None, backup:
     session = open_for_edit(fileobj, container, codec, version)
     adapter = session.adapter
     fields = list(backup["fields"])
-    before_fields = canonical_values(session.opened)
+    before_fields = canonical_values(all_tags(session.opened))
     before = adapter.snapshot()
     undo_backup = adapter.backup(fields)
     stream = _stream_facts(session.opened)
@@ -193,7 +198,8 @@ def verify_changes(fileobj: BinaryIO, container: str, codec: str | None, result:
         session = open_for_edit(fileobj, container, codec)
     except TagEditError as exc:
         raise TagEditError(f"the written file cannot be read back: {exc}") from exc
-    after_fields = canonical_values(session.opened)
+    after_tags = all_tags(session.opened)
+    after_fields = canonical_values(after_tags)
     for field, values in expected.items():
         found = after_fields.get(field, [])
         if found != values:
@@ -230,9 +236,7 @@ def verify_changes(fileobj: BinaryIO, container: str, codec: str | None, result:
     if (rate, channels) != (old_rate, old_channels) or (
             length is not None and old_length is not None and not math.isclose(length, old_length, abs_tol=1e-3)):
         raise TagEditError("the audio stream's facts changed")
-    if isinstance(session.opened, mutagen.apev2.APEv2):
-        return TagReadResult(list(read_apev2(session.opened)), ["apev2"])
-    return read_tags(session.opened)
+    return after_tags
 
 
 def _keys_in_backup(backup: dict[str, Any]) -> set[str]:

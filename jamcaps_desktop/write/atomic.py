@@ -96,16 +96,30 @@ def _os_error_message(exc: OSError, action: str) -> WriteError:
     return WriteError(f"{action} failed: {exc.strerror or exc}")
 
 
-def rewrite_file(path: str, edit: Callable[[BinaryIO], T], *, expected: FileState | None = None,
-                 keep_mtime: bool = False, dir_fsync: bool = True,
-                 before_replace: Callable[[T], None] | None = None) -> tuple[T, FileState]:
-    """Apply ``edit`` to a copy of ``path`` and put the copy in its place.
+@dataclass
+class PreparedCopy:
+    """A verified, flushed copy of a file, waiting to replace it."""
+
+    path: str
+    temp: str
+    original: FileState      # the file as it was when the copy was made
+
+
+def discard(temp: str) -> None:
+    if os.path.lexists(temp):
+        try:
+            os.unlink(temp)
+        except OSError:
+            log.warning("could not remove the temporary file %s", temp)
+
+
+def prepare_copy(path: str, edit: Callable[[BinaryIO], T], *, expected: FileState | None = None,
+                 keep_mtime: bool = False) -> tuple[T, PreparedCopy]:
+    """Copy ``path`` beside itself, let ``edit`` change the copy, flush it, carry over permissions.
 
     ``edit`` gets the copy opened read-write and returns whatever the caller wants back (it raises to
-    abort; the original is then untouched). ``expected`` is the size and mtime the caller believes
-    the file has: if the file differs, nothing is written. ``before_replace`` runs once the verified
-    copy is safely on disk, just before it replaces the original (the journal records the change
-    there, so a crash at any point leaves a journal that says what the file may hold).
+    abort). ``expected`` is the size and mtime the caller believes the file has: if the file differs,
+    nothing is done. On any failure the copy is removed and the original was never touched.
     """
     try:
         st = os.stat(path)
@@ -145,21 +159,51 @@ def rewrite_file(path: str, edit: Callable[[BinaryIO], T], *, expected: FileStat
                 os.utime(temp, ns=(st.st_atime_ns, st.st_mtime_ns))
         except OSError as exc:
             raise _os_error_message(exc, "copying the file's permissions") from exc
-        if before_replace is not None:
-            before_replace(result)
-        now = os.stat(path)
-        if (now.st_size, now.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
+    except BaseException:
+        discard(temp)
+        raise
+    return result, PreparedCopy(path, temp, FileState(st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+
+
+def commit_copy(prepared: PreparedCopy, *, dir_fsync: bool = True) -> FileState:
+    """Put a prepared copy in place of its original, unless the original changed meanwhile.
+
+    ``dir_fsync=False`` leaves flushing the folder (which makes the rename itself durable) to the
+    caller, who may do it once for many files of one folder; the file's data was flushed before, so
+    the file is never seen empty or half-written.
+    """
+    try:
+        try:
+            now = os.stat(prepared.path)
+        except OSError:
+            raise WriteError("the file disappeared while it was being tagged") from None
+        if (now.st_size, now.st_mtime_ns) != (prepared.original.size, prepared.original.mtime_ns):
             raise FileChangedError("another program changed the file while it was being tagged")
         try:
-            replace_file(temp, path)
+            replace_file(prepared.temp, prepared.path)
         except OSError as exc:
             raise _os_error_message(exc, "replacing the file") from exc
-        if dir_fsync:
-            fsync_dir(folder)
     finally:
-        if os.path.lexists(temp):
-            try:
-                os.unlink(temp)
-            except OSError:
-                log.warning("could not remove the temporary file %s", temp)
-    return result, FileState.of(path)
+        discard(prepared.temp)
+    if dir_fsync:
+        fsync_dir(os.path.dirname(os.path.abspath(prepared.path)))
+    return FileState.of(prepared.path)
+
+
+def rewrite_file(path: str, edit: Callable[[BinaryIO], T], *, expected: FileState | None = None,
+                 keep_mtime: bool = False, dir_fsync: bool = True,
+                 before_replace: Callable[[T], None] | None = None) -> tuple[T, FileState]:
+    """Apply ``edit`` to a copy of ``path`` and put the copy in its place (prepare, then commit).
+
+    ``before_replace`` runs once the verified copy is safely on disk, just before it replaces the
+    original: the journal records the change there, so a crash at any point leaves a journal that
+    says what the file may hold.
+    """
+    result, prepared = prepare_copy(path, edit, expected=expected, keep_mtime=keep_mtime)
+    try:
+        if before_replace is not None:
+            before_replace(result)
+    except BaseException:
+        discard(prepared.temp)
+        raise
+    return result, commit_copy(prepared, dir_fsync=dir_fsync)

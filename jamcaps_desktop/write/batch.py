@@ -17,9 +17,13 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import os
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+import signal
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,24 +32,18 @@ from jamcaps_desktop.library.database import Library, utc_now
 from jamcaps_desktop.library.paths import fs_path
 from jamcaps_desktop.library.queries import canonical_tags, track_tags
 from jamcaps_desktop.library.tracks import store_record, store_written
-from jamcaps_desktop.scan.fingerprint import fingerprint_file, fingerprint_fileobj
+from jamcaps_desktop.scan.fingerprint import fingerprint_file
 from jamcaps_desktop.scan.reader import read_file
-from jamcaps_desktop.tags.adapters import UnsupportedFieldError
-from jamcaps_desktop.tags.edit import (
-    EditResult,
-    TagEditError,
-    apply_changes,
-    restore_backup,
-    verify_changes,
-)
-from jamcaps_desktop.tags.read import TagReadResult
 from jamcaps_desktop.tags.values import normalise
-from jamcaps_desktop.write.atomic import TEMP_PREFIX, TEMP_SUFFIX, FileState, WriteError, rewrite_file
+from jamcaps_desktop.write import atomic
+from jamcaps_desktop.write.atomic import TEMP_PREFIX, TEMP_SUFFIX, FileState, WriteError
+from jamcaps_desktop.write.prepare import Changes, FileTask, Prepared, prepare
 
 log = logging.getLogger(__name__)
 
-Changes = dict[str, list[str]]
-WRITER_THREADS = 4  # files in flight at once: one file's fsync overlaps another's tag work
+PARALLEL_WRITE_THRESHOLD = 24   # fewer files than this are prepared in-process
+GROUP_FILES = 32                # files journaled, replaced and recorded together
+GROUP_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -144,6 +142,27 @@ def _track(library: Library, track_id: int) -> dict[str, Any] | None:
     return track
 
 
+def _preload(library: Library, track_ids: list[int]) -> dict[int, tuple[dict[str, Any], Changes]]:
+    """Track rows and their current canonical tags for a whole batch, in a few queries."""
+    keys = ("id", "path", "path_key", "size", "mtime_ns", "container", "codec", "status", "error")
+    out: dict[int, tuple[dict[str, Any], Changes]] = {}
+    with library.lock:
+        for start in range(0, len(track_ids), 500):
+            chunk = track_ids[start:start + 500]
+            marks = ", ".join("?" for _ in chunk)
+            for row in library.conn.execute(f"SELECT {', '.join(keys)} FROM tracks WHERE id IN ({marks})", chunk):
+                track = dict(zip(keys, row, strict=True))
+                track["path_key"] = bytes(track["path_key"])
+                out[track["id"]] = (track, {})
+            for track_id, name, value in library.conn.execute(
+                    f"SELECT track_id, field, value FROM track_tags WHERE track_id IN ({marks}) "
+                    "AND field IS NOT NULL ORDER BY track_id, position", chunk):
+                values = out[track_id][1].setdefault(name, [])
+                if value not in values:
+                    values.append(value)
+    return out
+
+
 def _diff(current: Changes, wanted: Changes) -> dict[str, tuple[list[str], list[str]]]:
     return {name: (current.get(name, []), vals) for name, vals in wanted.items() if current.get(name, []) != vals}
 
@@ -174,44 +193,14 @@ def _finish_batch(library: Library, batch_id: int, status: str, summary: BatchSu
                                       summary.count("unchanged"), batch_id))
 
 
-def _journal_file(library: Library, batch_id: int, track: dict[str, Any], status: str, *,
-                  error: str | None = None, result: EditResult | None = None,
-                  changes: dict[str, tuple[list[str], list[str]]] | None = None) -> int:
+def _fail(library: Library, file_id: int, error: str) -> None:
     with library.transaction() as conn:
-        cursor = conn.execute(
-            "INSERT INTO write_files (batch_id, track_id, path, path_key, status, error, tag_format, backup, "
-            "before_size, before_mtime_ns, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (batch_id, track["id"], track["path"], track["path_key"], status, error,
-             result.tag_format if result else None,
-             json.dumps(result.backup) if result else None, track["size"], track["mtime_ns"],
-             None if status == "pending" else utc_now()))
-        file_id = int(cursor.lastrowid)  # type: ignore[arg-type]
-        if changes:
-            conn.executemany(
-                "INSERT INTO write_changes (write_file_id, field, old_values, new_values) VALUES (?, ?, ?, ?)",
-                [(file_id, name, json.dumps(old, ensure_ascii=False), json.dumps(new, ensure_ascii=False))
-                 for name, (old, new) in changes.items()])
-    return file_id
-
-
-def _settle(library: Library, file_id: int, track_id: int, state: FileState, written: _Written,
-            clear_fields: list[str] | None) -> None:
-    """The file now holds the new tags: record its new state and tags in the journal and the library."""
-    now = utc_now()
-    with library.transaction() as conn:
-        conn.execute("UPDATE write_files SET status = 'written', after_size = ?, after_mtime_ns = ?, "
-                     "after_fingerprint = ?, finished_at = ? WHERE id = ?",
-                     (state.size, state.mtime_ns, written.fingerprint, now, file_id))
-        store_written(conn, track_id, size=state.size, mtime_ns=state.mtime_ns, ctime_ns=state.ctime_ns,
-                      fingerprint=written.fingerprint, tags=written.tags.values, tag_formats=written.tags.formats,
-                      now=now)
-        if clear_fields:
-            conn.executemany("DELETE FROM staged_values WHERE track_id = ? AND field = ?",
-                             [(track_id, name) for name in clear_fields])
+        conn.execute("UPDATE write_files SET status = 'failed', error = ?, finished_at = ? WHERE id = ?",
+                     (error, utc_now(), file_id))
 
 
 def _settle_from_disk(library: Library, file_id: int, track_id: int, file_path: str, state: FileState) -> None:
-    """Like _settle, reading the file (after an interruption, when nothing else is known)."""
+    """Record a file found to hold a write's new tags after an interruption, reading it afresh."""
     record = read_file(file_path, state.size, state.mtime_ns, state.ctime_ns, expect_audio=True)
     now = utc_now()
     with library.transaction() as conn:
@@ -221,13 +210,6 @@ def _settle_from_disk(library: Library, file_id: int, track_id: int, file_path: 
         store_record(conn, track_id, record, now)
 
 
-def _fail(library: Library, file_id: int, error: str) -> None:
-    with library.transaction() as conn:
-        conn.execute("UPDATE write_files SET status = 'failed', error = ?, finished_at = ? WHERE id = ?",
-                     (error, utc_now(), file_id))
-
-
-# -- writing ------------------------------------------------------------------------------------
 def plan(library: Library, changes: dict[int, Changes]) -> BatchSummary:
     """What a write would change, file by file, from the library's view of each file (a dry run)."""
     summary = BatchSummary(None, "dry-run", "completed")
@@ -244,46 +226,188 @@ def plan(library: Library, changes: dict[int, Changes]) -> BatchSummary:
     return summary
 
 
-def _run_files(library: Library, items: list[Any], work: Callable[[Any], FileOutcome], stage_name: str,
-               progress: ProgressCallback, cancel: CancelToken) -> tuple[list[FileOutcome], bool]:
-    """Run ``work`` over ``items`` on a few threads, outcomes in the order of ``items``.
+class _Folders:
+    """Folders whose renames still need an fsync: done once per folder, not once per file."""
 
-    Each file is still written by one thread from start to end; threads only let one file's fsync
-    overlap another file's tag work. Returns (outcomes, finished).
-    """
-    total = len(items)
-    progress(Progress(stage_name, 0, total))
-    outcomes: list[FileOutcome] = []
-    if total <= 1 or WRITER_THREADS <= 1:
-        for done, item in enumerate(items, start=1):
+    def __init__(self) -> None:
+        self._pending: set[str] = set()
+
+    def add(self, path: str) -> None:
+        self._pending.add(os.path.dirname(os.path.abspath(path)))
+
+    def flush(self) -> None:
+        folders, self._pending = self._pending, set()
+        for folder in sorted(folders):
+            atomic.fsync_dir(folder)
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what Ctrl-C means
+
+
+def _prepared(tasks: list[FileTask], cancel: CancelToken, workers: int | None) -> Iterator[Prepared]:
+    """Prepared copies in the order of ``tasks``: in worker processes when there are many."""
+    count = workers if workers is not None else min(4, os.cpu_count() or 1)
+    if count <= 1 or len(tasks) < PARALLEL_WRITE_THRESHOLD:
+        for task in tasks:
             if cancel.cancelled:
-                return outcomes, False
-            outcomes.append(work(item))
-            progress(Progress(stage_name, done, total, current=outcomes[-1].path))
-        return outcomes, True
-    with ThreadPoolExecutor(max_workers=WRITER_THREADS, thread_name_prefix="jamcaps-writer") as pool:
-        window = WRITER_THREADS * 2
-        futures = [pool.submit(work, item) for item in items[:window]]
+                return
+            yield prepare(task)
+        return
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=count, mp_context=context, initializer=_ignore_sigint) as pool:
+        window = count * 4
+        futures = [pool.submit(prepare, task) for task in tasks[:window]]
         submitted = len(futures)
+        handed_out = 0
         try:
-            for index in range(total):
+            for index in range(len(tasks)):
                 if index >= len(futures):
-                    break  # cancelled: nothing more was submitted
-                outcomes.append(futures[index].result())
-                progress(Progress(stage_name, index + 1, total, current=outcomes[-1].path))
-                if submitted < total and not cancel.cancelled:
-                    futures.append(pool.submit(work, items[submitted]))
+                    return  # cancelled: nothing more was submitted
+                try:
+                    result = futures[index].result()
+                except BrokenProcessPool:
+                    result = prepare(tasks[index])  # a worker died: do this one here
+                handed_out = index + 1
+                yield result
+                if submitted < len(tasks) and not cancel.cancelled:
+                    futures.append(pool.submit(prepare, tasks[submitted]))
                     submitted += 1
-        except BaseException:
-            for future in futures:
+        finally:
+            # copies prepared but never handed out must not stay on disk
+            for future in futures[handed_out:]:
                 future.cancel()
-            raise
-    return outcomes, len(outcomes) == total
+            for future in futures[handed_out:]:
+                if future.cancelled():
+                    continue
+                try:
+                    ready = future.result()
+                except Exception:  # cleaning up after a failure: nothing to discard
+                    continue
+                if ready.copy is not None:
+                    atomic.discard(ready.copy.temp)
+
+
+def _run_tasks(library: Library, batch_id: int, tasks: list[FileTask], *, stage_name: str,
+               clear_staged: bool, progress: ProgressCallback, cancel: CancelToken, workers: int | None,
+               done_before: int, total: int, on_written: Callable[[FileTask], None] | None = None
+               ) -> tuple[list[FileOutcome], bool]:
+    """Prepare every task's copy, then journal, replace and settle them a group at a time."""
+    outcomes: list[FileOutcome] = []
+    folders = _Folders()
+    group: list[Prepared] = []
+    last_flush = time.monotonic()
+
+    def flush() -> None:
+        nonlocal last_flush
+        outcomes.extend(_commit_group(library, batch_id, group, clear_staged, folders, on_written))
+        group.clear()
+        last_flush = time.monotonic()
+        progress(Progress(stage_name, done_before + len(outcomes), total, current=outcomes[-1].path if outcomes
+                          else None))
+
+    prepared = _prepared(tasks, cancel, workers)
+    try:
+        for ready in prepared:
+            group.append(ready)
+            if len(group) >= GROUP_FILES or time.monotonic() - last_flush > GROUP_SECONDS:
+                flush()
+        if group:
+            flush()
+    finally:
+        prepared.close()
+        for ready in group:  # interrupted before this group was journaled: nothing was replaced
+            if ready.copy is not None:
+                atomic.discard(ready.copy.temp)
+        folders.flush()
+    return outcomes, len(outcomes) == len(tasks)
+
+
+def _commit_group(library: Library, batch_id: int, group: list[Prepared], clear_staged: bool, folders: _Folders,
+                  on_written: Callable[[FileTask], None] | None) -> list[FileOutcome]:
+    """Journal a group as pending, replace each original by its copy, then record the outcome."""
+    now = utc_now()
+    file_ids: dict[int, int] = {}
+    with library.transaction() as conn:
+        for position, ready in enumerate(group):
+            task = ready.task
+            written = ready.written
+            old = written.edit.old_values if written else {}
+            file_ids[position] = _insert_journal(
+                conn, batch_id, task, "pending" if ready.copy else "failed", error=ready.error,
+                tag_format=written.edit.tag_format if written else None,
+                backup=written.edit.backup if written else None,
+                changes={name: (old.get(name, []), values) for name, values in task.changes.items()}, now=now)
+    outcomes: list[FileOutcome] = []
+    settled: list[tuple[int, Prepared, FileState]] = []
+    failures: list[tuple[int, str]] = []
+    try:
+        for position, ready in enumerate(group):
+            task, written = ready.task, ready.written
+            old = written.edit.old_values if written else {}
+            diff = {name: (old.get(name, []), values) for name, values in task.changes.items()}
+            if ready.copy is None:
+                outcomes.append(FileOutcome(task.track_id, task.shown, "failed", diff, error=ready.error))
+                continue
+            try:
+                state = atomic.commit_copy(ready.copy, dir_fsync=False)
+            except WriteError as exc:
+                failures.append((file_ids[position], str(exc)))
+                outcomes.append(FileOutcome(task.track_id, task.shown, "failed", diff, error=str(exc)))
+                continue
+            folders.add(task.path)
+            settled.append((file_ids[position], ready, state))
+            outcomes.append(FileOutcome(task.track_id, task.shown, "written", diff))
+    finally:
+        _settle(library, settled, failures, clear_staged, on_written)
+    return outcomes
+
+
+def _insert_journal(conn: Any, batch_id: int, task: FileTask, status: str, *, error: str | None,
+                    tag_format: str | None, backup: dict[str, Any] | None,
+                    changes: dict[str, tuple[list[str], list[str]]], now: str) -> int:
+    expected = task.expected
+    cursor = conn.execute(
+        "INSERT INTO write_files (batch_id, track_id, path, path_key, status, error, tag_format, backup, "
+        "before_size, before_mtime_ns, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (batch_id, task.track_id, task.shown, os.fsencode(task.path), status, error, tag_format,
+         json.dumps(backup) if backup is not None else None, expected.size if expected else None,
+         expected.mtime_ns if expected else None, None if status == "pending" else now))
+    file_id = int(cursor.lastrowid)
+    conn.executemany(
+        "INSERT INTO write_changes (write_file_id, field, old_values, new_values) VALUES (?, ?, ?, ?)",
+        [(file_id, name, json.dumps(old, ensure_ascii=False), json.dumps(new, ensure_ascii=False))
+         for name, (old, new) in changes.items()])
+    return file_id
+
+
+def _settle(library: Library, settled: list[tuple[int, Prepared, FileState]], failures: list[tuple[int, str]],
+            clear_staged: bool, on_written: Callable[[FileTask], None] | None) -> None:
+    """Record replaced files as written (new state, tags re-read from the verified copy) and failures."""
+    now = utc_now()
+    with library.transaction() as conn:
+        for file_id, ready, state in settled:
+            written, task = ready.written, ready.task
+            assert written is not None
+            conn.execute("UPDATE write_files SET status = 'written', after_size = ?, after_mtime_ns = ?, "
+                         "after_fingerprint = ?, finished_at = ? WHERE id = ?",
+                         (state.size, state.mtime_ns, written.fingerprint, now, file_id))
+            store_written(conn, task.track_id, size=state.size, mtime_ns=state.mtime_ns, ctime_ns=state.ctime_ns,
+                          fingerprint=written.fingerprint, tags=written.tags.values,
+                          tag_formats=written.tags.formats, now=now)
+            if clear_staged:
+                conn.executemany("DELETE FROM staged_values WHERE track_id = ? AND field = ?",
+                                 [(task.track_id, name) for name in task.changes])
+            if on_written is not None:
+                on_written(task)
+        for file_id, error in failures:
+            conn.execute("UPDATE write_files SET status = 'failed', error = ?, finished_at = ? WHERE id = ?",
+                         (error, now, file_id))
 
 
 def write_changes(library: Library, changes: dict[int, Changes], *, options: WriteOptions | None = None,
                   progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
-                  clear_staged: bool = True) -> BatchSummary:
+                  clear_staged: bool = True, workers: int | None = None) -> BatchSummary:
     """Write ``changes`` (track id → field → values) into the files, as one journaled batch."""
     options = options or WriteOptions()
     progress = progress or no_progress
@@ -292,83 +416,48 @@ def write_changes(library: Library, changes: dict[int, Changes], *, options: Wri
         recover(library)
         batch_id = _start_batch(library, "write", options)
         summary = BatchSummary(batch_id, "write", "running")
+        known = _preload(library, list(changes))
+        tasks: list[FileTask] = []
+        early: list[FileOutcome] = []
+        unchanged_staged: list[tuple[int, str]] = []
+        for track_id, wanted in changes.items():
+            track, current = known.get(track_id, (None, {}))
+            shown = track["path"] if track else f"track {track_id}"
+            problem = _usable(track)
+            if problem is None:
+                try:
+                    wanted = {name: normalise(name, vals) for name, vals in wanted.items()}
+                except ValueError as exc:
+                    problem = str(exc)
+            if problem:
+                early.append(FileOutcome(track_id, shown, "failed", error=problem))
+                continue
+            assert track is not None
+            diff = _diff(current, wanted)
+            if not diff:
+                early.append(FileOutcome(track_id, shown, "unchanged"))
+                unchanged_staged += [(track_id, name) for name in wanted]
+                continue
+            tasks.append(FileTask(track_id, fs_path(track["path_key"]), shown,
+                                  FileState(track["size"], track["mtime_ns"]), track["container"], track["codec"],
+                                  {name: wanted[name] for name in diff}, id3_version=options.id3_version,
+                                  keep_mtime=options.keep_mtime))
+        if clear_staged and unchanged_staged:
+            with library.transaction() as conn:
+                conn.executemany("DELETE FROM staged_values WHERE track_id = ? AND field = ?", unchanged_staged)
+        total = len(early) + len(tasks)
+        progress(Progress("write", len(early), total))
         try:
-            summary.files, finished = _run_files(
-                library, list(changes.items()),
-                lambda item: _write_one(library, batch_id, item[0], item[1], options, clear_staged),
-                "write", progress, cancel)
+            outcomes, finished = _run_tasks(library, batch_id, tasks, stage_name="write", clear_staged=clear_staged,
+                                            progress=progress, cancel=cancel, workers=workers,
+                                            done_before=len(early), total=total)
         except BaseException:
             _finish_batch(library, batch_id, "interrupted", summary)
             raise
+        summary.files = early + outcomes
         summary.status = "completed" if finished else "cancelled"
         _finish_batch(library, batch_id, summary.status, summary)
     return summary
-
-
-@dataclass
-class _Written:
-    """What an edit of the temporary copy leaves behind for the journal and the library."""
-
-    edit: EditResult
-    tags: TagReadResult
-    fingerprint: str
-
-
-def _edited(handle: Any, result: EditResult, tags: TagReadResult) -> _Written:
-    handle.flush()
-    size = handle.seek(0, os.SEEK_END)
-    return _Written(result, tags, fingerprint_fileobj(handle, size))
-
-
-def _write_one(library: Library, batch_id: int, track_id: int, wanted: Changes, options: WriteOptions,
-               clear_staged: bool) -> FileOutcome:
-    with library.lock:
-        track = _track(library, track_id)
-        current = canonical_tags(track_tags(library, track_id)) if track else {}
-    path = track["path"] if track else f"track {track_id}"
-    problem = _usable(track)
-    if problem:
-        return FileOutcome(track_id, path, "failed", error=problem)
-    assert track is not None
-    try:
-        wanted = {name: normalise(name, vals) for name, vals in wanted.items()}
-    except ValueError as exc:
-        return FileOutcome(track_id, path, "failed", error=str(exc))
-    diff = _diff(current, wanted)
-    if not diff:
-        if clear_staged:
-            with library.transaction() as conn:
-                conn.executemany("DELETE FROM staged_values WHERE track_id = ? AND field = ?",
-                                 [(track_id, name) for name in wanted])
-        return FileOutcome(track_id, path, "unchanged")
-    file_path = fs_path(track["path_key"])
-    to_write = {name: wanted[name] for name in diff}
-    journal: dict[str, int] = {}
-
-    def edit(handle: Any) -> _Written:
-        result = apply_changes(handle, track["container"], track["codec"], to_write,
-                               id3_version=options.id3_version)
-        handle.flush()
-        tags = verify_changes(handle, track["container"], track["codec"], result, to_write)
-        return _edited(handle, result, tags)
-
-    def record_pending(written: _Written) -> None:
-        old_new = {name: (written.edit.old_values.get(name, []), to_write[name]) for name in to_write}
-        journal["id"] = _journal_file(library, batch_id, track, "pending", result=written.edit, changes=old_new)
-
-    try:
-        written, state = rewrite_file(file_path, edit, expected=FileState(track["size"], track["mtime_ns"]),
-                                      keep_mtime=options.keep_mtime, before_replace=record_pending)
-    except (WriteError, TagEditError, UnsupportedFieldError) as exc:
-        if "id" in journal:
-            _fail(library, journal["id"], str(exc))
-        else:
-            _journal_file(library, batch_id, track, "failed", error=str(exc),
-                          changes={n: (current.get(n, []), v) for n, v in to_write.items()})
-        return FileOutcome(track_id, path, "failed", diff, error=str(exc))
-    _settle(library, journal["id"], track_id, state, written, list(wanted) if clear_staged else None)
-    old_new = {name: (written.edit.old_values.get(name, []), to_write[name]) for name in to_write}
-    return FileOutcome(track_id, path, "written", old_new)
 
 
 # -- undo ---------------------------------------------------------------------------------------
@@ -384,8 +473,11 @@ def last_undoable_batch(library: Library) -> int | None:
 
 
 def undo(library: Library, batch_id: int | None = None, *, progress: ProgressCallback | None = None,
-         cancel: CancelToken | None = None) -> BatchSummary:
-    """Restore what batch ``batch_id`` (default: the latest with written files) replaced."""
+         cancel: CancelToken | None = None, workers: int | None = None) -> BatchSummary:
+    """Restore what batch ``batch_id`` (default: the latest with written files) replaced.
+
+    A file changed since that batch wrote it is left alone and reported.
+    """
     progress = progress or no_progress
     cancel = cancel or CancelToken()
     with library.job_lock("undo"):
@@ -406,59 +498,51 @@ def undo(library: Library, batch_id: int | None = None, *, progress: ProgressCal
         options = WriteOptions(keep_mtime=bool(json.loads(original[1]).get("keep_mtime")))
         undo_id = _start_batch(library, "undo", options, undo_of=batch_id)
         summary = BatchSummary(undo_id, "undo", "running")
+        known = _preload(library, [row[1] for row in rows if row[1] is not None])
+        early: list[FileOutcome] = []
+        tasks: list[FileTask] = []
+        sources: dict[int, int] = {}
+        for file_id, track_id, path, key, backup_json, after_size, after_mtime, after_fp in rows:
+            track = known.get(track_id, (None, {}))[0]
+            changes = {name: (json.loads(new), json.loads(old)) for name, old, new in library.conn.execute(
+                "SELECT field, old_values, new_values FROM write_changes WHERE write_file_id = ?", (file_id,))}
+            file_path = fs_path(track["path_key"] if track else bytes(key))
+            shown = track["path"] if track else path
+            problem = None
+            try:
+                state = FileState.of(file_path)
+            except OSError:
+                problem = "the file is not there any more"
+            else:
+                if (state.size, state.mtime_ns) != (after_size, after_mtime) or fingerprint_file(file_path) != after_fp:
+                    problem = "the file changed after it was written; it was left as it is"
+            if problem is None and track is None:
+                problem = "the track is no longer in the library"
+            if problem:
+                early.append(FileOutcome(track_id, shown, "failed", changes, error=problem))
+                continue
+            assert track is not None
+            tasks.append(FileTask(track_id, file_path, shown, state, track["container"], track["codec"],
+                                  {name: old for name, (_new, old) in changes.items()}, backup=json.loads(backup_json),
+                                  keep_mtime=options.keep_mtime))
+            sources[track_id] = file_id
+
+        def mark_undone(task: FileTask) -> None:
+            library.conn.execute("UPDATE write_files SET status = 'undone' WHERE id = ?", (sources[task.track_id],))
+
+        total = len(early) + len(tasks)
+        progress(Progress("undo", len(early), total))
         try:
-            summary.files, finished = _run_files(library, rows, lambda row: _undo_one(library, undo_id, row, options),
-                                                 "undo", progress, cancel)
+            outcomes, finished = _run_tasks(library, undo_id, tasks, stage_name="undo", clear_staged=False,
+                                            progress=progress, cancel=cancel, workers=workers,
+                                            done_before=len(early), total=total, on_written=mark_undone)
         except BaseException:
             _finish_batch(library, undo_id, "interrupted", summary)
             raise
+        summary.files = early + outcomes
         summary.status = "completed" if finished else "cancelled"
         _finish_batch(library, undo_id, summary.status, summary)
     return summary
-
-
-def _undo_one(library: Library, undo_id: int, row: tuple[Any, ...], options: WriteOptions) -> FileOutcome:
-    file_id, track_id, path, key, backup_json, after_size, after_mtime, after_fp = row
-    with library.lock:
-        track = _track(library, track_id) if track_id is not None else None
-        changes = {name: (json.loads(new), json.loads(old)) for name, old, new in library.conn.execute(
-            "SELECT field, old_values, new_values FROM write_changes WHERE write_file_id = ?", (file_id,))}
-    file_path = fs_path(track["path_key"] if track else bytes(key))
-    shown = track["path"] if track else path
-    try:
-        state = FileState.of(file_path)
-    except OSError:
-        return FileOutcome(track_id, shown, "failed", changes, error="the file is not there any more")
-    if (state.size, state.mtime_ns) != (after_size, after_mtime) or fingerprint_file(file_path) != after_fp:
-        return FileOutcome(track_id, shown, "failed", changes,
-                           error="the file changed after it was written; it was left as it is")
-    if track is None:
-        return FileOutcome(None, shown, "failed", changes, error="the track is no longer in the library")
-    backup = json.loads(backup_json)
-    restore_to = {name: old for name, (_new, old) in changes.items()}
-    journal: dict[str, int] = {}
-
-    def edit(handle: Any) -> _Written:
-        result = restore_backup(handle, track["container"], track["codec"], backup)
-        handle.flush()
-        tags = verify_changes(handle, track["container"], track["codec"], result, restore_to)
-        return _edited(handle, result, tags)
-
-    def record_pending(written: _Written) -> None:
-        journal["id"] = _journal_file(library, undo_id, {**track, "size": state.size, "mtime_ns": state.mtime_ns},
-                                      "pending", result=written.edit, changes=changes)
-
-    try:
-        written, new_state = rewrite_file(file_path, edit, expected=state, keep_mtime=options.keep_mtime,
-                                          before_replace=record_pending)
-    except (WriteError, TagEditError) as exc:
-        if "id" in journal:
-            _fail(library, journal["id"], str(exc))
-        return FileOutcome(track_id, shown, "failed", changes, error=str(exc))
-    _settle(library, journal["id"], track_id, new_state, written, None)
-    with library.transaction() as conn:
-        conn.execute("UPDATE write_files SET status = 'undone' WHERE id = ?", (file_id,))
-    return FileOutcome(track_id, shown, "written", changes)
 
 
 # -- recovery -----------------------------------------------------------------------------------
