@@ -9,6 +9,7 @@ touched here; the batch writer replaces it once the journal has recorded the cha
 from __future__ import annotations
 
 import os
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -60,7 +61,10 @@ def _edit(task: FileTask, handle: BinaryIO) -> Written:
     handle.flush()
     tags = verify_changes(handle, task.container, task.codec, result, task.changes)
     size = handle.seek(0, os.SEEK_END)
-    return Written(result, tags, fingerprint_fileobj(handle, size))
+    # what the journal needs, without the snapshots used for verification (they can be large)
+    slim = EditResult(result.tag_format, result.old_values, result.backup, Counter(), {}, result.stream,
+                      result.converted_id3)
+    return Written(slim, tags, fingerprint_fileobj(handle, size))
 
 
 def prepare(task: FileTask) -> Prepared:
