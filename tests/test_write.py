@@ -484,3 +484,46 @@ def test_a_large_batch_prepared_in_worker_processes(tmp_path, make_track):
         undone = undo(library, workers=2)
         assert undone.count("written") == count
     assert all(_no_temp_files(folder) for folder in music.iterdir())
+
+
+def test_private_frames_pictures_replaygain_chapters_and_lyrics_survive(tmp_path, make_track):
+    from mutagen.flac import FLAC, Picture
+    from mutagen.id3 import APIC, CHAP, CTOC, GEOB, ID3, PRIV, RVA2, TIT2, TXXX, USLT, CTOCFlags
+
+    music = tmp_path / "music"
+    mp3 = make_track(music, "mp3")
+    tags = ID3()
+    tags.add(APIC(encoding=3, mime="image/png", type=3, desc="front", data=b"\x89PNG" + os.urandom(3000)))
+    tags.add(APIC(encoding=3, mime="image/jpeg", type=4, desc="back", data=b"\xff\xd8\xff" + os.urandom(2000)))
+    tags.add(PRIV(owner="www.serato.com", data=os.urandom(200)))
+    tags.add(GEOB(encoding=0, mime="application/octet-stream", filename="", desc="Serato Markers_",
+                  data=os.urandom(300)))
+    tags.add(RVA2(desc="track", channel=1, gain=-6.5, peak=0.9))
+    tags.add(TXXX(encoding=3, desc="REPLAYGAIN_TRACK_GAIN", text=["-6.50 dB"]))
+    tags.add(USLT(encoding=3, lang="eng", desc="", text="la la la"))
+    tags.add(CTOC(element_id="toc", flags=CTOCFlags.TOP_LEVEL | CTOCFlags.ORDERED, child_element_ids=["ch0"],
+                  sub_frames=[TIT2(text=["Chapters"])]))
+    tags.add(CHAP(element_id="ch0", start_time=0, end_time=500, sub_frames=[TIT2(text=["Intro"])]))
+    tags.save(mp3)
+    flac_path = make_track(music, "flac")
+    flac = FLAC(flac_path)
+    picture = Picture()
+    picture.type, picture.mime, picture.data = 3, "image/jpeg", b"\xff\xd8\xff" + os.urandom(4000)
+    flac.add_picture(picture)
+    flac["REPLAYGAIN_TRACK_GAIN"] = "-3.10 dB"
+    flac["LYRICS"] = "la la la"
+    flac.save()
+
+    before = {p: raw_tags(p, c, k) for p, c, k in ((mp3, "mp3", "mp3"), (flac_path, "flac", "flac"))}
+    with Library(tmp_path / "lib.sqlite") as library:
+        scan(library, [music])
+        ids = [find_track(library, str(p))["id"] for p in (mp3, flac_path)]
+        stage(library, ids, CHANGES)
+        summary = write_changes(library, staged_changes(library))
+        assert summary.count("written") == 2, [f.error for f in summary.files]
+    for path, container, codec in ((mp3, "mp3", "mp3"), (flac_path, "flac", "flac")):
+        after = raw_tags(path, container, codec)
+        kept = Counter({item: n for item, n in before[path].items()
+                        if item[0] not in ("TCON", "TMOO", "TBPM", "TKEY", "COMM::eng", "TXXX:INSTRUMENTS",
+                                           "GENRE", "MOOD", "BPM", "KEY", "COMMENT", "INSTRUMENTS")})
+        assert kept and not (kept - after), f"lost: {sorted(kept - after)}"
