@@ -22,7 +22,7 @@ from rich.progress import (
 
 from jamcaps_desktop.jobs.base import CancelToken, Progress
 
-STAGE_LABELS = {"walk": "Looking for files", "read": "Reading files"}
+STAGE_LABELS = {"walk": "Looking for files", "read": "Reading files", "write": "Writing tags", "undo": "Undoing"}
 
 
 class TerminalProgress:
