@@ -83,6 +83,13 @@ class TagAdapter:
     def snapshot(self) -> Snapshot:
         raise NotImplementedError
 
+    @staticmethod
+    def _tags_of(opened: mutagen.FileType) -> Any:
+        """The file's tag, created empty where it has none."""
+        if opened.tags is None:
+            opened.add_tags()
+        return opened.tags
+
     def touched_keys(self, fields: list[str]) -> set[str]:
         """Every key that holds one of ``fields`` (in snapshot form, see ``norm``)."""
         return {self.norm(key) for field in fields for key in self.keys_for(field)}
@@ -256,10 +263,8 @@ class VorbisAdapter(TagAdapter):
     format_name = "Vorbis comment"
 
     def __init__(self, opened: mutagen.FileType) -> None:
-        if opened.tags is None:
-            opened.add_tags()
         self.opened = opened
-        self.tags = opened.tags  # a list of (key, value) pairs
+        self.tags = self._tags_of(opened)  # a list of (key, value) pairs
 
     def fields_supported(self) -> set[str]:
         return set(mapping.VORBIS)
@@ -348,10 +353,8 @@ class MP4Adapter(TagAdapter):
     format_name = "MP4"
 
     def __init__(self, opened: mutagen.FileType) -> None:
-        if opened.tags is None:
-            opened.add_tags()
         self.opened = opened
-        self.tags: mutagen.mp4.MP4Tags = opened.tags
+        self.tags: mutagen.mp4.MP4Tags = self._tags_of(opened)
 
     def fields_supported(self) -> set[str]:
         return set(mapping.MP4_ATOMS) | set(mapping.MP4_FREEFORM) | set(_MP4_PAIR_ATOMS)
@@ -514,10 +517,8 @@ class ASFAdapter(TagAdapter):
     format_name = "ASF"
 
     def __init__(self, opened: mutagen.FileType) -> None:
-        if opened.tags is None:
-            opened.add_tags()
         self.opened = opened
-        self.tags: mutagen.asf.ASFTags = opened.tags
+        self.tags: mutagen.asf.ASFTags = self._tags_of(opened)
 
     def fields_supported(self) -> set[str]:
         return set(mapping.ASF) | set(_ASF_PAIR_KEYS)

@@ -96,9 +96,7 @@ def open_for_edit(fileobj: BinaryIO, container: str, codec: str | None, id3_vers
     elif tag_format == "asf":
         adapter = ASFAdapter(opened)
     else:
-        if opened.tags is None:
-            opened.add_tags()
-        adapter = APEv2Adapter(opened.tags)
+        adapter = APEv2Adapter(TagAdapter._tags_of(opened))
     return EditSession(container, opened, adapter, tag_format)
 
 

@@ -415,7 +415,6 @@ def write_changes(library: Library, changes: dict[int, Changes], *, options: Wri
     with library.job_lock("write"):
         recover(library)
         batch_id = _start_batch(library, "write", options)
-        summary = BatchSummary(batch_id, "write", "running")
         known = _preload(library, list(changes))
         tasks: list[FileTask] = []
         early: list[FileOutcome] = []
@@ -445,18 +444,27 @@ def write_changes(library: Library, changes: dict[int, Changes], *, options: Wri
         if clear_staged and unchanged_staged:
             with library.transaction() as conn:
                 conn.executemany("DELETE FROM staged_values WHERE track_id = ? AND field = ?", unchanged_staged)
-        total = len(early) + len(tasks)
-        progress(Progress("write", len(early), total))
-        try:
-            outcomes, finished = _run_tasks(library, batch_id, tasks, stage_name="write", clear_staged=clear_staged,
-                                            progress=progress, cancel=cancel, workers=workers,
-                                            done_before=len(early), total=total)
-        except BaseException:
-            _finish_batch(library, batch_id, "interrupted", summary)
-            raise
-        summary.files = early + outcomes
-        summary.status = "completed" if finished else "cancelled"
-        _finish_batch(library, batch_id, summary.status, summary)
+        return _execute(library, batch_id, "write", early, tasks, clear_staged=clear_staged, progress=progress,
+                        cancel=cancel, workers=workers)
+
+
+def _execute(library: Library, batch_id: int, kind: str, early: list[FileOutcome], tasks: list[FileTask], *,
+             clear_staged: bool, progress: ProgressCallback, cancel: CancelToken, workers: int | None,
+             on_written: Callable[[FileTask], None] | None = None) -> BatchSummary:
+    """Run a batch's tasks and close its journal entry (``early``: files settled without writing)."""
+    summary = BatchSummary(batch_id, kind, "running", list(early))
+    total = len(early) + len(tasks)
+    progress(Progress(kind, len(early), total))
+    try:
+        outcomes, finished = _run_tasks(library, batch_id, tasks, stage_name=kind, clear_staged=clear_staged,
+                                        progress=progress, cancel=cancel, workers=workers,
+                                        done_before=len(early), total=total, on_written=on_written)
+    except BaseException:
+        _finish_batch(library, batch_id, "interrupted", summary)
+        raise
+    summary.files = early + outcomes
+    summary.status = "completed" if finished else "cancelled"
+    _finish_batch(library, batch_id, summary.status, summary)
     return summary
 
 
@@ -497,7 +505,6 @@ def undo(library: Library, batch_id: int | None = None, *, progress: ProgressCal
             raise UndoError(f"batch {batch_id} has nothing left to undo")
         options = WriteOptions(keep_mtime=bool(json.loads(original[1]).get("keep_mtime")))
         undo_id = _start_batch(library, "undo", options, undo_of=batch_id)
-        summary = BatchSummary(undo_id, "undo", "running")
         known = _preload(library, [row[1] for row in rows if row[1] is not None])
         early: list[FileOutcome] = []
         tasks: list[FileTask] = []
@@ -530,19 +537,8 @@ def undo(library: Library, batch_id: int | None = None, *, progress: ProgressCal
         def mark_undone(task: FileTask) -> None:
             library.conn.execute("UPDATE write_files SET status = 'undone' WHERE id = ?", (sources[task.track_id],))
 
-        total = len(early) + len(tasks)
-        progress(Progress("undo", len(early), total))
-        try:
-            outcomes, finished = _run_tasks(library, undo_id, tasks, stage_name="undo", clear_staged=False,
-                                            progress=progress, cancel=cancel, workers=workers,
-                                            done_before=len(early), total=total, on_written=mark_undone)
-        except BaseException:
-            _finish_batch(library, undo_id, "interrupted", summary)
-            raise
-        summary.files = early + outcomes
-        summary.status = "completed" if finished else "cancelled"
-        _finish_batch(library, undo_id, summary.status, summary)
-    return summary
+        return _execute(library, undo_id, "undo", early, tasks, clear_staged=False, progress=progress,
+                        cancel=cancel, workers=workers, on_written=mark_undone)
 
 
 # -- recovery -----------------------------------------------------------------------------------
