@@ -1,0 +1,121 @@
+"""Decode audio files with FFmpeg (PyAV) into mono float32 at a chosen sample rate, in windows.
+
+A two-hour file is never held in memory whole: ``iter_windows`` yields fixed-length windows as the
+file is decoded. Damaged packets are skipped (and counted) rather than ending the file early; a
+file FFmpeg cannot open or that holds no decodable audio raises ``DecodeError`` with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import av
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+class DecodeError(Exception):
+    """The file cannot be decoded; the message is the plain reason."""
+
+
+@dataclass
+class DecodeStats:
+    """What a decode saw: how much audio, and how many damaged packets it skipped."""
+
+    samples: int = 0
+    skipped_packets: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+def _reason(exc: Exception) -> str:
+    text = getattr(exc, "strerror", None) or str(exc)
+    return str(text).split(":")[0].strip().lower() or type(exc).__name__
+
+
+def iter_samples(path: str, sample_rate: int, *, max_seconds: float | None = None,
+                 stats: DecodeStats | None = None) -> Iterator[np.ndarray]:
+    """Mono float32 chunks at ``sample_rate``, in file order, as they are decoded."""
+    stats = stats if stats is not None else DecodeStats()
+    try:
+        container = av.open(path, metadata_errors="ignore")
+    except (av.error.FFmpegError, OSError, EOFError) as exc:
+        raise DecodeError(f"the file cannot be opened for decoding ({_reason(exc)})") from exc
+    try:
+        if not container.streams.audio:
+            raise DecodeError("the file has no audio stream")
+        stream = container.streams.audio[0]
+        if stream.codec_context is None:
+            raise DecodeError("no decoder for this audio format")
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+        limit = int(max_seconds * sample_rate) if max_seconds else None
+        produced = 0
+
+        def emit(frames: list[av.AudioFrame]) -> Iterator[np.ndarray]:
+            nonlocal produced
+            for out in frames:
+                chunk = out.to_ndarray().reshape(-1).astype(np.float32, copy=False)
+                if limit is not None and produced + len(chunk) > limit:
+                    chunk = chunk[: limit - produced]
+                produced += len(chunk)
+                stats.samples += len(chunk)
+                if len(chunk):
+                    yield chunk
+
+        for packet in container.demux(stream):
+            try:
+                frames = packet.decode()
+            except (av.error.InvalidDataError, av.error.UndefinedError, ValueError) as exc:
+                stats.skipped_packets += 1
+                if stats.skipped_packets <= 3:
+                    log.warning("%s: skipped a damaged packet (%s)", path, _reason(exc))
+                continue
+            for frame in frames:
+                frame.pts = None  # let the resampler follow the samples, not damaged timestamps
+                yield from emit(resampler.resample(frame))
+            if limit is not None and produced >= limit:
+                return
+        yield from emit(resampler.resample(None))
+    except av.error.FFmpegError as exc:
+        if stats.samples == 0:
+            raise DecodeError(f"the audio cannot be decoded ({_reason(exc)})") from exc
+        stats.warnings.append(f"decoding stopped early: {_reason(exc)}")
+        log.warning("%s: decoding stopped early (%s)", path, _reason(exc))
+    finally:
+        container.close()
+    if stats.samples == 0:
+        raise DecodeError("no audio could be decoded from the file")
+
+
+def iter_windows(path: str, sample_rate: int, window_s: float, *, hop_s: float | None = None,
+                 max_seconds: float | None = None, pad_last: bool = True,
+                 stats: DecodeStats | None = None) -> Iterator[np.ndarray]:
+    """Windows of ``window_s`` seconds every ``hop_s`` seconds (default: back to back).
+
+    The last window is zero-padded to full length when ``pad_last`` (a track shorter than one window
+    still gives one window); otherwise a partial last window is dropped.
+    """
+    size = int(round(window_s * sample_rate))
+    hop = int(round((hop_s or window_s) * sample_rate))
+    if size <= 0 or hop <= 0:
+        raise ValueError("window and hop must be positive")
+    buffer = np.zeros(0, dtype=np.float32)
+    emitted = False
+    for chunk in iter_samples(path, sample_rate, max_seconds=max_seconds, stats=stats):
+        buffer = np.concatenate([buffer, chunk]) if len(buffer) else chunk
+        while len(buffer) >= size:
+            yield buffer[:size].copy()
+            emitted = True
+            buffer = buffer[hop:]
+    if len(buffer) and pad_last and (not emitted or len(buffer) > size - hop):
+        window = np.zeros(size, dtype=np.float32)
+        window[: len(buffer)] = buffer[:size]
+        yield window
+
+
+def decode(path: str, sample_rate: int, *, max_seconds: float | None = None) -> np.ndarray:
+    """The whole file (or its first ``max_seconds``) as one mono float32 array."""
+    chunks = list(iter_samples(path, sample_rate, max_seconds=max_seconds))
+    return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)

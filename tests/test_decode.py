@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from audio_fixtures import FORMATS, make_audio
+
+from jamcaps_desktop.audio.decode import DecodeError, DecodeStats, decode, iter_windows
+
+
+def _dominant_hz(signal: np.ndarray, rate: int) -> float:
+    spectrum = np.abs(np.fft.rfft(signal * np.hanning(len(signal))))
+    return float(np.argmax(spectrum) * rate / len(signal))
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_every_format_decodes_to_mono_at_the_model_rate(fmt, tmp_path):
+    path = make_audio(tmp_path / f"tone.{FORMATS[fmt][0]}", fmt, seconds=3.0, freq=440.0)
+    audio = decode(str(path), 16000)
+    assert audio.dtype == np.float32 and audio.ndim == 1
+    assert 2.9 * 16000 < len(audio) < 3.2 * 16000
+    assert abs(_dominant_hz(audio[4000:40000], 16000) - 440) < 5
+    assert 0.05 < float(np.max(np.abs(audio))) < 1.0
+
+
+def test_windows_stream_without_holding_the_file(tmp_path):
+    path = make_audio(tmp_path / "long.flac", "flac", seconds=10.0)
+    windows = list(iter_windows(str(path), 16000, 3.0))
+    assert [len(w) for w in windows] == [48000] * 4  # 3 + 3 + 3 + (1 s padded)
+    assert np.all(windows[-1][16000 + 100:] == 0)
+    overlapping = list(iter_windows(str(path), 16000, 3.0, hop_s=1.5, pad_last=False))
+    assert len(overlapping) == 5
+    first = list(iter_windows(str(path), 16000, 3.0, max_seconds=4.0))
+    assert len(first) == 2
+
+
+def test_a_short_track_gives_one_padded_window(tmp_path):
+    path = make_audio(tmp_path / "short.wav", "wav", seconds=0.5)
+    windows = list(iter_windows(str(path), 16000, 3.0))
+    assert len(windows) == 1 and len(windows[0]) == 48000
+
+
+def test_damaged_packets_are_skipped_not_fatal(tmp_path):
+    path = make_audio(tmp_path / "tone.mp3", "mp3", seconds=6.0)
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 3000] = bytes(range(256)) * 11 + bytes(184)  # garbage in the middle
+    damaged = tmp_path / "damaged.mp3"
+    damaged.write_bytes(bytes(data))
+    stats = DecodeStats()
+    windows = list(iter_windows(str(damaged), 16000, 1.0, stats=stats))
+    assert len(windows) >= 5  # most of the six seconds survive
+
+
+def test_undecodable_files_raise_a_clear_error(tmp_path):
+    text = tmp_path / "notes.mp3"
+    text.write_text("not audio at all\n" * 100)
+    with pytest.raises(DecodeError):
+        decode(str(text), 16000)
+    empty = tmp_path / "empty.flac"
+    empty.write_bytes(b"")
+    with pytest.raises(DecodeError):
+        decode(str(empty), 16000)
