@@ -97,8 +97,8 @@ def iter_windows(path: str, sample_rate: int, window_s: float, *, hop_s: float |
     The last window is zero-padded to full length when ``pad_last`` (a track shorter than one window
     still gives one window); otherwise a partial last window is dropped.
     """
-    size = int(round(window_s * sample_rate))
-    hop = int(round((hop_s or window_s) * sample_rate))
+    size = round(window_s * sample_rate)
+    hop = round((hop_s or window_s) * sample_rate)
     if size <= 0 or hop <= 0:
         raise ValueError("window and hop must be positive")
     buffer = np.zeros(0, dtype=np.float32)
