@@ -374,20 +374,37 @@ def test_permissions_kept_and_mtime_kept_when_asked(tagged_library):
     assert os.stat(paths[1]).st_mtime_ns == mtime
 
 
-def test_undo_refuses_a_file_changed_after_the_write(tagged_library):
+def test_undo_refuses_a_file_whose_written_fields_changed_since(tagged_library):
     library, paths, _ids = tagged_library
     summary = write_changes(library, staged_changes(library))
     assert summary.count("written") == 3
     audio = mutagen.File(paths[1])
-    audio.tags["TITLE"] = "edited by another program"
+    audio.tags["GENRE"] = "changed by another program"   # a field this write set
     audio.save()
     edited = paths[1].read_bytes()
+    other = mutagen.File(paths[2])
+    other["©nam"] = ["retitled by another program"]      # a field this write did not set
+    other.save()
     undone = undo(library, summary.batch_id)
     outcomes = {Path(f.path).name: f for f in undone.files}
     assert outcomes[paths[1].name].status == "failed"
-    assert "changed after it was written" in outcomes[paths[1].name].error
+    assert "genre was changed after this write" in outcomes[paths[1].name].error
     assert paths[1].read_bytes() == edited
-    assert [outcomes[p.name].status for p in (paths[0], paths[2])] == ["written", "written"]
+    assert outcomes[paths[0].name].status == "written" and outcomes[paths[2].name].status == "written"
+    assert mutagen.File(paths[2])["©nam"] == ["retitled by another program"]  # kept
+
+
+def test_undo_steps_back_through_writes(tagged_library):
+    library, paths, ids = tagged_library
+    first = write_changes(library, staged_changes(library))
+    stage(library, ids, {"genre": ["Second"]})
+    second = write_changes(library, staged_changes(library))
+    assert second.count("written") == 3
+    assert undo(library).batch_id and undo(library).count("written") == 3  # the second, then the first
+    for track_id in ids:
+        assert "Ambient" not in canonical_tags(track_tags(library, track_id)).get("genre", [])
+    assert [b["kind"] for b in batch_module.history(library)][:2] == ["undo", "undo"]
+    assert first.batch_id != second.batch_id
 
 
 def test_id3v23_files_stay_v23_and_keep_mood_the_picard_way(tmp_path, make_track):

@@ -121,6 +121,7 @@ MIGRATIONS: list[str] = [
         error TEXT,
         tag_format TEXT,
         backup TEXT,                      -- JSON: the raw tag items the write replaced, for an exact undo
+        undoes INTEGER REFERENCES write_files(id),  -- for an undo: the write it reverses
         before_size INTEGER, before_mtime_ns INTEGER,
         after_size INTEGER, after_mtime_ns INTEGER, after_fingerprint TEXT,
         finished_at TEXT

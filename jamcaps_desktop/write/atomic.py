@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import logging
 import os
 import secrets
@@ -104,9 +105,31 @@ def fsync_dir(folder: str) -> None:
         os.close(fd)
 
 
+def temp_tag(name: str) -> str:
+    """A short, fixed-length stand-in for a file name inside temporary names (long names still fit)."""
+    return hashlib.blake2b(os.fsencode(name), digest_size=8).hexdigest()
+
+
 def temp_path_for(path: str) -> str:
     folder, name = os.path.split(path)
-    return os.path.join(folder, f"{TEMP_PREFIX}{secrets.token_hex(4)}-{name}{TEMP_SUFFIX}")
+    return os.path.join(folder, f"{TEMP_PREFIX}{secrets.token_hex(4)}-{temp_tag(name)}{TEMP_SUFFIX}")
+
+
+def is_temp_name(name: str) -> bool:
+    return name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)
+
+
+def _copy_xattrs(source: str, target: str) -> None:
+    """Extended attributes (Finder tags, SELinux labels…) travel with the new copy, where allowed."""
+    if not hasattr(os, "listxattr"):
+        return
+    try:
+        names = os.listxattr(source)
+    except OSError:
+        return
+    for name in names:
+        with contextlib.suppress(OSError):
+            os.setxattr(target, name, os.getxattr(source, name))
 
 
 def _os_error_message(exc: OSError, action: str) -> WriteError:
@@ -141,7 +164,10 @@ def prepare_copy(path: str, edit: Callable[[BinaryIO], T], *, expected: FileStat
     ``edit`` gets the copy opened read-write and returns whatever the caller wants back (it raises to
     abort). ``expected`` is the size and mtime the caller believes the file has: if the file differs,
     nothing is done. On any failure the copy is removed and the original was never touched.
+
+    A symbolic link is written through: the copy goes beside the file it points to, and replaces that.
     """
+    path = os.path.realpath(path)
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -154,6 +180,9 @@ def prepare_copy(path: str, edit: Callable[[BinaryIO], T], *, expected: FileStat
         raise FileChangedError("the file changed on disk since it was scanned; scan it again first")
     if not st.st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH):
         raise ReadOnlyError("the file is read-only")
+    if st.st_nlink > 1:
+        raise WriteError(f"the file has {st.st_nlink} hard links; replacing it would leave the others "
+                         "with the old tags")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.access(folder, os.W_OK):
         raise ReadOnlyError("no permission to create files in its folder")
@@ -176,6 +205,7 @@ def prepare_copy(path: str, edit: Callable[[BinaryIO], T], *, expected: FileStat
                 # only the owner or root can keep the owner; the mode is kept regardless
                 with contextlib.suppress(PermissionError):
                     os.chown(temp, st.st_uid, st.st_gid)
+            _copy_xattrs(path, temp)
             if keep_mtime:
                 os.utime(temp, ns=(st.st_atime_ns, st.st_mtime_ns))
         except OSError as exc:

@@ -21,7 +21,7 @@ import multiprocessing
 import os
 import signal
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -32,11 +32,10 @@ from jamcaps_desktop.library.database import Library, utc_now
 from jamcaps_desktop.library.paths import fs_path
 from jamcaps_desktop.library.queries import canonical_tags, track_tags
 from jamcaps_desktop.library.tracks import store_record, store_written
-from jamcaps_desktop.scan.fingerprint import fingerprint_file
 from jamcaps_desktop.scan.reader import read_file
 from jamcaps_desktop.tags.values import normalise
 from jamcaps_desktop.write import atomic
-from jamcaps_desktop.write.atomic import TEMP_PREFIX, TEMP_SUFFIX, FileState, WriteError
+from jamcaps_desktop.write.atomic import FileState, WriteError
 from jamcaps_desktop.write.prepare import Changes, FileTask, Prepared, prepare
 
 log = logging.getLogger(__name__)
@@ -290,8 +289,7 @@ def _prepared(tasks: list[FileTask], cancel: CancelToken, workers: int | None) -
 
 def _run_tasks(library: Library, batch_id: int, tasks: list[FileTask], *, stage_name: str,
                clear_staged: bool, progress: ProgressCallback, cancel: CancelToken, workers: int | None,
-               done_before: int, total: int, on_written: Callable[[FileTask], None] | None = None
-               ) -> tuple[list[FileOutcome], bool]:
+               done_before: int, total: int) -> tuple[list[FileOutcome], bool]:
     """Prepare every task's copy, then journal, replace and settle them a group at a time."""
     outcomes: list[FileOutcome] = []
     folders = _Folders()
@@ -300,7 +298,7 @@ def _run_tasks(library: Library, batch_id: int, tasks: list[FileTask], *, stage_
 
     def flush() -> None:
         nonlocal last_flush
-        outcomes.extend(_commit_group(library, batch_id, group, clear_staged, folders, on_written))
+        outcomes.extend(_commit_group(library, batch_id, group, clear_staged, folders))
         group.clear()
         last_flush = time.monotonic()
         progress(Progress(stage_name, done_before + len(outcomes), total, current=outcomes[-1].path if outcomes
@@ -323,8 +321,8 @@ def _run_tasks(library: Library, batch_id: int, tasks: list[FileTask], *, stage_
     return outcomes, len(outcomes) == len(tasks)
 
 
-def _commit_group(library: Library, batch_id: int, group: list[Prepared], clear_staged: bool, folders: _Folders,
-                  on_written: Callable[[FileTask], None] | None) -> list[FileOutcome]:
+def _commit_group(library: Library, batch_id: int, group: list[Prepared], clear_staged: bool, folders: _Folders
+                  ) -> list[FileOutcome]:
     """Journal a group as pending, replace each original by its copy, then record the outcome."""
     now = utc_now()
     file_ids: dict[int, int] = {}
@@ -359,8 +357,14 @@ def _commit_group(library: Library, batch_id: int, group: list[Prepared], clear_
             settled.append((file_ids[position], ready, state))
             outcomes.append(FileOutcome(task.track_id, task.shown, "written", diff))
     finally:
-        _settle(library, settled, failures, clear_staged, on_written)
+        _settle(library, settled, failures, clear_staged)
     return outcomes
+
+
+def _clear_staged(conn: Any, track_id: int, written: Changes) -> None:
+    """Drop staged values that were written, but not values staged again meanwhile with other values."""
+    conn.executemany("DELETE FROM staged_values WHERE track_id = ? AND field = ? AND vals = ?",
+                     [(track_id, name, json.dumps(vals, ensure_ascii=False)) for name, vals in written.items()])
 
 
 def _insert_journal(conn: Any, batch_id: int, task: FileTask, status: str, *, error: str | None,
@@ -368,10 +372,10 @@ def _insert_journal(conn: Any, batch_id: int, task: FileTask, status: str, *, er
                     changes: dict[str, tuple[list[str], list[str]]], now: str) -> int:
     expected = task.expected
     cursor = conn.execute(
-        "INSERT INTO write_files (batch_id, track_id, path, path_key, status, error, tag_format, backup, "
-        "before_size, before_mtime_ns, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO write_files (batch_id, track_id, path, path_key, status, error, tag_format, backup, undoes, "
+        "before_size, before_mtime_ns, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (batch_id, task.track_id, task.shown, os.fsencode(task.path), status, error, tag_format,
-         json.dumps(backup) if backup is not None else None, expected.size if expected else None,
+         json.dumps(backup) if backup is not None else None, task.undoes, expected.size if expected else None,
          expected.mtime_ns if expected else None, None if status == "pending" else now))
     file_id = int(cursor.lastrowid)
     conn.executemany(
@@ -382,7 +386,7 @@ def _insert_journal(conn: Any, batch_id: int, task: FileTask, status: str, *, er
 
 
 def _settle(library: Library, settled: list[tuple[int, Prepared, FileState]], failures: list[tuple[int, str]],
-            clear_staged: bool, on_written: Callable[[FileTask], None] | None) -> None:
+            clear_staged: bool) -> None:
     """Record replaced files as written (new state, tags re-read from the verified copy) and failures."""
     now = utc_now()
     with library.transaction() as conn:
@@ -396,10 +400,9 @@ def _settle(library: Library, settled: list[tuple[int, Prepared, FileState]], fa
                           fingerprint=written.fingerprint, tags=written.tags.values,
                           tag_formats=written.tags.formats, now=now)
             if clear_staged:
-                conn.executemany("DELETE FROM staged_values WHERE track_id = ? AND field = ?",
-                                 [(task.track_id, name) for name in task.changes])
-            if on_written is not None:
-                on_written(task)
+                _clear_staged(conn, task.track_id, task.changes)
+            if task.undoes is not None:
+                conn.execute("UPDATE write_files SET status = 'undone' WHERE id = ?", (task.undoes,))
         for file_id, error in failures:
             conn.execute("UPDATE write_files SET status = 'failed', error = ?, finished_at = ? WHERE id = ?",
                          (error, now, file_id))
@@ -418,7 +421,7 @@ def write_changes(library: Library, changes: dict[int, Changes], *, options: Wri
         known = _preload(library, list(changes))
         tasks: list[FileTask] = []
         early: list[FileOutcome] = []
-        unchanged_staged: list[tuple[int, str]] = []
+        unchanged_staged: list[tuple[int, Changes]] = []
         for track_id, wanted in changes.items():
             track, current = known.get(track_id, (None, {}))
             shown = track["path"] if track else f"track {track_id}"
@@ -435,7 +438,7 @@ def write_changes(library: Library, changes: dict[int, Changes], *, options: Wri
             diff = _diff(current, wanted)
             if not diff:
                 early.append(FileOutcome(track_id, shown, "unchanged"))
-                unchanged_staged += [(track_id, name) for name in wanted]
+                unchanged_staged.append((track_id, wanted))
                 continue
             tasks.append(FileTask(track_id, fs_path(track["path_key"]), shown,
                                   FileState(track["size"], track["mtime_ns"]), track["container"], track["codec"],
@@ -443,14 +446,14 @@ def write_changes(library: Library, changes: dict[int, Changes], *, options: Wri
                                   keep_mtime=options.keep_mtime))
         if clear_staged and unchanged_staged:
             with library.transaction() as conn:
-                conn.executemany("DELETE FROM staged_values WHERE track_id = ? AND field = ?", unchanged_staged)
+                for track_id, wanted in unchanged_staged:
+                    _clear_staged(conn, track_id, wanted)
         return _execute(library, batch_id, "write", early, tasks, clear_staged=clear_staged, progress=progress,
                         cancel=cancel, workers=workers)
 
 
 def _execute(library: Library, batch_id: int, kind: str, early: list[FileOutcome], tasks: list[FileTask], *,
-             clear_staged: bool, progress: ProgressCallback, cancel: CancelToken, workers: int | None,
-             on_written: Callable[[FileTask], None] | None = None) -> BatchSummary:
+             clear_staged: bool, progress: ProgressCallback, cancel: CancelToken, workers: int | None) -> BatchSummary:
     """Run a batch's tasks and close its journal entry (``early``: files settled without writing)."""
     summary = BatchSummary(batch_id, kind, "running", list(early))
     total = len(early) + len(tasks)
@@ -458,7 +461,7 @@ def _execute(library: Library, batch_id: int, kind: str, early: list[FileOutcome
     try:
         outcomes, finished = _run_tasks(library, batch_id, tasks, stage_name=kind, clear_staged=clear_staged,
                                         progress=progress, cancel=cancel, workers=workers,
-                                        done_before=len(early), total=total, on_written=on_written)
+                                        done_before=len(early), total=total)
     except BaseException:
         _finish_batch(library, batch_id, "interrupted", summary)
         raise
@@ -474,9 +477,10 @@ class UndoError(Exception):
 
 
 def last_undoable_batch(library: Library) -> int | None:
+    """The latest write batch with files still to undo (undo batches are undone only when named)."""
     row = library.conn.execute(
-        "SELECT b.id FROM write_batches b WHERE EXISTS (SELECT 1 FROM write_files f WHERE f.batch_id = b.id "
-        "AND f.status = 'written') ORDER BY b.id DESC LIMIT 1").fetchone()
+        "SELECT b.id FROM write_batches b WHERE b.kind = 'write' AND EXISTS (SELECT 1 FROM write_files f "
+        "WHERE f.batch_id = b.id AND f.status = 'written') ORDER BY b.id DESC LIMIT 1").fetchone()
     return int(row[0]) if row else None
 
 
@@ -499,8 +503,8 @@ def undo(library: Library, batch_id: int | None = None, *, progress: ProgressCal
         if original is None:
             raise UndoError(f"there is no write batch {batch_id}")
         rows = library.conn.execute(
-            "SELECT id, track_id, path, path_key, backup, after_size, after_mtime_ns, after_fingerprint "
-            "FROM write_files WHERE batch_id = ? AND status = 'written' ORDER BY id", (batch_id,)).fetchall()
+            "SELECT id, track_id, path, path_key, backup FROM write_files WHERE batch_id = ? AND status = 'written' "
+            "ORDER BY id", (batch_id,)).fetchall()
         if not rows:
             raise UndoError(f"batch {batch_id} has nothing left to undo")
         options = WriteOptions(keep_mtime=bool(json.loads(original[1]).get("keep_mtime")))
@@ -508,52 +512,65 @@ def undo(library: Library, batch_id: int | None = None, *, progress: ProgressCal
         known = _preload(library, [row[1] for row in rows if row[1] is not None])
         early: list[FileOutcome] = []
         tasks: list[FileTask] = []
-        sources: dict[int, int] = {}
-        for file_id, track_id, path, key, backup_json, after_size, after_mtime, after_fp in rows:
+        for file_id, track_id, path, key, backup_json in rows:
             track = known.get(track_id, (None, {}))[0]
             changes = {name: (json.loads(new), json.loads(old)) for name, old, new in library.conn.execute(
                 "SELECT field, old_values, new_values FROM write_changes WHERE write_file_id = ?", (file_id,))}
             file_path = fs_path(track["path_key"] if track else bytes(key))
             shown = track["path"] if track else path
-            problem = None
-            try:
-                state = FileState.of(file_path)
-            except OSError:
-                problem = "the file is not there any more"
-            else:
-                if (state.size, state.mtime_ns) != (after_size, after_mtime) or fingerprint_file(file_path) != after_fp:
-                    problem = "the file changed after it was written; it was left as it is"
-            if problem is None and track is None:
-                problem = "the track is no longer in the library"
+            problem, state = _undo_problem(file_path, changes, track)
             if problem:
                 early.append(FileOutcome(track_id, shown, "failed", changes, error=problem))
                 continue
-            assert track is not None
+            assert track is not None and state is not None
             tasks.append(FileTask(track_id, file_path, shown, state, track["container"], track["codec"],
                                   {name: old for name, (_new, old) in changes.items()}, backup=json.loads(backup_json),
-                                  keep_mtime=options.keep_mtime))
-            sources[track_id] = file_id
-
-        def mark_undone(task: FileTask) -> None:
-            library.conn.execute("UPDATE write_files SET status = 'undone' WHERE id = ?", (sources[task.track_id],))
+                                  keep_mtime=options.keep_mtime, undoes=file_id))
 
         return _execute(library, undo_id, "undo", early, tasks, clear_staged=False, progress=progress,
-                        cancel=cancel, workers=workers, on_written=mark_undone)
+                        cancel=cancel, workers=workers)
+
+
+def _undo_problem(file_path: str, changes: dict[str, tuple[list[str], list[str]]],
+                  track: dict[str, Any] | None) -> tuple[str | None, FileState | None]:
+    """Why a write cannot be undone now (None if it can), and the file's state.
+
+    The file must still hold, in the fields the write set, the values it wrote: a field changed since
+    (by another program, or by a later write that was not undone) is left alone.
+    """
+    if track is None:
+        return "the track is no longer in the library", None
+    try:
+        state = FileState.of(file_path)
+    except OSError:
+        return "the file is not there any more", None
+    record = read_file(file_path, state.size, state.mtime_ns, state.ctime_ns, expect_audio=True)
+    if record.status != "ok":
+        return f"the file cannot be read now ({record.error})", None
+    now: Changes = {}
+    for tag in record.tags:
+        if tag.field in changes and tag.value not in now.setdefault(tag.field, []):
+            now[tag.field].append(tag.value)
+    for name, (written, _old) in changes.items():
+        if now.get(name, []) != written:
+            shown = " ; ".join(now.get(name, [])) or "nothing"
+            return f"{name} was changed after this write (it now holds {shown}); the file was left as it is", None
+    return None, state
 
 
 # -- recovery -----------------------------------------------------------------------------------
 def recover(library: Library) -> int:
-    """Settle journal rows a crash left ``pending``; returns how many were settled.
+    """Settle what an interrupted write or undo left behind; returns how many files were settled.
 
-    A pending row's file holds either the old or the new values (the rename is atomic); which one
-    is found by reading the file. Temporary copies left beside it are removed.
+    Runs under the job lock, so no other write is in flight. A ``pending`` row's file holds either the
+    old or the new values (the rename is atomic); which one is found by reading the file. Batches
+    still marked running are closed as interrupted, with their counts, and temporary copies left in
+    their folders are removed.
     """
     rows = library.conn.execute(
-        "SELECT f.id, f.track_id, f.path, f.path_key, f.batch_id FROM write_files f "
-        "WHERE f.status = 'pending'").fetchall()
-    for file_id, track_id, path, key, batch_id in rows:
+        "SELECT id, track_id, path, path_key, undoes FROM write_files WHERE status = 'pending'").fetchall()
+    for file_id, track_id, path, key, undoes in rows:
         file_path = fs_path(bytes(key))
-        _remove_temp_copies(file_path)
         changes = {name: json.loads(new) for name, new in library.conn.execute(
             "SELECT field, new_values FROM write_changes WHERE write_file_id = ?", (file_id,))}
         try:
@@ -561,34 +578,52 @@ def recover(library: Library) -> int:
         except OSError:
             _fail(library, file_id, "interrupted, and the file is gone")
             continue
-        record = read_file(file_path, state.size, state.mtime_ns, expect_audio=True)
+        record = read_file(file_path, state.size, state.mtime_ns, state.ctime_ns, expect_audio=True)
         found: Changes = {}
         for tag in record.tags:
             if tag.field in changes and tag.value not in found.setdefault(tag.field, []):
                 found[tag.field].append(tag.value)
         if all(found.get(name, []) == vals for name, vals in changes.items()) and track_id is not None:
             _settle_from_disk(library, file_id, track_id, file_path, state)
+            if undoes is not None:
+                with library.transaction() as conn:
+                    conn.execute("UPDATE write_files SET status = 'undone' WHERE id = ?", (undoes,))
             log.info("write of %s was completed before an interruption", path)
         else:
             _fail(library, file_id, "interrupted before the file was replaced; the file was not changed")
+    running = [batch_id for (batch_id,) in library.conn.execute(
+        "SELECT id FROM write_batches WHERE status = 'running'")]
+    for batch_id in running:
+        folders = {os.path.dirname(fs_path(bytes(k))) for (k,) in library.conn.execute(
+            "SELECT path_key FROM write_files WHERE batch_id = ?", (batch_id,))}
+        staged_folders = {os.path.dirname(fs_path(bytes(k))) for (k,) in library.conn.execute(
+            "SELECT t.path_key FROM tracks t JOIN staged_values s ON s.track_id = t.id")}
+        for folder in folders | staged_folders:
+            remove_stale_temp_files(folder)
         with library.transaction() as conn:
-            conn.execute("UPDATE write_batches SET status = 'interrupted' WHERE id = ? AND status = 'running'",
-                         (batch_id,))
+            counts = dict(conn.execute("SELECT status, COUNT(*) FROM write_files WHERE batch_id = ? GROUP BY status",
+                                       (batch_id,)).fetchall())
+            conn.execute("UPDATE write_batches SET status = 'interrupted', finished_at = ?, written = ?, failed = ? "
+                         "WHERE id = ?", (utc_now(), counts.get("written", 0) + counts.get("undone", 0),
+                                          counts.get("failed", 0), batch_id))
     return len(rows)
 
 
-def _remove_temp_copies(file_path: str) -> None:
-    folder, name = os.path.split(file_path)
+def remove_stale_temp_files(folder: str) -> int:
+    """Remove the app's temporary copies from a folder (only while no write runs on the library)."""
+    removed = 0
     try:
         entries = os.listdir(folder)
     except OSError:
-        return
+        return 0
     for entry in entries:
-        if entry.startswith(TEMP_PREFIX) and entry.endswith(f"-{name}{TEMP_SUFFIX}"):
+        if atomic.is_temp_name(entry):
             try:
                 os.unlink(os.path.join(folder, entry))
+                removed += 1
             except OSError:
                 log.warning("could not remove the temporary file %s", entry)
+    return removed
 
 
 # -- history ------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ class FileTask:
     backup: dict[str, Any] | None = None  # for an undo: the raw items to put back
     id3_version: int | None = None
     keep_mtime: bool = False
+    undoes: int | None = None        # for an undo: the journal row of the write it reverses
 
 
 @dataclass
