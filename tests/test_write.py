@@ -395,7 +395,7 @@ def test_undo_refuses_a_file_whose_written_fields_changed_since(tagged_library):
 
 
 def test_undo_steps_back_through_writes(tagged_library):
-    library, paths, ids = tagged_library
+    library, _paths, ids = tagged_library
     first = write_changes(library, staged_changes(library))
     stage(library, ids, {"genre": ["Second"]})
     second = write_changes(library, staged_changes(library))
@@ -544,3 +544,150 @@ def test_private_frames_pictures_replaygain_chapters_and_lyrics_survive(tmp_path
                         if item[0] not in ("TCON", "TMOO", "TBPM", "TKEY", "COMM::eng", "TXXX:INSTRUMENTS",
                                            "GENRE", "MOOD", "BPM", "KEY", "COMMENT", "INSTRUMENTS")})
         assert kept and not (kept - after), f"lost: {sorted(kept - after)}"
+
+
+def test_a_full_disk_while_saving_the_tags_is_named_plainly(tagged_library, monkeypatch):
+    library, paths, _ids = tagged_library
+    before = _snapshot_files(paths)
+    real_open = open
+
+    class Full(FaultyFile):
+        def write(self, *args):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def full_open(file, mode="r", *args, **kwargs):
+        handle = real_open(file, mode, *args, **kwargs)
+        return Full(handle, 10**9) if str(file).endswith(atomic.TEMP_SUFFIX) and "+" in mode else handle
+
+    monkeypatch.setattr(atomic, "open", full_open, raising=False)
+    summary = write_changes(library, staged_changes(library))
+    assert {f.error for f in summary.files} == {"the disk is full (writing the tags)"}
+    assert _snapshot_files(paths) == before
+
+
+@pytest.mark.parametrize("start", ["3/12", "3"])
+@pytest.mark.parametrize("change", [{"totaltracks": ["9"]}, {"totaltracks": []}, {"tracknumber": []},
+                                    {"tracknumber": ["5"]}])
+def test_vorbis_track_number_and_total_edit_as_a_pair(tmp_path, make_track, start, change):
+    from mutagen.flac import FLAC
+
+    music = tmp_path / "music"
+    path = make_track(music, "flac")
+    flac = FLAC(path)
+    flac["TRACKNUMBER"] = start
+    flac.save()
+    with Library(tmp_path / "lib.sqlite") as library:
+        scan(library, [music])
+        track_id = find_track(library, str(path))["id"]
+        before = canonical_tags(track_tags(library, track_id))
+        summary = write_changes(library, {track_id: change})
+        assert summary.files[0].status in ("written", "unchanged"), summary.files[0].error
+        after = canonical_tags(track_tags(library, track_id))
+    expected = {k: v for k, v in {**before, **change}.items() if v}
+    assert {k: after.get(k) for k in ("tracknumber", "totaltracks") if k in expected or k in after} == \
+        {k: expected.get(k) for k in ("tracknumber", "totaltracks") if k in expected or k in after}
+
+
+def _id3_case(tmp_path, make_track, build):
+    music = tmp_path / "music"
+    path = make_track(music, "mp3")
+    build(path)
+    library = Library(tmp_path / "lib.sqlite")
+    scan(library, [music])
+    return library, path, find_track(library, str(path))["id"]
+
+
+def test_v23_only_frames_and_the_id3v1_tag_survive(tmp_path, make_track):
+    from mutagen.id3 import ID3, RVAD, TIT2, TRDA
+
+    def build(path):
+        tags = ID3()
+        tags.add(TIT2(encoding=1, text=["v2 title"]))
+        tags.add(RVAD(adjustments=[1000, -1000], peaks=[30000, 30000]))
+        tags.add(TRDA(encoding=0, text=["May 17"]))
+        tags.save(path, v2_version=3, v1=0)
+        with open(path, "ab") as handle:  # an ID3v1 tag with different content
+            handle.write(b"TAG" + b"v1 title".ljust(30, b"\0") + b"v1 artist".ljust(30, b"\0")
+                         + b"v1 album".ljust(30, b"\0") + b"1999" + b"v1 comment".ljust(28, b"\0") + b"\0\x05\x11")
+
+    library, path, track_id = _id3_case(tmp_path, make_track, build)
+    v1_before = path.read_bytes()[-128:]
+    try:
+        summary = write_changes(library, {track_id: {"genre": ["House"]}})
+        assert summary.files[0].status == "written", summary.files[0].error
+        raw = ID3(path, translate=False, load_v1=False)
+        assert raw.version[:2] == (2, 3)
+        assert "RVAD" in raw and "TRDA" in raw and raw["TIT2"].text == ["v2 title"]
+        assert "TALB" not in raw  # nothing moved over from the v1 tag
+        assert path.read_bytes()[-128:] == v1_before
+        assert undo(library).files[0].status == "written"
+        assert "RVAD" in ID3(path, translate=False, load_v1=False) and path.read_bytes()[-128:] == v1_before
+    finally:
+        library.close()
+
+
+def test_changing_the_id3_version_converts_or_refuses_and_undo_restores_it(tmp_path, make_track):
+    from mutagen.id3 import ID3, TDOR, TIT2, TMOO, TPUB
+
+    def build(path):
+        tags = ID3()
+        tags.add(TIT2(encoding=3, text=["Ünïcödé title"]))
+        tags.add(TPUB(encoding=3, text=["Label"]))
+        tags.add(TMOO(encoding=3, text=["calm"]))
+        tags.add(TDOR(encoding=3, text=["1999-05-17"]))
+        tags.save(path, v2_version=4)
+
+    library, path, track_id = _id3_case(tmp_path, make_track, build)
+    try:
+        summary = write_changes(library, {track_id: {"genre": ["House"]}}, options=WriteOptions(id3_version=3))
+        assert summary.files[0].status == "written", summary.files[0].error
+        converted = ID3(path)
+        assert converted.version[:2] == (2, 3)
+        assert "TXXX:mood" in converted and converted["TIT2"].text == ["Ünïcödé title"]
+        assert undo(library).files[0].status == "written"
+        restored = ID3(path)
+        assert restored.version[:2] == (2, 4)
+        assert restored["TDOR"].text[0].text == "1999-05-17" and "TMOO" in restored
+    finally:
+        library.close()
+
+
+def test_undo_removes_a_tag_the_write_created(tmp_path, make_track):
+    from mutagen.id3 import ID3, ID3NoHeaderError
+
+    def build(path):
+        ID3(path).delete()
+
+    library, path, track_id = _id3_case(tmp_path, make_track, build)
+    original = path.read_bytes()
+    try:
+        assert write_changes(library, {track_id: {"mood": ["calm"]}}).files[0].status == "written"
+        assert undo(library).files[0].status == "written"
+    finally:
+        library.close()
+    with pytest.raises(ID3NoHeaderError):
+        ID3(path)
+    assert path.read_bytes() == original
+
+
+def test_symlinked_files_are_written_through(tmp_path, make_track):
+    real = make_track(tmp_path / "real", "flac")
+    music = tmp_path / "music"
+    music.mkdir()
+    link = music / "link.flac"
+    os.symlink(real, link)
+    with Library(tmp_path / "lib.sqlite") as library:
+        scan(library, [music])
+        track_id = find_track(library, str(link))
+        track_id = track_id["id"] if track_id else find_track(library, str(real))["id"]
+        assert write_changes(library, {track_id: {"mood": ["calm"]}}).files[0].status == "written"
+    assert link.is_symlink()
+    assert mutagen.File(real)["MOOD"] == ["calm"]
+
+
+def test_hard_linked_files_are_refused(tagged_library):
+    library, paths, _ids = tagged_library
+    os.link(paths[0], paths[0].parent / "second-name.mp3")
+    summary = write_changes(library, staged_changes(library))
+    failed = [f for f in summary.files if f.status == "failed"]
+    assert len(failed) == 1 and "hard links" in failed[0].error

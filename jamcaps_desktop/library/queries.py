@@ -102,9 +102,12 @@ def find_track(library: Library, path_or_id: str) -> dict[str, Any] | None:
         row = library.conn.execute(f"SELECT {', '.join(TRACK_COLUMNS)} FROM tracks WHERE id = ?",
                                    (int(path_or_id),)).fetchone()
     if row is None:
-        key = path_key(real_path(path_or_id))
-        row = library.conn.execute(f"SELECT {', '.join(TRACK_COLUMNS)} FROM tracks WHERE path_key = ?",
-                                   (key,)).fetchone()
+        # as given (a link followed into the library keeps its own path), then with links resolved
+        for candidate in dict.fromkeys((os.path.abspath(path_or_id), real_path(path_or_id))):
+            row = library.conn.execute(f"SELECT {', '.join(TRACK_COLUMNS)} FROM tracks WHERE path_key = ?",
+                                       (path_key(candidate),)).fetchone()
+            if row is not None:
+                break
     if row is None:
         return None
     track = dict(zip(TRACK_COLUMNS, row, strict=True))

@@ -9,6 +9,7 @@ the writer compares before and after to prove that nothing else moved.
 from __future__ import annotations
 
 import base64
+import copy
 import hashlib
 from collections import Counter
 from typing import Any
@@ -83,12 +84,17 @@ class TagAdapter:
     def snapshot(self) -> Snapshot:
         raise NotImplementedError
 
-    @staticmethod
-    def _tags_of(opened: mutagen.FileType) -> Any:
+    had_tags = True
+
+    def _tags_of(self, opened: mutagen.FileType) -> Any:
         """The file's tag, created empty where it has none."""
         if opened.tags is None:
+            self.had_tags = False
             opened.add_tags()
         return opened.tags
+
+    def is_empty(self) -> bool:
+        return not list(self.tags.keys()) if hasattr(self.tags, "keys") else not list(self.tags)
 
     def touched_keys(self, fields: list[str]) -> set[str]:
         """Every key that holds one of ``fields`` (in snapshot form, see ``norm``)."""
@@ -107,13 +113,19 @@ _ID3_PAIR_FRAMES = {f: frame for frame, pair in mapping.ID3_NUMBER_PAIRS.items()
 _V24_ONLY = {"ASPI", "EQU2", "RVA2", "SEEK", "SIGN", "TDEN", "TDRL", "TDTG", "TMOO", "TPRO", "TSOA", "TSOP",
              "TSOT", "TSST"}
 _V24_CONVERTED = {"TDRC", "TDOR", "TIPL", "TMCL"}  # mutagen turns these into their v2.3 forms
+_V23_ONLY = {"RVAD", "EQUA", "TRDA", "TSIZ"}       # v2.3 frames with no v2.4 form: mutagen drops them on reading
 
 
 class ID3Adapter(TagAdapter):
     format_name = "ID3"
 
-    def __init__(self, opened: mutagen.FileType, version: int | None) -> None:
-        """``version``: 3 or 4 to write that ID3 version, None to keep the file's own (v2.4 for a new tag)."""
+    def __init__(self, opened: mutagen.FileType, version: int | None, fileobj: Any = None) -> None:
+        """``version``: 3 or 4 to write that ID3 version, None to keep the file's own (v2.4 for a new tag).
+
+        ``fileobj`` (an MP3's file object) lets frames that mutagen drops when it reads a v2.3 tag
+        (RVAD, EQUA, TRDA, TSIZ: they have no v2.4 form) be found and kept.
+        """
+        self.had_tags = opened.tags is not None
         if opened.tags is None:
             opened.add_tags()
             self.original_version: tuple[int, int] | None = None
@@ -124,6 +136,19 @@ class ID3Adapter(TagAdapter):
         if version is None:
             version = 3 if self.original_version == (2, 3) else 4
         self.version = version
+        self.v23_only: list[mutagen.id3.Frame] = []
+        if fileobj is not None and self.original_version == (2, 3):
+            try:
+                fileobj.seek(0)
+                raw = mutagen.id3.ID3(fileobj, translate=False)
+                self.v23_only = [f for f in raw.values() if f.FrameID in _V23_ONLY]
+            except (mutagen.MutagenError, OSError):
+                self.v23_only = []
+
+    @property
+    def converting(self) -> bool:
+        """The tag is written in another ID3 version than the file had."""
+        return self.original_version is not None and self.original_version != (2, self.version)
 
     def fields_supported(self) -> set[str]:
         return set(FIELDS)
@@ -196,16 +221,22 @@ class ID3Adapter(TagAdapter):
             raise UnsupportedFieldError(field)
 
     def backup(self, fields: list[str]) -> dict[str, Any]:
-        keys = sorted(self.touched_keys(fields))
+        # Changing the ID3 version rewrites frames the change does not name (dates, people lists),
+        # so then every frame is kept, and an undo puts the whole tag back.
+        full = self.converting
+        keys = sorted(self.tags.keys()) if full else sorted(self.touched_keys(fields))
         frames = [{"id": self.tags[k].FrameID, "data": _b64(self.tags[k]._writeData())} for k in keys
                   if k in self.tags and not _empty_frame(self.tags[k])]
-        return {"format": "id3", "fields": fields, "frames": frames,
+        return {"format": "id3", "fields": fields, "frames": frames, "full": full, "had_tags": self.had_tags,
+                "touched": sorted(self.touched_keys(fields)),
                 "version": list(self.original_version) if self.original_version else None}
 
     def restore(self, backup: dict[str, Any]) -> None:
-        fields = backup["fields"]
-        for key in self.touched_keys(fields):
-            del self.tags[key]
+        if backup.get("full"):
+            self.tags.clear()
+        else:
+            for key in self.touched_keys(backup["fields"]):
+                del self.tags[key]
         header = ID3Header.__new__(ID3Header)
         header.version = (2, 4, 0)
         header._flags = 0
@@ -215,14 +246,19 @@ class ID3Adapter(TagAdapter):
         if backup.get("version"):
             self.version = 3 if tuple(backup["version"]) == (2, 3) else 4
 
+    def is_empty(self) -> bool:
+        return not self.tags.keys() and not self.v23_only
+
     def snapshot(self) -> Snapshot:
         snap: Snapshot = Counter()
         for frame in self.tags.values():
             if _empty_frame(frame):
                 continue
-            snap[(frame.HashKey, _digest(frame.FrameID.encode(), frame._writeData()))] += 1
+            snap[(frame.HashKey, _frame_digest(frame))] += 1
         for raw in getattr(self.tags, "unknown_frames", []):
             snap[("unknown-frame", _digest(bytes(raw)))] += 1
+        for frame in self.v23_only:
+            snap[(frame.HashKey, _frame_digest(frame))] += 1
         return snap
 
     def prepare_save(self) -> dict[str, Any]:
@@ -230,21 +266,30 @@ class ID3Adapter(TagAdapter):
         if self.version == 4:
             return {"v2_version": 4}
         tags = self.tags
-        if "TMOO" in tags:
-            mood = tags.pop("TMOO")
-            if not any(k.casefold() == "txxx:mood" for k in tags):
-                tags.add(mutagen.id3.TXXX(encoding=mood.encoding, desc="mood", text=mood.text))
-        if "TDRL" in tags and "TXXX:RELEASEDATE" not in tags:
-            released = tags.pop("TDRL")
-            tags.add(mutagen.id3.TXXX(encoding=3, desc="RELEASEDATE", text=[str(t) for t in released.text]))
+        if self.converting:
+            if "TMOO" in tags:
+                mood = tags.pop("TMOO")
+                if not any(k.casefold() == "txxx:mood" for k in tags):
+                    tags.add(mutagen.id3.TXXX(encoding=mood.encoding, desc="mood", text=mood.text))
+            if "TDRL" in tags and "TXXX:RELEASEDATE" not in tags:
+                released = tags.pop("TDRL")
+                tags.add(mutagen.id3.TXXX(encoding=3, desc="RELEASEDATE", text=[str(t) for t in released.text]))
         kept = [frame for frame in tags.values() if frame.FrameID in _V24_ONLY]
         tags.update_to_v23()
-        for frame in kept:
+        for frame in kept + self.v23_only:
             tags.add(frame)
         return {"v2_version": 3, "v23_sep": V23_JOINER}
 
 
 _TXXX_FIELDS = mapping.reverse(mapping.ID3_TXXX, fold_case=True)
+
+
+def _frame_digest(frame: mutagen.id3.Frame) -> str:
+    """A frame's content, whatever text encoding it is stored in (v2.3 has no UTF-8)."""
+    if hasattr(frame, "encoding"):
+        frame = copy.copy(frame)
+        frame.encoding = mutagen.id3.Encoding.UTF8
+    return _digest(frame.FrameID.encode(), frame._writeData())
 
 
 def _empty_frame(frame: mutagen.id3.Frame) -> bool:
@@ -270,7 +315,9 @@ class VorbisAdapter(TagAdapter):
         return set(mapping.VORBIS)
 
     def keys_for(self, field: str) -> list[str]:
-        return sorted({key for key, _ in self.tags if _VORBIS_FIELDS.get(key.casefold()) == field})
+        # A track number and its total are one pair here: "3/12" in TRACKNUMBER holds both.
+        fields = set(_VORBIS_PAIRS.get(field, (field,)))
+        return sorted({key for key, _ in self.tags if _VORBIS_FIELDS.get(key.casefold()) in fields})
 
     def norm(self, key: str) -> str:
         return key.upper()
@@ -279,27 +326,34 @@ class VorbisAdapter(TagAdapter):
         folded = {k.casefold() for k in keys}
         self.tags[:] = [(k, v) for k, v in self.tags if k.casefold() not in folded]
 
+    def _values_of(self, field: str) -> list[str]:
+        return [v for k, v in self.tags if _VORBIS_FIELDS.get(k.casefold()) == field]
+
     def set(self, field: str, values: list[str]) -> None:
-        if field in ("tracknumber", "discnumber") and len(values) == 1:
-            # keep a total written the "n/total" way when no separate total key carries it
-            total_field = "totaltracks" if field == "tracknumber" else "totaldiscs"
-            if not self.keys_for(total_field):
-                for key, value in self.tags:
-                    if _VORBIS_FIELDS.get(key.casefold()) == field and "/" in value:
-                        total = value.partition("/")[2].strip()
-                        if total:
-                            values = [f"{values[0]}/{total}"]
-                        break
+        if field in _VORBIS_PAIRS:
+            self._set_pair(field, values)
+            return
         self._remove_keys(set(self.keys_for(field)))
-        key = mapping.VORBIS[field][0]
-        self.tags.extend((key, value) for value in values)
-        if field in ("totaltracks", "totaldiscs") and values:
-            # Picard writes both spellings; readers differ in which one they look at
-            self.tags.extend((mapping.VORBIS[field][1], value) for value in values)
+        self.tags.extend((mapping.VORBIS[field][0], value) for value in values)
+
+    def _set_pair(self, field: str, values: list[str]) -> None:
+        number_field, total_field = _VORBIS_PAIRS[field]
+        numbers = [v.partition("/")[0].strip() for v in self._values_of(number_field)]
+        totals = self._values_of(total_field) or [
+            v.partition("/")[2].strip() for v in self._values_of(number_field) if v.partition("/")[2].strip()]
+        if field == number_field:
+            numbers = values
+        else:
+            totals = values
+        self._remove_keys(set(self.keys_for(field)))
+        self.tags.extend((mapping.VORBIS[number_field][0], value) for value in numbers if value)
+        for key in mapping.VORBIS[total_field][:2]:  # Picard writes both spellings; readers differ
+            self.tags.extend((key, value) for value in totals[:1] if value)
 
     def backup(self, fields: list[str]) -> dict[str, Any]:
         keys = {k.casefold() for k in self.touched_keys(fields)}
-        return {"format": "vorbis", "fields": fields, "items": [[k, v] for k, v in self.tags if k.casefold() in keys]}
+        return {"format": "vorbis", "fields": fields, "had_tags": self.had_tags,
+                "items": [[k, v] for k, v in self.tags if k.casefold() in keys]}
 
     def restore(self, backup: dict[str, Any]) -> None:
         self._remove_keys(set(self.touched_keys(backup["fields"])))
@@ -312,6 +366,12 @@ class VorbisAdapter(TagAdapter):
         for picture in getattr(self.opened, "pictures", []) or []:
             snap[("PICTURE", _digest(picture.write()))] += 1
         return snap
+
+
+_VORBIS_PAIRS = {
+    "tracknumber": ("tracknumber", "totaltracks"), "totaltracks": ("tracknumber", "totaltracks"),
+    "discnumber": ("discnumber", "totaldiscs"), "totaldiscs": ("discnumber", "totaldiscs"),
+}
 
 
 # -- MP4 ---------------------------------------------------------------------------------------
@@ -399,7 +459,7 @@ class MP4Adapter(TagAdapter):
     def backup(self, fields: list[str]) -> dict[str, Any]:
         keys = self.touched_keys(fields)
         items = {k: [_mp4_value_to_json(v) for v in self.tags[k]] for k in sorted(keys) if k in self.tags}
-        return {"format": "mp4", "fields": fields, "items": items}
+        return {"format": "mp4", "fields": fields, "had_tags": self.had_tags, "items": items}
 
     def restore(self, backup: dict[str, Any]) -> None:
         for key in self.touched_keys(backup["fields"]):
@@ -424,8 +484,9 @@ _APE_PAIR_KEYS = {f: key for key, pair in mapping.APEV2_NUMBER_PAIRS.items() for
 class APEv2Adapter(TagAdapter):
     format_name = "APEv2"
 
-    def __init__(self, tags: mutagen.apev2.APEv2) -> None:
+    def __init__(self, tags: mutagen.apev2.APEv2, had_tags: bool = True) -> None:
         self.tags = tags
+        self.had_tags = had_tags
 
     def fields_supported(self) -> set[str]:
         return set(mapping.APEV2) | set(_APE_PAIR_KEYS)
@@ -471,7 +532,7 @@ class APEv2Adapter(TagAdapter):
     def backup(self, fields: list[str]) -> dict[str, Any]:
         keys = [key for field in fields for key in self.keys_for(field)]
         items = {k: {"kind": self.tags[k].kind, "data": _b64(self._raw(self.tags[k]))} for k in sorted(keys)}
-        return {"format": "apev2", "fields": fields, "items": items}
+        return {"format": "apev2", "fields": fields, "had_tags": self.had_tags, "items": items}
 
     def restore(self, backup: dict[str, Any]) -> None:
         for key in [key for field in backup["fields"] for key in self.keys_for(field)]:
@@ -553,7 +614,7 @@ class ASFAdapter(TagAdapter):
     def backup(self, fields: list[str]) -> dict[str, Any]:
         keys = self.touched_keys(fields)
         items = {k: [_asf_to_json(a) for a in self.tags[k]] for k in sorted(keys) if k in self.tags}
-        return {"format": "asf", "fields": fields, "items": items}
+        return {"format": "asf", "fields": fields, "had_tags": self.had_tags, "items": items}
 
     def restore(self, backup: dict[str, Any]) -> None:
         for key in self.touched_keys(backup["fields"]):

@@ -10,6 +10,7 @@ what it was, and the audio stream's facts are unchanged.
 from __future__ import annotations
 
 import math
+import os
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -35,6 +36,7 @@ TAG_FORMAT_BY_CONTAINER = {
     "asf": "asf",
     "ape": "apev2", "wavpack": "apev2", "musepack": "apev2", "tak": "apev2", "tta": "apev2", "aac": "apev2",
 }
+_MP3 = {"mp3", "mpeg"}
 # Containers whose mutagen class does not carry APEv2 itself: the tag is opened on its own.
 _STANDALONE_APE = {"tta", "aac"}
 # Raw AC-3 streams have no place for tags: FFmpeg stops decoding at an appended APEv2 tag, losing
@@ -62,8 +64,29 @@ class EditSession:
         kwargs: dict[str, Any] = {}
         if isinstance(self.adapter, ID3Adapter):
             kwargs = self.adapter.prepare_save()
+        v1 = _id3v1_block(fileobj) if self.container in _MP3 else None
         fileobj.seek(0)
         self.opened.save(fileobj, **kwargs)
+        if v1 is not None and _id3v1_block(fileobj) is not None:
+            fileobj.seek(-128, os.SEEK_END)
+            fileobj.write(v1)  # mutagen rewrites ID3v1 from the v2 tag; the file's own is kept instead
+
+    def delete_tags(self, fileobj: BinaryIO) -> None:
+        """Remove the tag block (an undo of a write that created it)."""
+        fileobj.seek(0)
+        if self.container in _MP3:
+            mutagen.id3.delete(fileobj, delete_v1=False, delete_v2=True)
+        else:
+            self.opened.delete(fileobj)
+
+
+def _id3v1_block(fileobj: BinaryIO) -> bytes | None:
+    fileobj.seek(0, os.SEEK_END)
+    if fileobj.tell() < 128:
+        return None
+    fileobj.seek(-128, os.SEEK_END)
+    block = fileobj.read(128)
+    return block if block[:3] == b"TAG" else None
 
 
 def open_for_edit(fileobj: BinaryIO, container: str, codec: str | None, id3_version: int | None = None
@@ -76,19 +99,21 @@ def open_for_edit(fileobj: BinaryIO, container: str, codec: str | None, id3_vers
         if container in _STANDALONE_APE:
             try:
                 tags = mutagen.apev2.APEv2(fileobj)
+                had_tags = True
             except mutagen.apev2.APENoHeaderError:
-                tags = mutagen.apev2.APEv2()
-            return EditSession(container, tags, APEv2Adapter(tags), tag_format)
+                tags, had_tags = mutagen.apev2.APEv2(), False
+            return EditSession(container, tags, APEv2Adapter(tags, had_tags), tag_format)
         cls = mutagen_class(container, codec)
         if cls is None:
             raise TagEditError(f"tags cannot be written to {container} files with {codec or 'this'} audio")
-        opened = cls(fileobj)
+        # An MP3's ID3v1 tag is not merged into the ID3v2 tag being edited; it is kept as it is.
+        opened = cls(fileobj, load_v1=False) if container in _MP3 else cls(fileobj)
     except TagEditError:
         raise
     except Exception as exc:
         raise TagEditError(f"the file cannot be opened for tagging: {exc}") from exc
     if tag_format == "id3":
-        adapter: TagAdapter = ID3Adapter(opened, id3_version)
+        adapter: TagAdapter = ID3Adapter(opened, id3_version, fileobj if container in _MP3 else None)
     elif tag_format == "vorbis":
         adapter = VorbisAdapter(opened)
     elif tag_format == "mp4":
@@ -96,7 +121,10 @@ def open_for_edit(fileobj: BinaryIO, container: str, codec: str | None, id3_vers
     elif tag_format == "asf":
         adapter = ASFAdapter(opened)
     else:
-        adapter = APEv2Adapter(TagAdapter._tags_of(opened))
+        had_tags = opened.tags is not None
+        if not had_tags:
+            opened.add_tags()
+        adapter = APEv2Adapter(opened.tags, had_tags)
     return EditSession(container, opened, adapter, tag_format)
 
 
@@ -114,6 +142,20 @@ def canonical_values(tags: TagReadResult) -> dict[str, list[str]]:
         if tag.field is not None and tag.value not in out.setdefault(tag.field, []):
             out[tag.field].append(tag.value)
     return {k: v for k, v in out.items() if v}
+
+
+def _save(session: EditSession, fileobj: BinaryIO) -> None:
+    try:
+        session.save(fileobj)
+    except OSError:
+        raise  # the writer names disk-full and permission errors plainly
+    except Exception as exc:
+        cause: BaseException | None = exc
+        while cause is not None:  # mutagen wraps I/O errors in its own error types
+            if isinstance(cause, OSError):
+                raise cause from exc
+            cause = cause.__cause__ or cause.__context__
+        raise TagEditError(f"saving the tags failed: {exc}") from exc
 
 
 @dataclass
@@ -151,10 +193,7 @@ def apply_changes(fileobj: BinaryIO, container: str, codec: str | None, changes:
     stream = _stream_facts(session.opened)
     for field in fields:
         adapter.set(field, changes[field])
-    try:
-        session.save(fileobj)
-    except Exception as exc:
-        raise TagEditError(f"saving the tags failed: {exc}") from exc
+    _save(session, fileobj)
     old_values = {f: before_fields.get(f, []) for f in fields}
     return EditResult(session.tag_format, old_values, backup, before, before_fields, stream, converted)
 
@@ -172,17 +211,25 @@ def restore_backup(fileobj: BinaryIO, container: str, codec: str | None, backup:
     undo_backup = adapter.backup(fields)
     stream = _stream_facts(session.opened)
     adapter.restore(backup)
-    try:
-        session.save(fileobj)
-    except Exception as exc:
-        raise TagEditError(f"saving the tags failed: {exc}") from exc
+    converted = isinstance(adapter, ID3Adapter) and adapter.converting
+    if backup.get("had_tags") is False and adapter.is_empty():
+        try:
+            session.delete_tags(fileobj)
+        except Exception:  # a format mutagen cannot strip: leave the (empty) tag
+            _save(session, fileobj)
+    else:
+        _save(session, fileobj)
     old_values = {f: before_fields.get(f, []) for f in fields}
-    return EditResult(session.tag_format, old_values, undo_backup, before, before_fields, stream, False)
+    return EditResult(session.tag_format, old_values, undo_backup, before, before_fields, stream, converted)
 
 
 # Frames whose raw form changes when the ID3 version changes; they are compared by value instead.
 _ID3_VERSION_SENSITIVE = {"TDRC", "TDOR", "TYER", "TDAT", "TIME", "TORY", "TIPL", "TMCL", "IPLS", "TMOO", "TDRL",
-                          "unknown-frame"}
+                          "TXXX:mood", "TXXX:RELEASEDATE"}
+
+
+def _version_sensitive(key: str) -> bool:
+    return key in _ID3_VERSION_SENSITIVE or key.split(":", 1)[0] in _ID3_VERSION_SENSITIVE
 
 
 def verify_changes(fileobj: BinaryIO, container: str, codec: str | None, result: EditResult,
@@ -211,7 +258,7 @@ def verify_changes(fileobj: BinaryIO, container: str, codec: str | None, result:
         for (key, digest), count in snapshot.items():
             if key in adapter_keys:
                 continue
-            if result.converted_id3 and key.split(":", 1)[0] in _ID3_VERSION_SENSITIVE:
+            if result.converted_id3 and _version_sensitive(key):
                 continue
             kept[(key, digest)] = count
         return kept
@@ -221,6 +268,9 @@ def verify_changes(fileobj: BinaryIO, container: str, codec: str | None, result:
     kept_before, kept_after = untouched(before, touched_before), untouched(after, touched_after)
     if kept_before != kept_after:
         names = sorted({k for k, _ in (kept_before - kept_after) + (kept_after - kept_before)})
+        if result.converted_id3:
+            raise TagEditError("changing the file's ID3 version would lose frames that have no form in the "
+                               f"other version ({', '.join(names[:8])}); keep the file's ID3 version")
         raise TagEditError("other tags would change: " + ", ".join(names[:8]))
     for field, values in result.before_fields.items():
         if field in touched:
@@ -238,6 +288,8 @@ def verify_changes(fileobj: BinaryIO, container: str, codec: str | None, result:
 
 
 def _keys_in_backup(backup: dict[str, Any]) -> set[str]:
+    if "touched" in backup:
+        return set(backup["touched"])
     if backup.get("format") == "id3":
         from mutagen.id3._tags import ID3Header
 

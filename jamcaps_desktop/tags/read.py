@@ -13,10 +13,13 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import mutagen
+import mutagen.aac
+import mutagen.ac3
 import mutagen.apev2
 import mutagen.asf
 import mutagen.id3
 import mutagen.mp4
+import mutagen.trueaudio
 from mutagen.flac import Picture
 
 from jamcaps_desktop.tags import mapping
@@ -71,9 +74,9 @@ def _number_pair(raw_key: str, text: str, fields: tuple[str, str]) -> Iterator[T
         yield TagValue(None, raw_key, _clean(text))
         return
     number, total = match.groups()
-    if number:
+    if number and int(number):  # "0/12": a total with no number
         yield TagValue(fields[0], raw_key, str(int(number)))
-    if total:
+    if total and int(total):
         yield TagValue(fields[1], raw_key, str(int(total)))
 
 
@@ -184,7 +187,7 @@ def read_mp4(tags: mutagen.mp4.MP4Tags) -> Iterator[TagValue]:
         if key in mapping.MP4_NUMBER_PAIRS:
             number_field, total_field = mapping.MP4_NUMBER_PAIRS[key]
             for number, total in values:
-                if number:
+                if number:  # MP4 stores 0 for "none"
                     yield TagValue(number_field, key, str(number))
                 if total:
                     yield TagValue(total_field, key, str(total))
@@ -254,6 +257,9 @@ def read_asf(tags: mutagen.asf.ASFTags) -> Iterator[TagValue]:
 
 
 # -- dispatch ----------------------------------------------------------------------------------
+_APE_CARRIERS = (mutagen.aac.AAC, mutagen.ac3.AC3, mutagen.trueaudio.TrueAudio)
+
+
 def read_tags(opened: mutagen.FileType, path: str | None = None) -> TagReadResult:
     """Read every tag of ``opened``. ``path`` lets formats that keep tags elsewhere be searched."""
     values: list[TagValue] = []
@@ -265,8 +271,9 @@ def read_tags(opened: mutagen.FileType, path: str | None = None) -> TagReadResul
         for picture in pictures:
             values.append(TagValue(None, "PICTURE", _picture_summary(_picture_kind(picture.type),
                                                                      picture.mime, len(picture.data))))
-    if tags is None and path is not None and not isinstance(opened, mutagen.apev2.APEv2File):
+    if tags is None and path is not None and isinstance(opened, _APE_CARRIERS):
         # AAC, AC3 and TTA streams often carry an APEv2 tag their mutagen class does not read.
+        # (An APEv2 tag inside an MP3 is not read, as in Picard: the app writes ID3 there.)
         try:
             ape = mutagen.apev2.APEv2(path)
         except (mutagen.MutagenError, OSError):

@@ -11,7 +11,7 @@ MAX_VALUE_CHARS = 100_000
 _DATE = re.compile(r"^\d{4}(-\d{2}(-\d{2})?)?$")
 # ID3 reads a genre that is a number, or starts with "(number)", "(RX)" or "(CR)", as a reference to
 # its old genre table: such a value cannot be stored as written.
-_GENRE_REFERENCE = re.compile(r"^(\d+|\((\d+|RX|CR)\).*)$")
+_GENRE_REFERENCE = re.compile(r"^(\d+|RX|CR|\(.*)$")
 _NUMBER_FIELDS = {"tracknumber", "totaltracks", "discnumber", "totaldiscs"}
 _MBID_FIELDS = {name for name in FIELDS if name.startswith("musicbrainz_")}
 
@@ -35,14 +35,15 @@ def normalise(field: str, values: list[str]) -> list[str]:
         if len(value) > MAX_VALUE_CHARS:
             raise InvalidValueError(f"{field}: a value longer than {MAX_VALUE_CHARS} characters")
         cleaned.append(_normalise_one(field, value))
-    if len(cleaned) > 1 and field not in MULTI_VALUE_FIELDS and field not in ("artist", "composer"):
+    if len(cleaned) > 1 and field not in MULTI_VALUE_FIELDS:
         raise InvalidValueError(f"{field} holds one value; got {len(cleaned)}")
     return list(dict.fromkeys(cleaned))
 
 
 def _normalise_one(field: str, value: str) -> str:
     if field == "genre" and _GENRE_REFERENCE.match(value):
-        raise InvalidValueError(f"genre {value!r} would be read as a numbered ID3 genre; use the genre's name")
+        raise InvalidValueError(f"genre {value!r} would be read as an ID3 genre code (a number, RX, CR or a "
+                                f"value starting with '('); use the genre's name")
     if field in MULTI_VALUE_FIELDS and ";" in value:
         raise InvalidValueError(f"{field}: ';' separates values; give each value on its own ({value!r})")
     if field == "bpm":
