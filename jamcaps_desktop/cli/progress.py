@@ -65,7 +65,7 @@ class TerminalProgress:
 
 @contextmanager
 def ctrl_c_cancels(token: CancelToken, console: Console) -> Iterator[None]:
-    """First Ctrl-C asks the job to stop after the file in flight; a second one stops at once."""
+    """Ctrl-C (or a polite kill) asks the job to stop after the files in flight; a second one stops at once."""
 
     def handler(signum: int, frame: object) -> None:
         if token.cancelled:
@@ -74,8 +74,9 @@ def ctrl_c_cancels(token: CancelToken, console: Console) -> Iterator[None]:
         token.cancel()
         console.print("[yellow]Stopping after the files in flight… (Ctrl-C again to stop now)")
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)

@@ -19,7 +19,6 @@ import json
 import logging
 import multiprocessing
 import os
-import signal
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -28,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from jamcaps_desktop.jobs.base import CancelToken, Progress, ProgressCallback, no_progress
+from jamcaps_desktop.jobs.workers import init_worker
 from jamcaps_desktop.library.database import Library, utc_now
 from jamcaps_desktop.library.paths import display_path, fs_path, key_range, path_key, real_path
 from jamcaps_desktop.library.tracks import insert_track, record_values, replace_tags, store_record
@@ -204,10 +204,6 @@ def _read_one(found: FoundFile) -> FileRecord:
     return read_file(found.path, found.size, found.mtime_ns, found.ctime_ns, expect_audio=found.kind == "audio")
 
 
-def _ignore_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what Ctrl-C means
-
-
 def _crashed(found: FoundFile) -> FileRecord:
     return FileRecord(found.path, found.size, found.mtime_ns, found.ctime_ns, status="error", error=READER_CRASHED)
 
@@ -230,7 +226,7 @@ def _records(to_read: list[FoundFile], cancel: CancelToken, workers: int | None)
     position = 0
     window = count * 8
     while position < len(to_read):
-        executor = ProcessPoolExecutor(max_workers=count, mp_context=context, initializer=_ignore_sigint)
+        executor = ProcessPoolExecutor(max_workers=count, mp_context=context, initializer=init_worker)
         futures: dict[int, Future[FileRecord]] = {}
         broken_at: int | None = None
         try:
@@ -264,7 +260,7 @@ def _records(to_read: list[FoundFile], cancel: CancelToken, workers: int | None)
 
 
 def _read_isolated(found: FoundFile, context: Any) -> FileRecord:
-    with ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=_ignore_sigint) as single:
+    with ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=init_worker) as single:
         try:
             return single.submit(_read_one, found).result()
         except BrokenProcessPool:

@@ -19,7 +19,6 @@ import json
 import logging
 import multiprocessing
 import os
-import signal
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -28,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jamcaps_desktop.jobs.base import CancelToken, Progress, ProgressCallback, no_progress
+from jamcaps_desktop.jobs.workers import init_worker
 from jamcaps_desktop.library.database import Library, utc_now
 from jamcaps_desktop.library.paths import fs_path
 from jamcaps_desktop.library.queries import canonical_tags, track_tags
@@ -240,10 +240,6 @@ class _Folders:
             atomic.fsync_dir(folder)
 
 
-def _ignore_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what Ctrl-C means
-
-
 def _prepared(tasks: list[FileTask], cancel: CancelToken, workers: int | None) -> Iterator[Prepared]:
     """Prepared copies in the order of ``tasks``: in worker processes when there are many."""
     count = workers if workers is not None else min(4, os.cpu_count() or 1)
@@ -254,7 +250,7 @@ def _prepared(tasks: list[FileTask], cancel: CancelToken, workers: int | None) -
             yield prepare(task)
         return
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=count, mp_context=context, initializer=_ignore_sigint) as pool:
+    with ProcessPoolExecutor(max_workers=count, mp_context=context, initializer=init_worker) as pool:
         window = count * 4
         futures = [pool.submit(prepare, task) for task in tasks[:window]]
         submitted = len(futures)
