@@ -239,22 +239,3 @@ def commit_copy(prepared: PreparedCopy, *, dir_fsync: bool = True) -> FileState:
     if dir_fsync:
         fsync_dir(os.path.dirname(os.path.abspath(prepared.path)))
     return FileState.of(prepared.path)
-
-
-def rewrite_file(path: str, edit: Callable[[BinaryIO], T], *, expected: FileState | None = None,
-                 keep_mtime: bool = False, dir_fsync: bool = True,
-                 before_replace: Callable[[T], None] | None = None) -> tuple[T, FileState]:
-    """Apply ``edit`` to a copy of ``path`` and put the copy in its place (prepare, then commit).
-
-    ``before_replace`` runs once the verified copy is safely on disk, just before it replaces the
-    original: the journal records the change there, so a crash at any point leaves a journal that
-    says what the file may hold.
-    """
-    result, prepared = prepare_copy(path, edit, expected=expected, keep_mtime=keep_mtime)
-    try:
-        if before_replace is not None:
-            before_replace(result)
-    except BaseException:
-        discard(prepared.temp)
-        raise
-    return result, commit_copy(prepared, dir_fsync=dir_fsync)

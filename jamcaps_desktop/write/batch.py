@@ -30,7 +30,6 @@ from jamcaps_desktop.jobs.base import CancelToken, Progress, ProgressCallback, n
 from jamcaps_desktop.jobs.workers import init_worker
 from jamcaps_desktop.library.database import Library, utc_now
 from jamcaps_desktop.library.paths import fs_path
-from jamcaps_desktop.library.queries import canonical_tags, track_tags
 from jamcaps_desktop.library.tracks import store_record, store_written
 from jamcaps_desktop.scan.reader import read_file
 from jamcaps_desktop.tags.values import normalise
@@ -129,18 +128,6 @@ def staged_changes(library: Library, track_ids: Iterable[int] | None = None) -> 
 
 
 # -- helpers ------------------------------------------------------------------------------------
-def _track(library: Library, track_id: int) -> dict[str, Any] | None:
-    row = library.conn.execute(
-        "SELECT id, path, path_key, size, mtime_ns, container, codec, status, error FROM tracks WHERE id = ?",
-        (track_id,)).fetchone()
-    if row is None:
-        return None
-    keys = ("id", "path", "path_key", "size", "mtime_ns", "container", "codec", "status", "error")
-    track = dict(zip(keys, row, strict=True))
-    track["path_key"] = bytes(track["path_key"])
-    return track
-
-
 def _preload(library: Library, track_ids: list[int]) -> dict[int, tuple[dict[str, Any], Changes]]:
     """Track rows and their current canonical tags for a whole batch, in a few queries."""
     keys = ("id", "path", "path_key", "size", "mtime_ns", "container", "codec", "status", "error")
@@ -212,14 +199,14 @@ def _settle_from_disk(library: Library, file_id: int, track_id: int, file_path: 
 def plan(library: Library, changes: dict[int, Changes]) -> BatchSummary:
     """What a write would change, file by file, from the library's view of each file (a dry run)."""
     summary = BatchSummary(None, "dry-run", "completed")
+    known = _preload(library, list(changes))
     for track_id, wanted in changes.items():
-        track = _track(library, track_id)
-        problem = _usable(track)
+        track, current = known.get(track_id, (None, {}))
         path = track["path"] if track else f"track {track_id}"
+        problem = _usable(track)
         if problem:
             summary.files.append(FileOutcome(track_id, path, "failed", error=problem))
             continue
-        current = canonical_tags(track_tags(library, track_id))
         diff = _diff(current, wanted)
         summary.files.append(FileOutcome(track_id, path, "planned" if diff else "unchanged", diff))
     return summary
