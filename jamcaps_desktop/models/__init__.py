@@ -1,0 +1,1 @@
+"""Pretrained models: reading their published weights, converting them to ONNX, running them."""

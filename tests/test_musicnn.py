@@ -1,0 +1,122 @@
+"""The musicnn converter: its checkpoint reader and the ONNX graph it builds.
+
+The reference test needs the ``musicnn==0.1.0`` wheel from PyPI (only its checkpoints are read) and the
+reference outputs in ../shared; it skips where either cannot be had.
+"""
+
+from __future__ import annotations
+
+import struct
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jamcaps_desktop.models import tf_checkpoint
+from jamcaps_desktop.models.tf_checkpoint import CheckpointError, read_checkpoint
+
+REFERENCE = Path(__file__).resolve().parent.parent.parent / "shared" / "reference" / "musicnn"
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _field(number: int, wire: int, payload: bytes) -> bytes:
+    return _varint(number << 3 | wire) + payload
+
+
+def _block(entries: list[tuple[bytes, bytes]]) -> bytes:
+    body = b"".join(_varint(0) + _varint(len(k)) + _varint(len(v)) + k + v for k, v in entries)
+    return body + struct.pack("<I", 0) + struct.pack("<I", 1)
+
+
+def write_checkpoint(folder: Path, tensors: dict[str, np.ndarray]) -> None:
+    """A minimal tensor-bundle V2 checkpoint, written the way TensorFlow lays it out."""
+    data = bytearray()
+    entries = [(b"", _field(1, 0, _varint(1)))]  # header: one shard
+    for name in sorted(tensors):
+        array = np.ascontiguousarray(tensors[name], dtype="<f4")
+        blob = array.tobytes()
+        shape = b"".join(_field(2, 2, _varint(len(d)) + d) for d in (_field(1, 0, _varint(s)) for s in array.shape))
+        crc = tf_checkpoint._masked(tf_checkpoint._crc32c(blob))
+        entry = (_field(1, 0, _varint(1)) + _field(2, 2, _varint(len(shape)) + shape) + _field(4, 0, _varint(len(data)))
+                 + _field(5, 0, _varint(len(blob))) + _field(6, 5, struct.pack("<I", crc)))
+        entries.append((name.encode(), entry))
+        data += blob
+    data_block = _block(entries)
+    index = bytearray(data_block) + b"\x00" + b"\x00" * 4
+    index_block = _block([(b"\xff", _varint(0) + _varint(len(data_block)))])
+    index_offset = len(index)
+    index += index_block + b"\x00" + b"\x00" * 4
+    meta_offset = len(index)
+    meta = _block([])
+    index += meta + b"\x00" + b"\x00" * 4
+    handles = _varint(meta_offset) + _varint(len(meta)) + _varint(index_offset) + _varint(len(index_block))
+    footer = handles + b"\x00" * (40 - len(handles)) + struct.pack("<Q", tf_checkpoint.TABLE_MAGIC)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / ".index").write_bytes(bytes(index) + footer)
+    (folder / ".data-00000-of-00001").write_bytes(bytes(data))
+
+
+def test_reads_a_checkpoint_written_in_the_bundle_format(tmp_path):
+    tensors = {"conv/kernel": np.random.default_rng(0).normal(size=(7, 38, 1, 4)).astype(np.float32),
+               "conv/bias": np.arange(4, dtype=np.float32), "conv/kernel/Adam": np.zeros(3, dtype=np.float32)}
+    write_checkpoint(tmp_path / "ckpt", tensors)
+    read = read_checkpoint(tmp_path / "ckpt")
+    assert set(read) == {"conv/kernel", "conv/bias"}  # optimizer slots are skipped
+    assert np.array_equal(read["conv/kernel"], tensors["conv/kernel"])
+
+
+def test_a_damaged_checkpoint_is_refused(tmp_path):
+    write_checkpoint(tmp_path / "ckpt", {"w": np.ones((16,), dtype=np.float32)})
+    shard = tmp_path / "ckpt" / ".data-00000-of-00001"
+    data = bytearray(shard.read_bytes())
+    data[5] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="checksum"):
+        read_checkpoint(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / ".index").write_bytes(b"not an index" * 10)
+    with pytest.raises(CheckpointError):
+        read_checkpoint(tmp_path / "ckpt")
+
+
+@pytest.fixture(scope="session")
+def musicnn_wheel(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("wheel")
+    try:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "musicnn==0.1.0", "-d",
+                        str(folder)], check=True, timeout=300, capture_output=True)
+    except (subprocess.SubprocessError, OSError):
+        pytest.skip("the musicnn wheel cannot be downloaded from PyPI here")
+    wheel = next(folder.glob("musicnn-0.1.0-*.whl"))
+    with zipfile.ZipFile(wheel) as archive:
+        for member in archive.namelist():
+            if "_musicnn/" in member:
+                archive.extract(member, folder)
+    return folder / "musicnn"
+
+
+@pytest.mark.parametrize("which", ["MTT", "MSD"])
+def test_converted_model_reproduces_the_reference(which, musicnn_wheel):
+    ort = pytest.importorskip("onnxruntime")
+    if not (REFERENCE / "reference_outputs.npz").is_file():
+        pytest.skip("../shared/reference/musicnn is not present")
+    from jamcaps_desktop.models.musicnn import build_onnx
+
+    model = build_onnx(read_checkpoint(musicnn_wheel / f"{which}_musicnn"))
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    reference = np.load(REFERENCE / "reference_outputs.npz")
+    for clip in range(3):
+        tags, penultimate = session.run(["tags", "penultimate"], {"melspec": reference[f"clip{clip}_melspec"]})
+        assert np.abs(tags - reference[f"clip{clip}_{which}_musicnn_tags"]).max() <= 1e-4
+        assert np.abs(penultimate - reference[f"clip{clip}_{which}_musicnn_penultimate"]).max() <= 1e-4
