@@ -49,14 +49,18 @@ def iter_samples(path: str, sample_rate: int, *, max_seconds: float | None = Non
         stream = container.streams.audio[0]
         if stream.codec_context is None:
             raise DecodeError("no decoder for this audio format")
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+        # Channels are kept through resampling and averaged here: FFmpeg's own down-mix to mono scales
+        # stereo by 1/√2 per channel (+3 dB against the plain mean that analysis models were trained on).
+        resampler = av.AudioResampler(format="fltp", rate=sample_rate)
         limit = int(max_seconds * sample_rate) if max_seconds else None
         produced = 0
 
         def emit(frames: list[av.AudioFrame]) -> Iterator[np.ndarray]:
             nonlocal produced
             for out in frames:
-                chunk = out.to_ndarray().reshape(-1).astype(np.float32, copy=False)
+                planes = out.to_ndarray()  # [channels, samples] for a planar format
+                chunk = planes.mean(axis=0, dtype=np.float32) if planes.shape[0] > 1 else planes[0]
+                chunk = np.ascontiguousarray(chunk, dtype=np.float32)
                 if limit is not None and produced + len(chunk) > limit:
                     chunk = chunk[: limit - produced]
                 produced += len(chunk)
