@@ -48,3 +48,24 @@ def make_track(audio_templates: dict[str, Path]):
         return target
 
     return make
+
+
+@pytest.fixture(scope="session")
+def musicnn_wheel_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The musicnn 0.1.0 wheel from PyPI (its checkpoints are what the app converts); skips without a network."""
+    import subprocess
+
+    folder = tmp_path_factory.mktemp("wheel")
+    try:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "musicnn==0.1.0", "-d",
+                        str(folder)], check=True, timeout=300, capture_output=True)
+    except (subprocess.SubprocessError, OSError):
+        pytest.skip("the musicnn wheel cannot be downloaded from PyPI here")
+    return next(folder.glob("musicnn-0.1.0-*.whl"))
+
+
+@pytest.fixture
+def models_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "models"
+    monkeypatch.setenv("JAMCAPS_MODELS", str(folder))
+    return folder

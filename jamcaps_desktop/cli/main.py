@@ -475,6 +475,86 @@ def history(obj: Context, batch: int | None, limit: int, as_json: bool) -> None:
                   f"{row['written']} written, {row['failed']} failed{undone}")
 
 
+# -- models ------------------------------------------------------------------------------------
+@cli.group()
+def models() -> None:
+    """Pretrained models: list, install, verify, remove."""
+
+
+@models.command(name="list")
+@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
+def models_list(as_json: bool) -> None:
+    """Known models, their licences, and whether they are installed."""
+    from jamcaps_desktop.models import registry
+
+    rows = []
+    for name, spec in sorted(registry.manifests().items()):
+        rows.append({"name": name, "version": spec["version"], "licence": spec["licence"], "title": spec["title"],
+                     "default": bool(spec.get("default")), "installed": registry.is_installed(name)})
+    if as_json:
+        _emit_json(rows)
+        return
+    for row in rows:
+        state = "[green]installed[/]" if row["installed"] else "[dim]not installed[/]"
+        default = " (default)" if row["default"] else ""
+        out.print(f"  {row['name']:<14} {row['version']:<8} {row['licence']:<8} {state}{default}  [dim]{row['title']}")
+
+
+@models.command(name="install")
+@click.argument("names", nargs=-1)
+@click.option("--default", "defaults", is_flag=True, help="Install every default model.")
+@click.option("--from", "local", type=click.Path(exists=True), metavar="PATH",
+              help="Install from this file or folder (the model's published source) instead of downloading it.")
+@click.option("--force", is_flag=True, help="Install again even where the model is installed.")
+def models_install(names: tuple[str, ...], defaults: bool, local: str | None, force: bool) -> None:
+    """Install models (downloads their published weights once, checks them, converts them to ONNX)."""
+    from jamcaps_desktop.models import registry
+
+    wanted = list(names) + (registry.default_models() if defaults else [])
+    if not wanted:
+        raise click.UsageError("name a model, or give --default")
+    for name in dict.fromkeys(wanted):
+        try:
+            if registry.is_installed(name) and not force and local is None:
+                registry.verify(name)
+                out.print(f"{name}: already installed")
+                continue
+            with err.status(f"installing {name}…"):
+                model = registry.install(name, local=local)
+        except registry.ModelError as exc:
+            raise click.ClickException(str(exc)) from exc
+        out.print(f"{name} {model.version}: installed ({model.manifest['licence']} licence)")
+
+
+@models.command(name="verify")
+@click.argument("names", nargs=-1)
+def models_verify(names: tuple[str, ...]) -> None:
+    """Check installed models against the checksums recorded when they were installed."""
+    from jamcaps_desktop.models import registry
+
+    problems = 0
+    for name in names or [n for n in registry.manifests() if registry.is_installed(n)]:
+        try:
+            registry.verify(name)
+            out.print(f"{name}: ok")
+        except registry.ModelError as exc:
+            problems += 1
+            err.print(f"[red]{exc}")
+    if problems:
+        sys.exit(1)
+
+
+@models.command(name="remove")
+@click.argument("names", nargs=-1, required=True)
+def models_remove(names: tuple[str, ...]) -> None:
+    """Remove installed models."""
+    from jamcaps_desktop.models import registry
+
+    for name in names:
+        registry.manifest(name) if name in registry.manifests() else None
+        out.print(f"{name}: {'removed' if registry.remove(name) else 'was not installed'}")
+
+
 def main() -> None:
     try:
         cli.main(prog_name="jamcaps", standalone_mode=False)

@@ -1,0 +1,37 @@
+"""One place where ONNX Runtime sessions are made: the GPU when one is usable, else the CPU."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def _nvidia_driver_present() -> bool:
+    return Path("/proc/driver/nvidia/version").exists() or os.environ.get("CUDA_VISIBLE_DEVICES", "") not in ("", "-1")
+
+
+def make_session(model_path: str | os.PathLike[str], device: str = "auto"):  # -> onnxruntime.InferenceSession
+    """A session on ``device`` ('auto', 'cpu' or 'cuda'). With 'auto', CUDA is tried only where an NVIDIA
+    driver is present; which provider really runs is read from the session, not from the list of
+    providers the package was built with, and logged."""
+    import onnxruntime as ort
+
+    wanted = ["CPUExecutionProvider"]
+    if device == "cuda" or (device == "auto" and _nvidia_driver_present()):
+        if "CUDAExecutionProvider" in ort.get_available_providers():
+            wanted.insert(0, "CUDAExecutionProvider")
+        elif device == "cuda":
+            raise RuntimeError("CUDA was asked for, but this onnxruntime has no CUDA provider")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = max(1, os.cpu_count() or 1)
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(model_path), sess_options=options, providers=wanted)
+    running = session.get_providers()
+    if device == "cuda" and "CUDAExecutionProvider" not in running:
+        raise RuntimeError("CUDA was asked for, but the CUDA provider could not start (see the CUDA and cuDNN "
+                           "requirements of onnxruntime-gpu)")
+    log.info("%s runs on %s", Path(model_path).parent.name, running[0])
+    return session

