@@ -215,7 +215,9 @@ def show(obj: Context, track: str, as_json: bool, raw: bool) -> None:
     tags = track_tags(library, row["id"])
     fields = canonical_tags(tags)
     if as_json:
-        _emit_json({**row, "tags": fields, "raw_tags": tags})
+        from jamcaps_desktop.analysis.analyze import track_analyses
+
+        _emit_json({**row, "tags": fields, "raw_tags": tags, "analyses": track_analyses(library, row["id"])})
         return
     out.print(f"[bold]{row['path']}")
     facts = [
@@ -239,6 +241,14 @@ def show(obj: Context, track: str, as_json: bool, raw: bool) -> None:
             out.print(f"  [dim]{name:<26}[/] {' ; '.join(values)}")
     elif row["status"] == "ok":
         out.print("[dim]No tags.")
+    from jamcaps_desktop.analysis.analyze import track_analyses
+
+    for analysis in track_analyses(library, row["id"]):
+        if analysis["status"] != "ok":
+            out.print(f"[bold]{analysis['model']}[/] [red]{analysis['error']}")
+            continue
+        top = ", ".join(f"{label} {p:.2f}" for label, p in analysis["labels"][:6])
+        out.print(f"[bold]{analysis['model']}[/] {top}")
     unmapped = [t for t in tags if t["field"] is None]
     if raw:
         out.print("[bold]As stored in the file")
@@ -473,6 +483,40 @@ def history(obj: Context, batch: int | None, limit: int, as_json: bool) -> None:
         undone = f", {row['undone']} undone" if row["undone"] else ""
         out.print(f"  {row['id']:>4}  {row['started_at']}  {what:<16} {row['status']:<11} "
                   f"{row['written']} written, {row['failed']} failed{undone}")
+
+
+# -- analyze -----------------------------------------------------------------------------------
+@cli.command()
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where the models run ('auto': the GPU where one is usable).")
+@click.option("--limit", type=click.IntRange(1), help="Analyse at most this many tracks.")
+@click.option("--model", "models", multiple=True, metavar="NAME", help="Only this installed model (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.pass_obj
+def analyze(obj: Context, device: str, limit: int | None, models: tuple[str, ...], as_json: bool) -> None:
+    """Listen to the tracks not analysed yet: label probabilities and an embedding per model."""
+    from jamcaps_desktop.analysis.analyze import analyze as run_analysis
+    from jamcaps_desktop.cli.progress import TerminalProgress, ctrl_c_cancels
+    from jamcaps_desktop.models.registry import ModelError
+
+    library = obj.library()
+    token = CancelToken()
+    try:
+        with TerminalProgress(err, enabled=not as_json and err.is_terminal) as bar, ctrl_c_cancels(token, err):
+            summary = run_analysis(library, models=list(models) or None, device=device, limit=limit, progress=bar,
+                                   cancel=token)
+    except (ModelError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        _emit_json(summary.to_dict())
+    else:
+        speed = summary.seconds_of_audio / summary.elapsed_s if summary.elapsed_s else 0.0
+        out.print(f"Analysed {summary.analysed} track(s) with {', '.join(summary.models)} on {summary.device} in "
+                  f"{summary.elapsed_s:.1f} s ({speed:.0f}× real time); {summary.skipped} already analysed.")
+        for item in summary.errors:
+            out.print(f"[red]  {item['path']}[/]\n    [dim]{item['reason']}")
+    if summary.status == "cancelled":
+        sys.exit(130)
 
 
 # -- models ------------------------------------------------------------------------------------

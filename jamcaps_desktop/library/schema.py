@@ -137,6 +137,24 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (write_file_id, field)
     );
     """,
+    # 3: what the audio models heard in each track.
+    """
+    CREATE TABLE analyses (
+        track_id INTEGER NOT NULL REFERENCES tracks(id) ON DELETE CASCADE,
+        model TEXT NOT NULL,              -- model name from its manifest
+        model_version TEXT NOT NULL,
+        audio_key TEXT NOT NULL,          -- codec, rate, channels, duration analysed: changed audio is re-analysed
+        status TEXT NOT NULL CHECK (status IN ('ok', 'error')),
+        error TEXT,
+        labels TEXT,                      -- JSON {label: mean probability over the track's windows}
+        embedding BLOB,                   -- float32 vector, L2-normalised
+        windows INTEGER,
+        seconds REAL,
+        device TEXT,
+        analysed_at TEXT NOT NULL,
+        PRIMARY KEY (track_id, model)
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

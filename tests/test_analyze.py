@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from jamcaps_desktop.analysis.analyze import analyze, track_analyses
+from jamcaps_desktop.cli.main import cli
+from jamcaps_desktop.library.queries import find_track
+from jamcaps_desktop.models import registry
+from jamcaps_desktop.scan.scanner import scan
+
+
+@pytest.fixture
+def installed_models(models_dir, musicnn_wheel_file):
+    for name in registry.default_models():
+        registry.install(name, local=musicnn_wheel_file)
+    return models_dir
+
+
+def test_analysis_stores_labels_and_embeddings_and_resumes(installed_models, library, make_track, tmp_path):
+    from audio_fixtures import make_audio
+
+    music = tmp_path / "music"
+    music.mkdir()
+    tone = make_audio(music / "tone.flac", "flac", seconds=7.0)
+    short = make_track(music, "mp3", name="short")
+    (music / "broken.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + os.urandom(64))
+    scan(library, [music])
+    summary = analyze(library, device="cpu")
+    assert summary.analysed == 2 and summary.status == "completed"
+    for path in (tone, short):
+        analyses = track_analyses(library, find_track(library, str(path))["id"])
+        assert [a["model"] for a in analyses] == ["musicnn-msd", "musicnn-mtt"]
+        for analysis in analyses:
+            assert analysis["status"] == "ok" and len(analysis["labels"]) == 50
+            assert all(0.0 <= p <= 1.0 for _label, p in analysis["labels"])
+    windows = library.conn.execute("SELECT windows FROM analyses WHERE model = 'musicnn-mtt' ORDER BY track_id")
+    assert sorted(w for (w,) in windows) == [1, 3]  # 1 s → one padded window; 7 s → three
+    for (blob,) in library.conn.execute("SELECT embedding FROM analyses"):
+        vector = np.frombuffer(blob, dtype=np.float32)
+        assert vector.shape == (200,) and abs(float(np.linalg.norm(vector)) - 1.0) < 1e-4
+    again = analyze(library, device="cpu")
+    assert again.analysed == 0 and again.skipped == 2
+
+
+def test_real_music_is_described_sensibly(installed_models, library, shared_corpus):
+    clips = shared_corpus / "audio" / "librosa"
+    orchestra = clips / "Hungarian_Dance_number_5_-_Allegro_in_F_sharp_minor_(string_orchestra).hq.ogg"
+    singer = clips / "Karissa_Hobbs_-_Lets_Go_Fishin.hq.ogg"
+    scan(library, [orchestra, singer])
+    analyze(library, device="cpu")
+
+    def top(path, model):
+        analysis = next(a for a in track_analyses(library, find_track(library, str(path))["id"]) if a["model"] == model)
+        return [label for label, _p in analysis["labels"][:4]]
+
+    assert {"classical", "strings", "violin"} & set(top(orchestra, "musicnn-mtt"))
+    assert {"female", "woman", "female vocal", "vocal"} & set(top(singer, "musicnn-mtt"))
+
+
+def test_analysis_without_models_says_how_to_install_them(models_dir, library, make_track, tmp_path):
+    make_track(tmp_path / "music", "mp3")
+    scan(library, [tmp_path / "music"])
+    with pytest.raises(registry.ModelError, match="jamcaps models install"):
+        analyze(library, device="cpu")
+
+
+def test_analyze_cli(installed_models, make_track, tmp_path):
+    music = tmp_path / "music"
+    make_track(music, "ogg")
+    lib = tmp_path / "lib.sqlite"
+    runner = CliRunner()
+    runner.invoke(cli, ["--library", str(lib), "scan", str(music)])
+    result = runner.invoke(cli, ["--library", str(lib), "analyze", "--device", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["analysed"] == 1 and data["device"] == "CPUExecutionProvider"
+    shown = runner.invoke(cli, ["--library", str(lib), "show", "1"]).output
+    assert "musicnn-mtt" in shown and "musicnn-msd" in shown
