@@ -595,7 +595,6 @@ def models_remove(names: tuple[str, ...]) -> None:
     from jamcaps_desktop.models import registry
 
     for name in names:
-        registry.manifest(name) if name in registry.manifests() else None
         out.print(f"{name}: {'removed' if registry.remove(name) else 'was not installed'}")
 
 
