@@ -8,6 +8,8 @@ one before the tag classifier, so it summarises what the tagger heard in the ter
 (genres, moods, instruments), in a vector small enough for similarity search; its mean over windows
 describes the whole track rather than one moment.
 
+The job also measures each track's integrated loudness (EBU R128) and sample peak.
+
 Tracks already analysed by the same model version, whose audio is unchanged, are skipped, so the job
 is resumable; a file that cannot be decoded gets an error row and the job goes on.
 """
@@ -25,6 +27,7 @@ import numpy as np
 
 from jamcaps_desktop.audio.decode import DecodeError, iter_windows
 from jamcaps_desktop.audio.features import MUSICNN_HOP, MUSICNN_RATE, musicnn_melspec
+from jamcaps_desktop.audio.loudness import measure as measure_loudness
 from jamcaps_desktop.jobs.base import CancelToken, Progress, ProgressCallback, no_progress
 from jamcaps_desktop.library.database import Library, utc_now
 from jamcaps_desktop.library.paths import fs_path
@@ -78,10 +81,11 @@ def _todo(library: Library, models: list[_Loaded], limit: int | None) -> tuple[l
     done: dict[tuple[int, str], tuple[str, str]] = {
         (track_id, model): (version, key) for track_id, model, version, key in library.conn.execute(
             "SELECT track_id, model, model_version, audio_key FROM analyses")}
+    measured = dict(library.conn.execute("SELECT track_id, audio_key FROM track_features").fetchall())
     todo = []
     for row in rows:
         key = _audio_key(row)
-        if any(done.get((row["id"], m.name)) != (m.version, key) for m in models):
+        if any(done.get((row["id"], m.name)) != (m.version, key) for m in models) or measured.get(row["id"]) != key:
             todo.append(row)
     skipped = len(rows) - len(todo)
     return (todo[:limit] if limit else todo), skipped
@@ -135,9 +139,19 @@ def _analyze_track(library: Library, row: dict[str, Any], models: list[_Loaded],
             count += len(batch)
     except DecodeError as exc:
         error = str(exc)
+    loudness, loudness_error = None, error
+    if error is None:
+        try:
+            loudness = measure_loudness(path)
+        except DecodeError as exc:
+            loudness_error = str(exc)
     now = utc_now()
     key = _audio_key(row)
     with library.transaction() as conn:
+        conn.execute("INSERT OR REPLACE INTO track_features (track_id, audio_key, loudness_lufs, peak_dbfs, error, "
+                     "measured_at) VALUES (?, ?, ?, ?, ?, ?)",
+                     (row["id"], key, loudness.integrated_lufs if loudness else None,
+                      loudness.sample_peak_dbfs if loudness else None, loudness_error, now))
         for model in models:
             if error is None and count:
                 tags, penultimate = sums[model.name]
@@ -165,6 +179,12 @@ def _run_batch(batch: np.ndarray, models: list[_Loaded], sums: dict[str, list[np
         tags, penultimate = model.session.run(["tags", "penultimate"], {"melspec": batch.astype(np.float32)})
         sums[model.name][0] += tags.sum(axis=0)
         sums[model.name][1] += penultimate.sum(axis=0)
+
+
+def track_features(library: Library, track_id: int) -> dict[str, Any] | None:
+    row = library.conn.execute("SELECT loudness_lufs, peak_dbfs, error FROM track_features WHERE track_id = ?",
+                               (track_id,)).fetchone()
+    return None if row is None else {"loudness_lufs": row[0], "peak_dbfs": row[1], "error": row[2]}
 
 
 def track_analyses(library: Library, track_id: int) -> list[dict[str, Any]]:

@@ -28,6 +28,7 @@ class DecodeStats:
     samples: int = 0
     skipped_packets: int = 0
     warnings: list[str] = field(default_factory=list)
+    channels: list[str] = field(default_factory=list)  # channel names of the stream (FL, FR, FC, LFE…)
 
 
 def _reason(exc: Exception) -> str:
@@ -36,8 +37,9 @@ def _reason(exc: Exception) -> str:
 
 
 def iter_samples(path: str, sample_rate: int, *, max_seconds: float | None = None,
-                 stats: DecodeStats | None = None) -> Iterator[np.ndarray]:
-    """Mono float32 chunks at ``sample_rate``, in file order, as they are decoded."""
+                 stats: DecodeStats | None = None, mono: bool = True) -> Iterator[np.ndarray]:
+    """Float32 chunks at ``sample_rate``, in file order, as they are decoded: mono (the channels'
+    mean), or with ``mono=False`` [channels, samples] arrays."""
     stats = stats if stats is not None else DecodeStats()
     try:
         container = av.open(path, metadata_errors="ignore")
@@ -59,13 +61,20 @@ def iter_samples(path: str, sample_rate: int, *, max_seconds: float | None = Non
             nonlocal produced
             for out in frames:
                 planes = out.to_ndarray()  # [channels, samples] for a planar format
-                chunk = planes.mean(axis=0, dtype=np.float32) if planes.shape[0] > 1 else planes[0]
-                chunk = np.ascontiguousarray(chunk, dtype=np.float32)
-                if limit is not None and produced + len(chunk) > limit:
-                    chunk = chunk[: limit - produced]
-                produced += len(chunk)
-                stats.samples += len(chunk)
-                if len(chunk):
+                if not stats.channels:
+                    stats.channels = [channel.name for channel in out.layout.channels]
+                if mono:
+                    chunk = planes.mean(axis=0, dtype=np.float32) if planes.shape[0] > 1 else planes[0]
+                    chunk = np.ascontiguousarray(chunk, dtype=np.float32)
+                else:
+                    chunk = np.ascontiguousarray(planes, dtype=np.float32)
+                size = chunk.shape[-1]
+                if limit is not None and produced + size > limit:
+                    chunk = chunk[..., : limit - produced]
+                    size = chunk.shape[-1]
+                produced += size
+                stats.samples += size
+                if size:
                     yield chunk
 
         for packet in container.demux(stream):

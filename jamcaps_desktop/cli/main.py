@@ -215,9 +215,10 @@ def show(obj: Context, track: str, as_json: bool, raw: bool) -> None:
     tags = track_tags(library, row["id"])
     fields = canonical_tags(tags)
     if as_json:
-        from jamcaps_desktop.analysis.analyze import track_analyses
+        from jamcaps_desktop.analysis.analyze import track_analyses, track_features
 
-        _emit_json({**row, "tags": fields, "raw_tags": tags, "analyses": track_analyses(library, row["id"])})
+        _emit_json({**row, "tags": fields, "raw_tags": tags, "analyses": track_analyses(library, row["id"]),
+                    "features": track_features(library, row["id"])})
         return
     out.print(f"[bold]{row['path']}")
     facts = [
@@ -241,8 +242,12 @@ def show(obj: Context, track: str, as_json: bool, raw: bool) -> None:
             out.print(f"  [dim]{name:<26}[/] {' ; '.join(values)}")
     elif row["status"] == "ok":
         out.print("[dim]No tags.")
-    from jamcaps_desktop.analysis.analyze import track_analyses
+    from jamcaps_desktop.analysis.analyze import track_analyses, track_features
 
+    features = track_features(library, row["id"])
+    if features and features["loudness_lufs"] is not None:
+        out.print(f"  [dim]{'Loudness':<26}[/] {features['loudness_lufs']:.1f} LUFS (EBU R128), "
+                  f"peak {features['peak_dbfs']:.1f} dBFS")
     for analysis in track_analyses(library, row["id"]):
         if analysis["status"] != "ok":
             out.print(f"[bold]{analysis['model']}[/] [red]{analysis['error']}")

@@ -155,6 +155,17 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (track_id, model)
     );
     """,
+    # 4: measurements of the signal itself (no model): loudness now; tempo and key later.
+    """
+    CREATE TABLE track_features (
+        track_id INTEGER PRIMARY KEY REFERENCES tracks(id) ON DELETE CASCADE,
+        audio_key TEXT NOT NULL,
+        loudness_lufs REAL,               -- integrated loudness, EBU R128 / ITU-R BS.1770-4
+        peak_dbfs REAL,                   -- sample peak
+        error TEXT,
+        measured_at TEXT NOT NULL
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,0 +1,54 @@
+"""EBU R128 integrated loudness against the values ITU-R BS.1770-4 defines for sine tones."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+
+from jamcaps_desktop.audio.loudness import measure
+
+
+def _write(path, signal: np.ndarray, rate: int, layout: str) -> str:
+    with av.open(str(path), "w", format="wav") as out:
+        stream = out.add_stream("pcm_f32le", rate=rate)
+        stream.layout = layout
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(signal, dtype=np.float32), format="fltp",
+                                           layout=layout)
+        frame.sample_rate, frame.pts, frame.time_base = rate, 0, Fraction(1, rate)
+        for packet in stream.encode(frame):
+            out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return str(path)
+
+
+def _tone(rate: int, seconds: float, dbfs: float) -> np.ndarray:
+    return (10 ** (dbfs / 20)) * np.sin(2 * np.pi * 997 * np.arange(int(rate * seconds)) / rate)
+
+
+@pytest.mark.parametrize("rate", [48000, 44100])
+@pytest.mark.parametrize("dbfs", [-20.0, -23.0, -31.5])
+def test_stereo_997_hz_sine_reads_its_level(tmp_path, rate, dbfs):
+    tone = _tone(rate, 5, dbfs)
+    result = measure(_write(tmp_path / "t.wav", np.stack([tone, tone]), rate, "stereo"))
+    assert result.integrated_lufs == pytest.approx(dbfs, abs=0.05)
+    assert result.sample_peak_dbfs == pytest.approx(dbfs, abs=0.05)
+
+
+def test_one_channel_is_3_db_lower_as_bs1770_weights_it(tmp_path):
+    result = measure(_write(tmp_path / "m.wav", _tone(48000, 5, -20)[None], 48000, "mono"))
+    assert result.integrated_lufs == pytest.approx(-23.01, abs=0.05)
+
+
+def test_gating_ignores_silence_and_quiet_passages(tmp_path):
+    loud = _tone(48000, 20, -20)  # long enough that the blocks straddling its edges hardly count
+    quiet = _tone(48000, 4, -45)  # more than 10 LU below: removed by the relative gate
+    silence = np.zeros(48000 * 4)
+    signal = np.concatenate([silence, loud, quiet, silence])
+    result = measure(_write(tmp_path / "g.wav", np.stack([signal, signal]), 48000, "stereo"))
+    assert result.integrated_lufs == pytest.approx(-20.0, abs=0.1)
+    empty = measure(_write(tmp_path / "z.wav", np.zeros((2, 48000 * 2)), 48000, "stereo"))
+    assert empty.integrated_lufs is None
