@@ -81,3 +81,23 @@ def test_analyze_cli(installed_models, make_track, tmp_path):
     assert data["analysed"] == 1 and data["device"] == "CPUExecutionProvider"
     shown = runner.invoke(cli, ["--library", str(lib), "show", "1"]).output
     assert "musicnn-mtt" in shown and "musicnn-msd" in shown
+
+
+def test_decoding_in_worker_processes_gives_the_same_results(installed_models, make_track, tmp_path):
+    from jamcaps_desktop.library import Library
+
+    music = tmp_path / "music"
+    for i, fmt in enumerate(("mp3", "flac", "ogg", "m4a", "wav")):
+        make_track(music, fmt, name=f"t{i}")
+    results = []
+    for workers in (1, 2):
+        with Library(tmp_path / f"lib{workers}.sqlite") as library:
+            scan(library, [music])
+            summary = analyze(library, device="cpu", workers=workers)
+            assert summary.analysed == 5
+            results.append({path: json.loads(labels) for path, labels in library.conn.execute(
+                "SELECT t.path, a.labels FROM analyses a JOIN tracks t ON t.id = a.track_id "
+                "WHERE a.model = 'musicnn-mtt'")})
+    assert results[0].keys() == results[1].keys()
+    for path, labels in results[0].items():
+        assert max(abs(labels[k] - results[1][path][k]) for k in labels) < 1e-4

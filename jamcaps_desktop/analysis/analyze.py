@@ -18,8 +18,12 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
+import os
 import time
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,8 +31,10 @@ import numpy as np
 
 from jamcaps_desktop.audio.decode import DecodeError, iter_windows
 from jamcaps_desktop.audio.features import MUSICNN_HOP, MUSICNN_RATE, musicnn_melspec
+from jamcaps_desktop.audio.loudness import Loudness
 from jamcaps_desktop.audio.loudness import measure as measure_loudness
 from jamcaps_desktop.jobs.base import CancelToken, Progress, ProgressCallback, no_progress
+from jamcaps_desktop.jobs.workers import init_worker
 from jamcaps_desktop.library.database import Library, utc_now
 from jamcaps_desktop.library.paths import fs_path
 from jamcaps_desktop.models import registry
@@ -37,6 +43,7 @@ from jamcaps_desktop.models.engine import make_session
 log = logging.getLogger(__name__)
 
 BATCH_WINDOWS = 32
+PARALLEL_ANALYSIS_THRESHOLD = 4  # fewer files than this are decoded in the job's own process
 MUSICNN_FRAMES = 187
 MUSICNN_WINDOW_S = MUSICNN_FRAMES * MUSICNN_HOP / MUSICNN_RATE  # 2.992 s: exactly 187 frames per window
 
@@ -73,6 +80,64 @@ def _windows(path: str) -> Iterator[np.ndarray]:
         yield musicnn_melspec(window)[:MUSICNN_FRAMES]
 
 
+@dataclass
+class _Heard:
+    """What a worker extracts from one file: model input windows and the loudness measurement."""
+
+    windows: np.ndarray | None
+    loudness: Loudness | None
+    error: str | None = None
+    loudness_error: str | None = None
+
+
+def _hear(path: str) -> _Heard:
+    """Decode and compute the front end of one file (runs in a worker process)."""
+    try:
+        mels = list(_windows(path))
+    except DecodeError as exc:
+        return _Heard(None, None, str(exc))
+    if not mels:
+        return _Heard(None, None, "no audio could be decoded from the file")
+    try:
+        loudness, loudness_error = measure_loudness(path), None
+    except DecodeError as exc:
+        loudness, loudness_error = None, str(exc)
+    return _Heard(np.stack(mels).astype(np.float32), loudness, None, loudness_error)
+
+
+def _heard_in_order(paths: list[str], cancel: CancelToken, workers: int | None) -> Iterator[_Heard]:
+    """Decoded windows per file, in order; decoding runs in worker processes when there are several files,
+    so the models are fed while the next files are decoded."""
+    count = workers if workers is not None else min(4, os.cpu_count() or 1)
+    if count <= 1 or len(paths) < PARALLEL_ANALYSIS_THRESHOLD:
+        for path in paths:
+            if cancel.cancelled:
+                return
+            yield _hear(path)
+        return
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=count, mp_context=context, initializer=init_worker) as pool:
+        window = count + 1  # a few files ahead: enough to keep the models busy, bounded memory
+        futures = [pool.submit(_hear, path) for path in paths[:window]]
+        for index in range(len(paths)):
+            if cancel.cancelled or index >= len(futures):
+                for future in futures[index:]:
+                    future.cancel()
+                return
+            try:
+                heard = futures[index].result()
+            except BrokenProcessPool:
+                log.warning("the decoder crashed on %s", paths[index])
+                yield _Heard(None, None, "the decoder crashed on this file")
+                pool.shutdown(wait=False, cancel_futures=True)
+                yield from _heard_in_order(paths[index + 1:], cancel, workers)  # a fresh pool for the rest
+                return
+            futures[index] = None  # type: ignore[call-overload]  # release the memory of this result
+            if len(futures) < len(paths) and not cancel.cancelled:
+                futures.append(pool.submit(_hear, paths[len(futures)]))
+            yield heard
+
+
 def _todo(library: Library, models: list[_Loaded], limit: int | None) -> tuple[list[dict[str, Any]], int]:
     rows = [dict(zip(("id", "path_key", "path", "codec", "sample_rate", "channels", "duration"), r, strict=True))
             for r in library.conn.execute(
@@ -92,7 +157,8 @@ def _todo(library: Library, models: list[_Loaded], limit: int | None) -> tuple[l
 
 
 def analyze(library: Library, *, models: list[str] | None = None, device: str = "auto", limit: int | None = None,
-            progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> AnalysisSummary:
+            progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
+            workers: int | None = None) -> AnalysisSummary:
     """Analyse the library's tracks that the installed models have not heard yet."""
     progress = progress or no_progress
     cancel = cancel or CancelToken()
@@ -109,49 +175,36 @@ def analyze(library: Library, *, models: list[str] | None = None, device: str = 
     with library.job_lock("analyze"):
         todo, summary.skipped = _todo(library, loaded, limit)
         progress(Progress("analyze", 0, len(todo)))
-        for done, row in enumerate(todo, start=1):
-            if cancel.cancelled:
-                break
-            _analyze_track(library, row, loaded, summary)
-            progress(Progress("analyze", done, len(todo), current=row["path"],
-                              message=f"{summary.seconds_of_audio / max(time.monotonic() - started, 1e-6):.0f}× "
-                                      "real time"))
+        heard_files = _heard_in_order([fs_path(bytes(row["path_key"])) for row in todo], cancel, workers)
+        try:
+            for done, (row, heard) in enumerate(zip(todo, heard_files, strict=False), start=1):
+                _store_analysis(library, row, heard, loaded, summary)
+                speed = summary.seconds_of_audio / max(time.monotonic() - started, 1e-6)
+                progress(Progress("analyze", done, len(todo), current=row["path"], message=f"{speed:.0f}× real time"))
+        finally:
+            heard_files.close()
         summary.status = "cancelled" if cancel.cancelled else "completed"
     summary.elapsed_s = round(time.monotonic() - started, 3)
     return summary
 
 
-def _analyze_track(library: Library, row: dict[str, Any], models: list[_Loaded], summary: AnalysisSummary) -> None:
-    path = fs_path(bytes(row["path_key"]))
+def _store_analysis(library: Library, row: dict[str, Any], heard: _Heard, models: list[_Loaded],
+                    summary: AnalysisSummary) -> None:
     sums: dict[str, list[np.ndarray]] = {m.name: [np.zeros(len(m.labels)), np.zeros(200)] for m in models}
     count = 0
-    error = None
-    try:
-        batch: list[np.ndarray] = []
-        for mel in _windows(path):
-            batch.append(mel)
-            if len(batch) == BATCH_WINDOWS:
-                _run_batch(np.stack(batch), models, sums)
-                count += len(batch)
-                batch = []
-        if batch:
-            _run_batch(np.stack(batch), models, sums)
-            count += len(batch)
-    except DecodeError as exc:
-        error = str(exc)
-    loudness, loudness_error = None, error
-    if error is None:
-        try:
-            loudness = measure_loudness(path)
-        except DecodeError as exc:
-            loudness_error = str(exc)
+    if heard.windows is not None:
+        for start in range(0, len(heard.windows), BATCH_WINDOWS):
+            _run_batch(heard.windows[start:start + BATCH_WINDOWS], models, sums)
+        count = len(heard.windows)
+    error = heard.error
+    loudness = heard.loudness
     now = utc_now()
     key = _audio_key(row)
     with library.transaction() as conn:
         conn.execute("INSERT OR REPLACE INTO track_features (track_id, audio_key, loudness_lufs, peak_dbfs, error, "
                      "measured_at) VALUES (?, ?, ?, ?, ?, ?)",
                      (row["id"], key, loudness.integrated_lufs if loudness else None,
-                      loudness.sample_peak_dbfs if loudness else None, loudness_error, now))
+                      loudness.sample_peak_dbfs if loudness else None, heard.loudness_error or error, now))
         for model in models:
             if error is None and count:
                 tags, penultimate = sums[model.name]
