@@ -42,7 +42,7 @@ from jamcaps_desktop.models.engine import make_session
 
 log = logging.getLogger(__name__)
 
-BATCH_WINDOWS = 32
+BATCH_WINDOWS = 8  # windows per model run: ~10 MB of intermediate tensors each on the CPU
 PARALLEL_ANALYSIS_THRESHOLD = 4  # fewer files than this are decoded in the job's own process
 MUSICNN_FRAMES = 187
 MUSICNN_WINDOW_S = MUSICNN_FRAMES * MUSICNN_HOP / MUSICNN_RATE  # 2.992 s: exactly 187 frames per window
@@ -93,16 +93,16 @@ class _Heard:
 def _hear(path: str) -> _Heard:
     """Decode and compute the front end of one file (runs in a worker process)."""
     try:
-        mels = list(_windows(path))
+        mels = np.stack(list(_windows(path)))
     except DecodeError as exc:
         return _Heard(None, None, str(exc))
-    if not mels:
+    except ValueError:  # nothing to stack
         return _Heard(None, None, "no audio could be decoded from the file")
     try:
         loudness, loudness_error = measure_loudness(path), None
     except DecodeError as exc:
         loudness, loudness_error = None, str(exc)
-    return _Heard(np.stack(mels).astype(np.float32), loudness, None, loudness_error)
+    return _Heard(mels.astype(np.float32, copy=False), loudness, None, loudness_error)
 
 
 def _heard_in_order(paths: list[str], cancel: CancelToken, workers: int | None) -> Iterator[_Heard]:

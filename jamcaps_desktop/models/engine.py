@@ -28,6 +28,9 @@ def make_session(model_path: str | os.PathLike[str], device: str = "auto"):  # -
     options = ort.SessionOptions()
     options.intra_op_num_threads = max(1, os.cpu_count() or 1)
     options.log_severity_level = 3
+    # no growing arena: a big batch's intermediate tensors are given back instead of being kept for the
+    # whole job (the musicnn front end makes tensors of ~10 MB per window)
+    options.enable_cpu_mem_arena = False
     session = ort.InferenceSession(str(model_path), sess_options=options, providers=wanted)
     running = session.get_providers()
     if device == "cuda" and "CUDAExecutionProvider" not in running:
