@@ -245,15 +245,18 @@ def show(obj: Context, track: str, as_json: bool, raw: bool) -> None:
     from jamcaps_desktop.analysis.analyze import track_analyses, track_features
 
     features = track_features(library, row["id"])
+    analyses = track_analyses(library, row["id"])
+    if analyses or features:
+        out.print("[bold]Analysis")
     if features and features["loudness_lufs"] is not None:
         out.print(f"  [dim]{'Loudness':<26}[/] {features['loudness_lufs']:.1f} LUFS (EBU R128), "
                   f"peak {features['peak_dbfs']:.1f} dBFS")
-    for analysis in track_analyses(library, row["id"]):
+    for analysis in analyses:
         if analysis["status"] != "ok":
-            out.print(f"[bold]{analysis['model']}[/] [red]{analysis['error']}")
+            out.print(f"  [dim]{analysis['model']:<26}[/] [red]{analysis['error']}")
             continue
         top = ", ".join(f"{label} {p:.2f}" for label, p in analysis["labels"][:6])
-        out.print(f"[bold]{analysis['model']}[/] {top}")
+        out.print(f"  [dim]{analysis['model']:<26}[/] {top}")
     unmapped = [t for t in tags if t["field"] is None]
     if raw:
         out.print("[bold]As stored in the file")
