@@ -86,6 +86,7 @@ class _Context:
     seen: set[bytes]                    # every path key the walk found
     changed: set[bytes]                 # known paths whose file is read again
     roots: list[str]
+    ignored: dict[bytes, tuple[tuple[int, int, int | None], str]]  # non-audio files remembered from before
     moved_ids: set[int] = field(default_factory=set)
 
 
@@ -139,7 +140,7 @@ def _run(library: Library, roots: list[str], summary: ScanSummary, progress: Pro
     own_files = {real_path(str(library.path)) + suffix for suffix in ("", "-wal", "-shm", "-journal", ".lock")}
     new: list[FoundFile] = []
     changed: list[FoundFile] = []
-    context = _Context(known, set(), set(), roots)
+    context = _Context(known, set(), set(), roots, ignored_before)
     for found in walked.files:
         if found.path in own_files:
             continue  # the library itself may live inside the music folder
@@ -387,8 +388,8 @@ def _mark_missing(library: Library, context: _Context, unreadable: list[str], su
             conn.executemany("UPDATE tracks SET status = 'missing', missing_since = ?, updated_at = ? WHERE id = ?",
                              [(now, now, track_id) for track_id in vanished])
         # forget ignored files that are gone
-        for key in [k for k in _load_ignored(library, context.roots) if k not in context.seen]:
-            conn.execute("DELETE FROM ignored_files WHERE path_key = ?", (key,))
+        conn.executemany("DELETE FROM ignored_files WHERE path_key = ?",
+                         [(key,) for key in context.ignored if key not in context.seen])
     summary.missing = len(vanished)
 
 

@@ -181,13 +181,6 @@ def _iff(head: bytes) -> Sniffed:
     return Sniffed(None, what=f"an IFF file of type {kind.decode('latin-1')!r}")
 
 
-def _mp4(head: bytes) -> Sniffed:
-    brand = head[8:12]
-    if brand in (b"qt  ",):
-        return Sniffed("mp4", None)
-    return Sniffed("mp4", None)
-
-
 def sniff_bytes(head: bytes) -> Sniffed:
     """Name the container of a file whose first bytes are ``head``."""
     if not head:
@@ -217,7 +210,7 @@ def sniff_bytes(head: bytes) -> Sniffed:
     if body[:4] == b"FORM" and len(body) >= 12:
         return _iff(body)
     if body[4:8] == b"ftyp":
-        return _mp4(body)
+        return Sniffed("mp4", None)  # the codec (AAC, ALAC…) is read from the sample description later
     if body[:16] == ASF_GUID:
         return Sniffed("asf", None)
     if body[:4] == b"MAC ":

@@ -353,6 +353,7 @@ class VorbisAdapter(TagAdapter):
     def backup(self, fields: list[str]) -> dict[str, Any]:
         keys = {k.casefold() for k in self.touched_keys(fields)}
         return {"format": "vorbis", "fields": fields, "had_tags": self.had_tags,
+                "touched": sorted(self.touched_keys(fields)),
                 "items": [[k, v] for k, v in self.tags if k.casefold() in keys]}
 
     def restore(self, backup: dict[str, Any]) -> None:
@@ -459,7 +460,8 @@ class MP4Adapter(TagAdapter):
     def backup(self, fields: list[str]) -> dict[str, Any]:
         keys = self.touched_keys(fields)
         items = {k: [_mp4_value_to_json(v) for v in self.tags[k]] for k in sorted(keys) if k in self.tags}
-        return {"format": "mp4", "fields": fields, "had_tags": self.had_tags, "items": items}
+        return {"format": "mp4", "fields": fields, "had_tags": self.had_tags, "items": items,
+                "touched": sorted(self.touched_keys(fields))}
 
     def restore(self, backup: dict[str, Any]) -> None:
         for key in self.touched_keys(backup["fields"]):
@@ -532,7 +534,8 @@ class APEv2Adapter(TagAdapter):
     def backup(self, fields: list[str]) -> dict[str, Any]:
         keys = [key for field in fields for key in self.keys_for(field)]
         items = {k: {"kind": self.tags[k].kind, "data": _b64(self._raw(self.tags[k]))} for k in sorted(keys)}
-        return {"format": "apev2", "fields": fields, "had_tags": self.had_tags, "items": items}
+        return {"format": "apev2", "fields": fields, "had_tags": self.had_tags, "items": items,
+                "touched": sorted(self.touched_keys(fields))}
 
     def restore(self, backup: dict[str, Any]) -> None:
         for key in [key for field in backup["fields"] for key in self.keys_for(field)]:
@@ -614,7 +617,8 @@ class ASFAdapter(TagAdapter):
     def backup(self, fields: list[str]) -> dict[str, Any]:
         keys = self.touched_keys(fields)
         items = {k: [_asf_to_json(a) for a in self.tags[k]] for k in sorted(keys) if k in self.tags}
-        return {"format": "asf", "fields": fields, "had_tags": self.had_tags, "items": items}
+        return {"format": "asf", "fields": fields, "had_tags": self.had_tags, "items": items,
+                "touched": sorted(self.touched_keys(fields))}
 
     def restore(self, backup: dict[str, Any]) -> None:
         for key in self.touched_keys(backup["fields"]):
