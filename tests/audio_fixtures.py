@@ -30,11 +30,18 @@ EXPECTED_CODEC = {"mp3": "mp3", "flac": "flac", "ogg": "vorbis", "opus": "opus",
 
 def make_audio(path: Path, fmt: str, seconds: float = 1.0, freq: float = 440.0, rate: int = 44100) -> Path:
     """Encode ``seconds`` of a sine tone into ``path`` in format ``fmt`` (a key of FORMATS)."""
-    _ext, container, codec, options = FORMATS[fmt]
-    if codec == "libopus":
+    if FORMATS[fmt][2] == "libopus":
         rate = 48000
     t = np.arange(int(seconds * rate)) / rate
-    signal = (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+    return encode_signal(path, fmt, (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32), rate)
+
+
+def encode_signal(path: Path, fmt: str, signal: np.ndarray, rate: int) -> Path:
+    """Encode a mono float signal into ``path`` (as stereo: the signal left, half of it right)."""
+    _ext, container, codec, options = FORMATS[fmt]
+    if codec == "libopus" and rate != 48000:
+        raise ValueError("Opus needs 48 kHz")
+    signal = np.asarray(signal, dtype=np.float32)
     stereo = np.stack([signal, signal * 0.5])
     with av.open(str(path), "w", format=container) as out:
         stream = out.add_stream(codec, rate=rate)
@@ -62,3 +69,41 @@ def make_audio(path: Path, fmt: str, seconds: float = 1.0, freq: float = 440.0, 
 def audio_file(directory: Path, fmt: str, name: str | None = None, **kwargs: float) -> Path:
     ext = FORMATS[fmt][0]
     return make_audio(directory / f"{name or fmt}.{ext}", fmt, **kwargs)  # type: ignore[arg-type]
+
+
+def drum_pattern(bpm: float, seconds: float, rate: int = 44100, seed: int = 0) -> np.ndarray:
+    """A rock beat: kick on 1 and 3, snare on 2 and 4, closed hi-hat on every eighth note."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros(int(seconds * rate) + rate)
+    t = np.arange(rate // 2) / rate
+    kick = np.sin(2 * np.pi * (50 + 100 * np.exp(-t * 30)) * t) * np.exp(-t * 12)
+    eighth = 60.0 / bpm / 2
+    for index in range(int(seconds / eighth) + 1):
+        start = int(index * eighth * rate)
+        if index % 4 == 0:
+            hit = kick
+        elif index % 4 == 2:
+            hit = 0.5 * rng.standard_normal(len(t)) * np.exp(-t * 25)
+        else:
+            hit = 0.2 * rng.standard_normal(len(t)) * np.exp(-t * 80)
+        out[start:start + len(hit)] += hit[: len(out) - start]
+    out = out[: int(seconds * rate)]
+    return (0.5 * out / np.max(np.abs(out))).astype(np.float32)
+
+
+def cadence(tonic: int, minor: bool, seconds: float, rate: int = 44100) -> np.ndarray:
+    """I–IV–V–I (i–iv–V–i in minor) on ``tonic`` (0 = C), with bass, repeated: harmonic tones, 1 s a chord."""
+    third = 3 if minor else 4
+    chords = [(0, third, 7), (5, 5 + third, 12), (7, 11, 14), (0, third, 7)]
+    t = np.arange(rate) / rate
+    pieces = []
+    for index in range(int(np.ceil(seconds))):
+        chord = chords[index % 4]
+        notes = [48 + tonic + step for step in chord] + [36 + tonic + chord[0]]
+        sound = np.zeros(rate)
+        for midi in notes:
+            freq = 440.0 * 2 ** ((midi - 69) / 12)
+            sound += sum(np.sin(2 * np.pi * freq * k * t) / k for k in range(1, 7) if freq * k < rate / 2)
+        pieces.append(sound * np.exp(-t * 2))
+    out = np.concatenate(pieces)[: int(seconds * rate)]
+    return (0.5 * out / np.max(np.abs(out))).astype(np.float32)

@@ -24,6 +24,14 @@ def shared_corpus() -> Path:
     return corpus
 
 
+@pytest.fixture(scope="session")
+def shared_reference() -> Path:
+    reference = SHARED / "reference"
+    if not reference.is_dir():
+        pytest.skip("../shared/reference is not present (it is not part of the project)")
+    return reference
+
+
 @pytest.fixture
 def library(tmp_path: Path):
     lib = Library(tmp_path / "lib" / "library.sqlite")

@@ -39,7 +39,8 @@ def test_analysis_stores_labels_and_embeddings_and_resumes(installed_models, lib
             assert analysis["status"] == "ok" and len(analysis["labels"]) == 50
             assert all(0.0 <= p <= 1.0 for _label, p in analysis["labels"])
     windows = library.conn.execute("SELECT windows FROM analyses WHERE model = 'musicnn-mtt' ORDER BY track_id")
-    assert sorted(w for (w,) in windows) == [1, 3]  # 1 s → one padded window; 7 s → three
+    # 1 s → one padded window; 7 s → two whole ones (the 1 s tail, under half a window, is left out)
+    assert sorted(w for (w,) in windows) == [1, 2]
     for (blob,) in library.conn.execute("SELECT embedding FROM analyses"):
         vector = np.frombuffer(blob, dtype=np.float32)
         assert vector.shape == (200,) and abs(float(np.linalg.norm(vector)) - 1.0) < 1e-4
@@ -101,3 +102,25 @@ def test_decoding_in_worker_processes_gives_the_same_results(installed_models, m
     assert results[0].keys() == results[1].keys()
     for path, labels in results[0].items():
         assert max(abs(labels[k] - results[1][path][k]) for k in labels) < 1e-4
+
+
+def test_tempo_key_and_loudness_are_measured(installed_models, library, tmp_path):
+    from audio_fixtures import cadence, drum_pattern, encode_signal
+
+    from jamcaps_desktop.analysis.analyze import track_features
+
+    music = tmp_path / "music"
+    music.mkdir()
+    beat = encode_signal(music / "beat.mp3", "mp3", drum_pattern(123.4, 30.0), 44100)
+    chords = encode_signal(music / "chords.flac", "flac", cadence(10, False, 16.0), 44100)
+    scan(library, [music])
+    summary = analyze(library, models=[], device="cpu")
+    assert summary.analysed == 2
+    beat_features = track_features(library, find_track(library, str(beat))["id"])
+    chord_features = track_features(library, find_track(library, str(chords))["id"])
+    assert beat_features["bpm"] == pytest.approx(123.4, abs=0.3) and 0 < beat_features["bpm_confidence"] <= 1
+    assert chord_features["key"] == "Bb" and 0 < chord_features["key_confidence"] <= 1
+    assert -30 < beat_features["loudness_lufs"] < 0
+    # without models only the measurements are made; with them, the measurements are not redone
+    analyze(library, device="cpu")
+    assert library.conn.execute("SELECT count(*) FROM analyses WHERE status = 'ok'").fetchone()[0] == 4

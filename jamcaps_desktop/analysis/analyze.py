@@ -1,14 +1,19 @@
-"""The analysis job: listen to every track with the installed audio models.
+"""The analysis job: listen to every track with the installed audio models, and measure it.
 
-Each track is decoded once per input format the models share (the musicnn taggers both take 16 kHz
-log-mel windows of 187 frames, about 3 s), the windows go through each model in batches, and per track
-the job stores each model's mean label probabilities over the windows and an embedding: the mean of
-the model's ``penultimate`` layer (200 values) over the windows, L2-normalised. That layer is the last
-one before the tag classifier, so it summarises what the tagger heard in the terms it was trained on
-(genres, moods, instruments), in a vector small enough for similarity search; its mean over windows
-describes the whole track rather than one moment.
+Each model's manifest declares its input (front end, sample rate, window length; see
+``audio.frontends``) and its outputs (``labels``: per-window label probabilities; ``embedding``: the
+layer used as the track's embedding). The job decodes each track once per sample rate the models need,
+cuts it into each model's windows, runs the windows through the models in batches that span tracks
+(a batch is filled from as many tracks as it takes, which is what keeps a GPU busy), and stores per
+track and model the mean label probabilities over the windows and an embedding: the mean of the
+embedding layer over the windows (and over tokens, for encoders that output one vector per token),
+L2-normalised. For the musicnn taggers that layer is ``penultimate`` (200 values), the last one before
+the tag classifier: it summarises what the tagger heard in the terms it was trained on (genres, moods,
+instruments), in a vector small enough for similarity search; its mean over windows describes the
+whole track rather than one moment.
 
-The job also measures each track's integrated loudness (EBU R128) and sample peak.
+Without any model the job also measures each track's tempo (BPM), key, integrated loudness (EBU R128)
+and sample peak.
 
 Tracks already analysed by the same model version, whose audio is unchanged, are skipped, so the job
 is resumable; a file that cannot be decoded gets an error row and the job goes on.
@@ -21,6 +26,7 @@ import logging
 import multiprocessing
 import os
 import time
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -29,10 +35,15 @@ from typing import Any
 
 import numpy as np
 
-from jamcaps_desktop.audio.decode import DecodeError, iter_windows
-from jamcaps_desktop.audio.features import MUSICNN_HOP, MUSICNN_RATE, musicnn_melspec
+from jamcaps_desktop.audio import frontends
+from jamcaps_desktop.audio.decode import DecodeError, iter_samples
+from jamcaps_desktop.audio.frontends import InputSpec, Windower
+from jamcaps_desktop.audio.key import Key, PitchProfile
+from jamcaps_desktop.audio.key import estimate as estimate_key
 from jamcaps_desktop.audio.loudness import Loudness
 from jamcaps_desktop.audio.loudness import measure as measure_loudness
+from jamcaps_desktop.audio.tempo import OnsetEnvelope, Tempo
+from jamcaps_desktop.audio.tempo import estimate as estimate_tempo
 from jamcaps_desktop.jobs.base import CancelToken, Progress, ProgressCallback, no_progress
 from jamcaps_desktop.jobs.workers import init_worker
 from jamcaps_desktop.library.database import Library, utc_now
@@ -42,10 +53,10 @@ from jamcaps_desktop.models.engine import make_session
 
 log = logging.getLogger(__name__)
 
-BATCH_WINDOWS = 8  # windows per model run: ~10 MB of intermediate tensors each on the CPU
+BATCH_WINDOWS = {"cpu": 8, "cuda": 64}  # CPU: ~10 MB of intermediate tensors per musicnn window
 PARALLEL_ANALYSIS_THRESHOLD = 4  # fewer files than this are decoded in the job's own process
-MUSICNN_FRAMES = 187
-MUSICNN_WINDOW_S = MUSICNN_FRAMES * MUSICNN_HOP / MUSICNN_RATE  # 2.992 s: exactly 187 frames per window
+MEASURE_RATE = 16000  # tempo and key are measured on the 16 kHz decode
+FEATURES_VERSION = 2  # 1: loudness; 2: + tempo and key. Older measurements are redone.
 
 
 @dataclass
@@ -63,62 +74,100 @@ class AnalysisSummary:
         return {**self.__dict__, "error_count": len(self.errors)}
 
 
+@dataclass(frozen=True)
+class _Group:
+    """Models that take the same input share its computation."""
+
+    front_end: str
+    window_samples: int
+    frames: int | None
+
+
 @dataclass
 class _Loaded:
     name: str
     version: str
     labels: list[str]
     session: Any
+    spec: InputSpec
+    input_name: str
+    label_output: str | None
+    embedding_output: str | None
+
+    @property
+    def group(self) -> _Group:
+        return _Group(self.spec.front_end.name, self.spec.window_samples, self.spec.frames)
 
 
 def _audio_key(row: dict[str, Any]) -> str:
     return f"{row['codec']}|{row['sample_rate']}|{row['channels']}|{round(row['duration'] or 0, 2)}"
 
 
-def _windows(path: str) -> Iterator[np.ndarray]:
-    for window in iter_windows(path, MUSICNN_RATE, MUSICNN_WINDOW_S):
-        yield musicnn_melspec(window)[:MUSICNN_FRAMES]
-
-
 @dataclass
 class _Heard:
-    """What a worker extracts from one file: model input windows and the loudness measurement."""
+    """What a worker extracts from one file: model inputs per group, and the signal measurements."""
 
-    windows: np.ndarray | None
-    loudness: Loudness | None
+    inputs: dict[_Group, np.ndarray] = field(default_factory=dict)
+    seconds: float = 0.0
+    loudness: Loudness | None = None
+    tempo: Tempo | None = None
+    key: Key | None = None
     error: str | None = None
     loudness_error: str | None = None
 
 
-def _hear(path: str) -> _Heard:
-    """Decode and compute the front end of one file (runs in a worker process)."""
+def _hear(path: str, specs: dict[_Group, InputSpec]) -> _Heard:
+    """Decode one file and compute every group's model inputs and the measurements (runs in a worker)."""
+    heard = _Heard()
+    rates = sorted({spec.sample_rate for spec in specs.values()} | {MEASURE_RATE})
     try:
-        mels = np.stack(list(_windows(path)))
+        for rate in rates:
+            groups = {group: spec for group, spec in specs.items() if spec.sample_rate == rate}
+            windowers = {group: Windower(group.window_samples) for group in groups}
+            features: dict[_Group, list[np.ndarray]] = {group: [] for group in groups}
+            onsets, pitches = (OnsetEnvelope(), PitchProfile()) if rate == MEASURE_RATE else (None, None)
+            samples = 0
+            for chunk in iter_samples(path, rate):
+                samples += len(chunk)
+                for group, windower in windowers.items():
+                    features[group].extend(groups[group].features(w) for w in windower.feed(chunk))
+                if onsets is not None and pitches is not None:
+                    onsets.feed(chunk)
+                    pitches.feed(chunk)
+            for group, windower in windowers.items():
+                features[group].extend(groups[group].features(w) for w in windower.finish())
+                if features[group]:
+                    heard.inputs[group] = np.stack(features[group]).astype(np.float32, copy=False)
+            if onsets is not None and pitches is not None:
+                heard.seconds = samples / rate
+                heard.tempo = estimate_tempo(onsets.envelope())
+                heard.key = estimate_key(pitches.profile(), pitches.frames)
     except DecodeError as exc:
-        return _Heard(None, None, str(exc))
-    except ValueError:  # nothing to stack
-        return _Heard(None, None, "no audio could be decoded from the file")
+        return _Heard(error=str(exc))
+    if specs and not heard.inputs:
+        return _Heard(error="no audio could be decoded from the file")
     try:
-        loudness, loudness_error = measure_loudness(path), None
+        heard.loudness = measure_loudness(path)
     except DecodeError as exc:
-        loudness, loudness_error = None, str(exc)
-    return _Heard(mels.astype(np.float32, copy=False), loudness, None, loudness_error)
+        heard.loudness_error = str(exc)
+    return heard
 
 
-def _heard_in_order(paths: list[str], cancel: CancelToken, workers: int | None) -> Iterator[_Heard]:
-    """Decoded windows per file, in order; decoding runs in worker processes when there are several files,
+def _heard_in_order(paths: list[str], specs: dict[_Group, InputSpec], cancel: CancelToken,
+                    workers: int | None) -> Iterator[_Heard]:
+    """Decoded inputs per file, in order; decoding runs in worker processes when there are several files,
     so the models are fed while the next files are decoded."""
     count = workers if workers is not None else min(4, os.cpu_count() or 1)
     if count <= 1 or len(paths) < PARALLEL_ANALYSIS_THRESHOLD:
         for path in paths:
             if cancel.cancelled:
                 return
-            yield _hear(path)
+            yield _hear(path, specs)
         return
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=count, mp_context=context, initializer=init_worker) as pool:
         window = count + 1  # a few files ahead: enough to keep the models busy, bounded memory
-        futures = [pool.submit(_hear, path) for path in paths[:window]]
+        futures = [pool.submit(_hear, path, specs) for path in paths[:window]]
         for index in range(len(paths)):
             if cancel.cancelled or index >= len(futures):
                 for future in futures[index:]:
@@ -128,13 +177,13 @@ def _heard_in_order(paths: list[str], cancel: CancelToken, workers: int | None) 
                 heard = futures[index].result()
             except BrokenProcessPool:
                 log.warning("the decoder crashed on %s", paths[index])
-                yield _Heard(None, None, "the decoder crashed on this file")
+                yield _Heard(error="the decoder crashed on this file")
                 pool.shutdown(wait=False, cancel_futures=True)
-                yield from _heard_in_order(paths[index + 1:], cancel, workers)  # a fresh pool for the rest
+                yield from _heard_in_order(paths[index + 1:], specs, cancel, workers)  # a fresh pool for the rest
                 return
             futures[index] = None  # type: ignore[call-overload]  # release the memory of this result
             if len(futures) < len(paths) and not cancel.cancelled:
-                futures.append(pool.submit(_hear, paths[len(futures)]))
+                futures.append(pool.submit(_hear, paths[len(futures)], specs))
             yield heard
 
 
@@ -146,41 +195,141 @@ def _todo(library: Library, models: list[_Loaded], limit: int | None) -> tuple[l
     done: dict[tuple[int, str], tuple[str, str]] = {
         (track_id, model): (version, key) for track_id, model, version, key in library.conn.execute(
             "SELECT track_id, model, model_version, audio_key FROM analyses")}
-    measured = dict(library.conn.execute("SELECT track_id, audio_key FROM track_features").fetchall())
+    measured = {track_id: (key, version) for track_id, key, version in library.conn.execute(
+        "SELECT track_id, audio_key, features_version FROM track_features")}
     todo = []
     for row in rows:
         key = _audio_key(row)
-        if any(done.get((row["id"], m.name)) != (m.version, key) for m in models) or measured.get(row["id"]) != key:
+        if (any(done.get((row["id"], m.name)) != (m.version, key) for m in models)
+                or measured.get(row["id"]) != (key, FEATURES_VERSION)):
             todo.append(row)
     skipped = len(rows) - len(todo)
     return (todo[:limit] if limit else todo), skipped
 
 
+def _load(name: str, device: str) -> _Loaded:
+    model = registry.verify(name)  # ModelError names the install command
+    spec = model.manifest
+    try:
+        input_spec = frontends.input_spec(spec["input"])
+    except frontends.UnknownFrontEnd as exc:
+        raise registry.ModelError(f"{name}: {exc}") from exc
+    outputs = spec.get("outputs", {})
+    return _Loaded(name, model.version, model.labels, make_session(model.onnx_path, device), input_spec,
+                   spec["input"]["name"], outputs.get("labels"), outputs.get("embedding"))
+
+
+@dataclass
+class _TrackWork:
+    """A heard track whose windows are going through the models."""
+
+    row: dict[str, Any]
+    heard: _Heard
+    done: dict[_Group, int]  # windows already run, per group
+    sums: dict[str, list[np.ndarray | None]]  # per model: label sum, embedding sum
+
+    def finished(self) -> bool:
+        return all(self.done[g] >= len(self.heard.inputs.get(g, ())) for g in self.done)
+
+
+class _Batcher:
+    """Fills model batches with windows from consecutive tracks, and hands back tracks whose every window
+    has been through every model, in their original order."""
+
+    def __init__(self, models: list[_Loaded], batch: int) -> None:
+        self.models = models
+        self.batch = batch
+        self.groups: dict[_Group, list[_Loaded]] = {}
+        for model in models:
+            self.groups.setdefault(model.group, []).append(model)
+        self.pending: deque[_TrackWork] = deque()
+
+    def add(self, row: dict[str, Any], heard: _Heard) -> list[_TrackWork]:
+        self.pending.append(_TrackWork(row, heard, dict.fromkeys(self.groups, 0),
+                                       {m.name: [None, None] for m in self.models}))
+        return self._run(full_only=True)
+
+    def drain(self) -> list[_TrackWork]:
+        return self._run(full_only=False)
+
+    def _run(self, full_only: bool) -> list[_TrackWork]:
+        for group, models in self.groups.items():
+            while True:
+                waiting = sum(len(w.heard.inputs.get(group, ())) - w.done[group] for w in self.pending)
+                if waiting == 0 or (full_only and waiting < self.batch):
+                    break
+                pieces, owners = [], []
+                for work in self.pending:
+                    windows = work.heard.inputs.get(group)
+                    if windows is None or work.done[group] >= len(windows):
+                        continue
+                    take = min(self.batch - sum(len(p) for p in pieces), len(windows) - work.done[group])
+                    pieces.append(windows[work.done[group]:work.done[group] + take])
+                    owners.append((work, take))
+                    if sum(len(p) for p in pieces) >= self.batch:
+                        break
+                batch = np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
+                for model in models:
+                    _run_model(model, batch, owners)
+                for work, take in owners:
+                    work.done[group] += take
+        finished = []
+        while self.pending and self.pending[0].finished():
+            work = self.pending.popleft()
+            work.heard.inputs = {}  # the windows are no longer needed
+            finished.append(work)
+        return finished
+
+
+def _run_model(model: _Loaded, batch: np.ndarray, owners: list[tuple[_TrackWork, int]]) -> None:
+    names = [n for n in (model.label_output, model.embedding_output) if n]
+    results = dict(zip(names, model.session.run(names, {model.input_name: batch}), strict=True))
+    offset = 0
+    for work, take in owners:
+        sums = work.sums[model.name]
+        for slot, name in enumerate((model.label_output, model.embedding_output)):
+            if name is None:
+                continue
+            values = results[name][offset:offset + take]
+            if values.ndim == 3:  # one vector per token: the window's vector is their mean
+                values = values.mean(axis=1)
+            total = values.sum(axis=0, dtype=np.float64)
+            sums[slot] = total if sums[slot] is None else sums[slot] + total
+        offset += take
+
+
 def analyze(library: Library, *, models: list[str] | None = None, device: str = "auto", limit: int | None = None,
             progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
             workers: int | None = None) -> AnalysisSummary:
-    """Analyse the library's tracks that the installed models have not heard yet."""
+    """Analyse the library's tracks that the installed models have not heard yet, and measure them."""
     progress = progress or no_progress
     cancel = cancel or CancelToken()
-    names = models or registry.default_models()
-    loaded = []
-    for name in names:
-        model = registry.verify(name)  # ModelError names the install command
-        if model.manifest["input"]["front_end"] != "musicnn-logmel":
-            raise registry.ModelError(f"{name}: the {model.manifest['input']['front_end']} front end is not "
-                                      "available in this version")
-        loaded.append(_Loaded(name, model.version, model.labels, make_session(model.onnx_path, device)))
-    summary = AnalysisSummary("running", names, device=loaded[0].session.get_providers()[0] if loaded else "cpu")
+    names = models if models is not None else registry.default_models()
+    loaded = [_load(name, device) for name in names]
+    provider = loaded[0].session.get_providers()[0] if loaded else "CPUExecutionProvider"
+    summary = AnalysisSummary("running", names, device=provider)
+    batcher = _Batcher(loaded, BATCH_WINDOWS["cuda" if provider == "CUDAExecutionProvider" else "cpu"])
+    specs = {model.group: model.spec for model in loaded}
     started = time.monotonic()
     with library.job_lock("analyze"):
         todo, summary.skipped = _todo(library, loaded, limit)
         progress(Progress("analyze", 0, len(todo)))
-        heard_files = _heard_in_order([fs_path(bytes(row["path_key"])) for row in todo], cancel, workers)
-        try:
-            for done, (row, heard) in enumerate(zip(todo, heard_files, strict=False), start=1):
-                _store_analysis(library, row, heard, loaded, summary)
+        heard_files = _heard_in_order([fs_path(bytes(row["path_key"])) for row in todo], specs, cancel, workers)
+        stored = 0
+
+        def store(finished: list[_TrackWork]) -> None:
+            nonlocal stored
+            for work in finished:
+                _store_analysis(library, work, loaded, summary)
+                stored += 1
                 speed = summary.seconds_of_audio / max(time.monotonic() - started, 1e-6)
-                progress(Progress("analyze", done, len(todo), current=row["path"], message=f"{speed:.0f}× real time"))
+                progress(Progress("analyze", stored, len(todo), current=work.row["path"],
+                                  message=f"{speed:.0f}× real time"))
+
+        try:
+            for row, heard in zip(todo, heard_files, strict=False):
+                store(batcher.add(row, heard))
+            store(batcher.drain())  # also after a cancel: what was heard is kept
         finally:
             heard_files.close()
         summary.status = "cancelled" if cancel.cancelled else "completed"
@@ -188,56 +337,54 @@ def analyze(library: Library, *, models: list[str] | None = None, device: str = 
     return summary
 
 
-def _store_analysis(library: Library, row: dict[str, Any], heard: _Heard, models: list[_Loaded],
-                    summary: AnalysisSummary) -> None:
-    sums: dict[str, list[np.ndarray]] = {m.name: [np.zeros(len(m.labels)), np.zeros(200)] for m in models}
-    count = 0
-    if heard.windows is not None:
-        for start in range(0, len(heard.windows), BATCH_WINDOWS):
-            _run_batch(heard.windows[start:start + BATCH_WINDOWS], models, sums)
-        count = len(heard.windows)
+def _store_analysis(library: Library, work: _TrackWork, models: list[_Loaded], summary: AnalysisSummary) -> None:
+    row, heard = work.row, work.heard
     error = heard.error
-    loudness = heard.loudness
+    loudness, tempo, key = heard.loudness, heard.tempo, heard.key
     now = utc_now()
-    key = _audio_key(row)
+    audio_key = _audio_key(row)
     with library.transaction() as conn:
-        conn.execute("INSERT OR REPLACE INTO track_features (track_id, audio_key, loudness_lufs, peak_dbfs, error, "
-                     "measured_at) VALUES (?, ?, ?, ?, ?, ?)",
-                     (row["id"], key, loudness.integrated_lufs if loudness else None,
-                      loudness.sample_peak_dbfs if loudness else None, heard.loudness_error or error, now))
+        conn.execute(
+            "INSERT OR REPLACE INTO track_features (track_id, audio_key, features_version, loudness_lufs, peak_dbfs, "
+            "bpm, bpm_confidence, key, key_confidence, error, measured_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (row["id"], audio_key, FEATURES_VERSION, loudness.integrated_lufs if loudness else None,
+             loudness.sample_peak_dbfs if loudness else None, tempo.bpm if tempo else None,
+             tempo.confidence if tempo else None, key.name if key else None, key.confidence if key else None,
+             heard.loudness_error or error, now))
         for model in models:
+            count = work.done[model.group]
+            label_sum, embedding_sum = work.sums[model.name]
             if error is None and count:
-                tags, penultimate = sums[model.name]
-                labels = {label: round(float(p), 5) for label, p in zip(model.labels, tags / count, strict=True)}
-                embedding = (penultimate / count).astype(np.float32)
-                norm = float(np.linalg.norm(embedding))
-                embedding = embedding / norm if norm > 0 else embedding
-                values = ("ok", None, json.dumps(labels), embedding.tobytes())
+                labels = None
+                if label_sum is not None:
+                    labels = json.dumps({label: round(float(p), 5)
+                                         for label, p in zip(model.labels, label_sum / count, strict=True)})
+                blob = None
+                if embedding_sum is not None:
+                    embedding = (embedding_sum / count).astype(np.float32)
+                    norm = float(np.linalg.norm(embedding))
+                    blob = (embedding / norm if norm > 0 else embedding).tobytes()
+                values = ("ok", None, labels, blob)
             else:
                 values = ("error", error or "no audio", None, None)
             conn.execute(
                 "INSERT OR REPLACE INTO analyses (track_id, model, model_version, audio_key, status, error, labels, "
                 "embedding, windows, seconds, device, analysed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (row["id"], model.name, model.version, key, *values, count, count * MUSICNN_WINDOW_S,
+                (row["id"], model.name, model.version, audio_key, *values, count, count * model.spec.window_s,
                  model.session.get_providers()[0], now))
-    if error is None and count:
+    if error is None:
         summary.analysed += 1
-        summary.seconds_of_audio += min(count * MUSICNN_WINDOW_S, row["duration"] or count * MUSICNN_WINDOW_S)
+        summary.seconds_of_audio += heard.seconds
     else:
-        summary.errors.append({"path": row["path"], "reason": error or "no audio"})
-
-
-def _run_batch(batch: np.ndarray, models: list[_Loaded], sums: dict[str, list[np.ndarray]]) -> None:
-    for model in models:
-        tags, penultimate = model.session.run(["tags", "penultimate"], {"melspec": batch.astype(np.float32)})
-        sums[model.name][0] += tags.sum(axis=0)
-        sums[model.name][1] += penultimate.sum(axis=0)
+        summary.errors.append({"path": row["path"], "reason": error})
 
 
 def track_features(library: Library, track_id: int) -> dict[str, Any] | None:
-    row = library.conn.execute("SELECT loudness_lufs, peak_dbfs, error FROM track_features WHERE track_id = ?",
+    """The stored measurements of a track: loudness, peak, tempo and key (with confidences)."""
+    names = ("loudness_lufs", "peak_dbfs", "bpm", "bpm_confidence", "key", "key_confidence", "error")
+    row = library.conn.execute(f"SELECT {', '.join(names)} FROM track_features WHERE track_id = ?",
                                (track_id,)).fetchone()
-    return None if row is None else {"loudness_lufs": row[0], "peak_dbfs": row[1], "error": row[2]}
+    return None if row is None else dict(zip(names, row, strict=True))
 
 
 def track_analyses(library: Library, track_id: int) -> list[dict[str, Any]]:

@@ -82,3 +82,59 @@ def musicnn_melspec(signal: np.ndarray, *, pad_mode: str = "constant") -> np.nda
     power = power_spectrogram(signal, MUSICNN_FFT, MUSICNN_HOP, pad_mode=pad_mode)
     mel = (_MUSICNN_FILTERS @ power).T
     return np.log10(10000.0 * mel.astype(np.float16).astype(np.float32) + 1.0)
+
+
+# -- Kaldi filter-bank features, as BEATs computes them (torchaudio.compliance.kaldi.fbank) ----------------
+
+KALDI_RATE = 16000
+KALDI_FRAME = 400  # 25 ms
+KALDI_SHIFT = 160  # 10 ms
+KALDI_FFT = 512
+KALDI_BANDS = 128
+BEATS_MEAN = 15.41663
+BEATS_STD = 6.55582
+_KALDI_BANKS: np.ndarray | None = None
+
+
+def _kaldi_mel(freqs: np.ndarray) -> np.ndarray:
+    return 1127.0 * np.log(1.0 + np.asarray(freqs, dtype=np.float32) / 700.0)
+
+
+def kaldi_mel_banks(bands: int = KALDI_BANDS, low_hz: float = 20.0, high_hz: float = KALDI_RATE / 2) -> np.ndarray:
+    """[bands, 1 + FFT / 2] triangles evenly spaced on Kaldi's mel scale (weights in float32, as torchaudio
+    builds them; the Nyquist bin gets no weight)."""
+    mel_low, mel_high = _kaldi_mel(np.float32(low_hz)), _kaldi_mel(np.float32(high_hz))
+    delta = (mel_high - mel_low) / np.float32(bands + 1)
+    bin_mels = _kaldi_mel(np.float32(KALDI_RATE / KALDI_FFT) * np.arange(KALDI_FFT // 2, dtype=np.float32))
+    left = mel_low + np.arange(bands, dtype=np.float32)[:, None] * delta
+    centre, right = left + delta, left + 2 * delta
+    up = (bin_mels[None, :] - left) / (centre - left)
+    down = (right - bin_mels[None, :]) / (right - centre)
+    banks = np.maximum(np.float32(0.0), np.minimum(up, down)).astype(np.float32)
+    return np.pad(banks, ((0, 0), (0, 1)))
+
+
+def kaldi_fbank(signal: np.ndarray) -> np.ndarray:
+    """[frames, 128] log mel energies of 16 kHz audio scaled to 16-bit range, Kaldi style: 25 ms frames every
+    10 ms without edge padding, DC removed, pre-emphasis 0.97, Povey window, 512-point power spectrum."""
+    global _KALDI_BANKS
+    if _KALDI_BANKS is None:
+        _KALDI_BANKS = kaldi_mel_banks()
+    signal = np.asarray(signal, dtype=np.float32) * np.float32(2 ** 15)
+    if len(signal) < KALDI_FRAME:
+        return np.zeros((0, KALDI_BANDS), dtype=np.float32)
+    frames = 1 + (len(signal) - KALDI_FRAME) // KALDI_SHIFT
+    strides = (signal.strides[0] * KALDI_SHIFT, signal.strides[0])
+    framed = np.lib.stride_tricks.as_strided(signal, shape=(frames, KALDI_FRAME), strides=strides).astype(np.float64)
+    framed = framed - framed.mean(axis=1, keepdims=True)
+    previous = np.concatenate([framed[:, :1], framed[:, :-1]], axis=1)
+    framed = framed - 0.97 * previous
+    window = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(KALDI_FRAME) / (KALDI_FRAME - 1))) ** 0.85
+    power = np.abs(np.fft.rfft(framed * window, n=KALDI_FFT, axis=1)) ** 2
+    energies = power @ _KALDI_BANKS.T.astype(np.float64)
+    return np.log(np.maximum(energies, np.finfo(np.float32).eps)).astype(np.float32)
+
+
+def beats_fbank(signal: np.ndarray) -> np.ndarray:
+    """BEATs' input for 16 kHz mono audio: the Kaldi fbank, normalised with its AudioSet mean and twice its std."""
+    return (kaldi_fbank(signal) - np.float32(BEATS_MEAN)) / np.float32(2 * BEATS_STD)

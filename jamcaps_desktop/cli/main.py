@@ -248,6 +248,10 @@ def show(obj: Context, track: str, as_json: bool, raw: bool) -> None:
     analyses = track_analyses(library, row["id"])
     if analyses or features:
         out.print("[bold]Analysis")
+    if features and features["bpm"] is not None:
+        out.print(f"  [dim]{'Tempo':<26}[/] {features['bpm']:.2f} BPM (confidence {features['bpm_confidence']:.2f})")
+    if features and features["key"] is not None:
+        out.print(f"  [dim]{'Key':<26}[/] {features['key']} (confidence {features['key_confidence']:.2f})")
     if features and features["loudness_lufs"] is not None:
         out.print(f"  [dim]{'Loudness':<26}[/] {features['loudness_lufs']:.1f} LUFS (EBU R128), "
                   f"peak {features['peak_dbfs']:.1f} dBFS")

@@ -155,7 +155,7 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (track_id, model)
     );
     """,
-    # 4: measurements of the signal itself (no model): loudness now; tempo and key later.
+    # 4: measurements of the signal itself (no model): loudness.
     """
     CREATE TABLE track_features (
         track_id INTEGER PRIMARY KEY REFERENCES tracks(id) ON DELETE CASCADE,
@@ -165,6 +165,14 @@ MIGRATIONS: list[str] = [
         error TEXT,
         measured_at TEXT NOT NULL
     );
+    """,
+    # 5: tempo and key, and which version of the measurements a row holds.
+    """
+    ALTER TABLE track_features ADD COLUMN features_version INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE track_features ADD COLUMN bpm REAL;              -- beats per minute, with decimals
+    ALTER TABLE track_features ADD COLUMN bpm_confidence REAL;   -- 0-1
+    ALTER TABLE track_features ADD COLUMN key TEXT;              -- TKEY notation: "F#m", "Bb"
+    ALTER TABLE track_features ADD COLUMN key_confidence REAL;   -- 0-1
     """,
 ]
 

@@ -6,6 +6,7 @@ import re
 import uuid
 
 from jamcaps_desktop.tags.fields import FIELDS, MULTI_VALUE_FIELDS
+from jamcaps_desktop.tags.keys import parse_key
 
 MAX_VALUE_CHARS = 100_000
 _DATE = re.compile(r"^\d{4}(-\d{2}(-\d{2})?)?$")
@@ -54,6 +55,12 @@ def _normalise_one(field: str, value: str) -> str:
         if not 0 < number < 1000:
             raise InvalidValueError(f"bpm {value!r} is out of range")
         return str(round(number))
+    if field == "key":
+        canonical = parse_key(value)
+        if canonical is None:
+            raise InvalidValueError(f"key {value!r} is not a musical key; write it like C, F#m, Bb or Ebm "
+                                    "(Camelot and Open Key codes are understood too)")
+        return canonical
     if field in _NUMBER_FIELDS:
         if not value.isdigit() or int(value) <= 0:
             raise InvalidValueError(f"{field} must be a positive whole number, not {value!r}")
