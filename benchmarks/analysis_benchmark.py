@@ -1,29 +1,37 @@
-"""Analysis speed: decoding alone against the whole analysis, and peak memory on a two-hour file.
+"""Analysis speed: decoding alone against the whole analysis, model throughput, and peak memory.
 
-    python benchmarks/analysis_benchmark.py [--audio FOLDER] [--minutes 60]
+    python benchmarks/analysis_benchmark.py [--audio FOLDER] [--minutes 60] [--device auto|cpu|cuda]
+                                            [--workers N] [--batches 1,8,64,256] [--skip-memory]
 
-Measures, on the same files: (1) decoding alone (PyAV to 16 kHz mono, as the analysis decodes), (2) the
-whole analysis job (decode + log-mel + both musicnn taggers + loudness), in tracks per minute and times
-real time; then the peak resident memory of analysing one generated two-hour file in a fresh process.
-The default models must be installed (`jamcaps models install --default`).
+Measures, on the same files: (1) decoding alone (PyAV to 16 kHz mono, as the analysis decodes, in as
+many worker processes as the analysis uses), (2) the whole analysis job (one decode per file feeding the
+log-mel, both musicnn taggers, tempo, key and loudness), in tracks per minute and times real time;
+(3) the taggers alone, in windows per second at several batch sizes, on the chosen device; then the peak
+resident memory of analysing one generated two-hour file in a fresh process. The default models must be
+installed (`jamcaps models install --default`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from audio_fixtures import make_audio
+from audio_fixtures import cadence, drum_pattern, encode_signal, make_audio
 
 from jamcaps_desktop.analysis.analyze import analyze
 from jamcaps_desktop.audio.decode import iter_samples
@@ -32,33 +40,45 @@ from jamcaps_desktop.scan.scanner import scan
 
 
 def _generated_hour(folder: Path, minutes: int) -> Path:
+    """Three-minute tracks of drums over chords (a different tempo and key each), MP3 and FLAC in turn."""
     folder.mkdir(parents=True, exist_ok=True)
     for index in range(minutes // 3):
-        path = folder / f"tone{index:03d}.flac"
+        fmt = "mp3" if index % 2 == 0 else "flac"
+        path = folder / f"track{index:03d}.{fmt}"
         if not path.exists():
-            make_audio(path, "flac", seconds=180.0, freq=220.0 + 10 * index)
+            phrase = 0.6 * drum_pattern(80.0 + 5 * index, 30.0) + 0.4 * cadence(index % 12, index % 3 == 0, 30.0)
+            encode_signal(path, fmt, np.tile(phrase, 6), 44100)
     return folder
 
 
-def _decode_all(paths: list[str]) -> float:
+def _decode_one(path: str) -> int:
+    return sum(len(chunk) for chunk in iter_samples(path, 16000))
+
+
+def _decode_all(paths: list[str], workers: int) -> float:
     start = time.perf_counter()
-    for path in paths:
-        for _chunk in iter_samples(path, 16000):
-            pass
+    if workers <= 1:
+        for path in paths:
+            _decode_one(path)
+    else:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            list(pool.map(_decode_one, paths))
     return time.perf_counter() - start
 
 
-def _measure(folder: Path, workdir: Path) -> dict[str, float]:
+def _measure(folder: Path, workdir: Path, device: str, workers: int) -> dict[str, float]:
     library = Library(workdir / f"{folder.name}.sqlite")
     scan(library, [folder])
     rows = library.conn.execute("SELECT path, duration FROM tracks WHERE status = 'ok'").fetchall()
     paths, seconds = [r[0] for r in rows], sum(r[1] for r in rows)
-    decode_s = _decode_all(paths)
+    decode_s = _decode_all(paths, workers)
     start = time.perf_counter()
-    summary = analyze(library, device="cpu")
+    summary = analyze(library, device=device, workers=workers)
     analysis_s = time.perf_counter() - start
     library.close()
     return {
+        "device": summary.device, "workers": workers,
         "tracks": len(paths), "audio_minutes": round(seconds / 60, 1),
         "decode_s": round(decode_s, 1), "decode_tracks_per_min": round(len(paths) / decode_s * 60, 1),
         "decode_x_realtime": round(seconds / decode_s, 1),
@@ -66,6 +86,32 @@ def _measure(folder: Path, workdir: Path) -> dict[str, float]:
         "analysis_x_realtime": round(seconds / analysis_s, 1),
         "analysis_vs_decode": round(decode_s / analysis_s, 2),
     }
+
+
+def _model_throughput(device: str, batches: list[int]) -> dict[str, dict[str, float]]:
+    """Windows per second through each default model alone, by batch size (median of timed runs)."""
+    from jamcaps_desktop.models import registry
+    from jamcaps_desktop.models.engine import make_session
+
+    out: dict[str, dict[str, float]] = {}
+    rng = np.random.default_rng(0)
+    for name in registry.default_models():
+        model = registry.verify(name)
+        session = make_session(model.onnx_path, device)
+        spec = model.manifest["input"]
+        per_batch = {}
+        for batch in batches:
+            data = rng.random((batch, spec["frames"], spec["bands"]), dtype=np.float32) * 3
+            session.run(None, {spec["name"]: data})  # warm-up: kernels chosen, memory allocated
+            times = []
+            deadline = time.perf_counter() + 3.0
+            while len(times) < 5 or (time.perf_counter() < deadline and len(times) < 200):
+                start = time.perf_counter()
+                session.run(["tags", "penultimate"], {spec["name"]: data})
+                times.append(time.perf_counter() - start)
+            per_batch[str(batch)] = round(batch / statistics.median(times), 1)
+        out[f"{name} ({session.get_providers()[0]}) windows/s by batch"] = per_batch
+    return out
 
 
 def _peak_memory_child(path: str, library: str) -> None:
@@ -84,24 +130,41 @@ def main() -> None:
     parser.add_argument("--minutes", type=int, default=60)
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "jamcaps-analysis-bench")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
+    parser.add_argument("--batches", default="1,8,64,256")
+    parser.add_argument("--skip-memory", action="store_true")
     args = parser.parse_args()
     results: dict[str, object] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
+        results.update(_model_throughput(args.device, [int(b) for b in args.batches.split(",")]))
         for folder in args.audio:
-            results[str(folder)] = _measure(folder, work)
-        results["generated"] = _measure(_generated_hour(args.cache / "hour", args.minutes), work)
-        long_file = args.cache / "two-hours.flac"
-        if not long_file.exists():
-            make_audio(long_file, "flac", seconds=7200.0, freq=330.0)
-        child = subprocess.run([sys.executable, __file__, "--peak-child", str(long_file), str(work / "long.sqlite")],
-                               capture_output=True, text=True, check=True)
-        results["two_hour_file_peak_rss_mb"] = round(int(child.stdout.strip().splitlines()[-1]) / 1024, 1)
+            results[str(folder)] = _measure(folder, work, args.device, args.workers)
+        results["generated"] = _measure(_generated_hour(args.cache / "hour-of-music", args.minutes), work, args.device,
+                                        args.workers)
+        if not args.skip_memory:
+            long_file = args.cache / "two-hours.flac"
+            if not long_file.exists():
+                make_audio(long_file, "flac", seconds=7200.0, freq=330.0)
+            child = subprocess.run([sys.executable, __file__, "--peak-child", str(long_file),
+                                    str(work / "long.sqlite")], capture_output=True, text=True, check=True)
+            results["two_hour_file_peak_rss_mb"] = round(int(child.stdout.strip().splitlines()[-1]) / 1024, 1)
     results["machine"] = (f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_implementation()} "
-                          f"{platform.python_version()}, {platform.system()} {platform.release()}, CPU provider")
+                          f"{platform.python_version()}, {platform.system()} {platform.release()}, "
+                          f"{_gpu_name() or 'no GPU'}")
     print(json.dumps(results, indent=2))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def _gpu_name() -> str | None:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
 
 
 if __name__ == "__main__":

@@ -36,12 +36,12 @@ from typing import Any
 import numpy as np
 
 from jamcaps_desktop.audio import frontends
-from jamcaps_desktop.audio.decode import DecodeError, iter_samples
+from jamcaps_desktop.audio.decode import DecodeError, DecodeStats, iter_outputs
 from jamcaps_desktop.audio.frontends import InputSpec, Windower
 from jamcaps_desktop.audio.key import Key, PitchProfile
 from jamcaps_desktop.audio.key import estimate as estimate_key
-from jamcaps_desktop.audio.loudness import Loudness
-from jamcaps_desktop.audio.loudness import measure as measure_loudness
+from jamcaps_desktop.audio.loudness import RATE as LOUDNESS_RATE
+from jamcaps_desktop.audio.loudness import Loudness, LoudnessMeter
 from jamcaps_desktop.audio.tempo import OnsetEnvelope, Tempo
 from jamcaps_desktop.audio.tempo import estimate as estimate_tempo
 from jamcaps_desktop.jobs.base import CancelToken, Progress, ProgressCallback, no_progress
@@ -53,7 +53,7 @@ from jamcaps_desktop.models.engine import make_session
 
 log = logging.getLogger(__name__)
 
-BATCH_WINDOWS = {"cpu": 8, "cuda": 64}  # CPU: ~10 MB of intermediate tensors per musicnn window
+BATCH_WINDOWS = {"cpu": 1, "cuda": 64}  # CPU: one window at a time measured fastest (and smallest)
 PARALLEL_ANALYSIS_THRESHOLD = 4  # fewer files than this are decoded in the job's own process
 MEASURE_RATE = 16000  # tempo and key are measured on the 16 kHz decode
 FEATURES_VERSION = 2  # 1: loudness; 2: + tempo and key. Older measurements are redone.
@@ -113,43 +113,41 @@ class _Heard:
     tempo: Tempo | None = None
     key: Key | None = None
     error: str | None = None
-    loudness_error: str | None = None
 
 
 def _hear(path: str, specs: dict[_Group, InputSpec]) -> _Heard:
-    """Decode one file and compute every group's model inputs and the measurements (runs in a worker)."""
+    """Decode one file once and compute every group's model inputs and the measurements (runs in a worker)."""
     heard = _Heard()
-    rates = sorted({spec.sample_rate for spec in specs.values()} | {MEASURE_RATE})
+    rates = [MEASURE_RATE, *sorted({spec.sample_rate for spec in specs.values()} - {MEASURE_RATE})]
+    outputs = [(rate, True) for rate in rates] + [(LOUDNESS_RATE, False)]
+    loudness_output = len(outputs) - 1
+    windowers = {group: Windower(group.window_samples) for group in specs}
+    by_rate = {index: [g for g in specs if specs[g].sample_rate == rate] for index, rate in enumerate(rates)}
+    features: dict[_Group, list[np.ndarray]] = {group: [] for group in specs}
+    onsets, pitches, meter = OnsetEnvelope(), PitchProfile(), LoudnessMeter()
+    stats = DecodeStats()
     try:
-        for rate in rates:
-            groups = {group: spec for group, spec in specs.items() if spec.sample_rate == rate}
-            windowers = {group: Windower(group.window_samples) for group in groups}
-            features: dict[_Group, list[np.ndarray]] = {group: [] for group in groups}
-            onsets, pitches = (OnsetEnvelope(), PitchProfile()) if rate == MEASURE_RATE else (None, None)
-            samples = 0
-            for chunk in iter_samples(path, rate):
-                samples += len(chunk)
-                for group, windower in windowers.items():
-                    features[group].extend(groups[group].features(w) for w in windower.feed(chunk))
-                if onsets is not None and pitches is not None:
-                    onsets.feed(chunk)
-                    pitches.feed(chunk)
-            for group, windower in windowers.items():
-                features[group].extend(groups[group].features(w) for w in windower.finish())
-                if features[group]:
-                    heard.inputs[group] = np.stack(features[group]).astype(np.float32, copy=False)
-            if onsets is not None and pitches is not None:
-                heard.seconds = samples / rate
-                heard.tempo = estimate_tempo(onsets.envelope())
-                heard.key = estimate_key(pitches.profile(), pitches.frames)
+        for index, chunk in iter_outputs(path, outputs, stats=stats):
+            if index == loudness_output:
+                meter.feed(chunk)
+                continue
+            for group in by_rate[index]:
+                features[group].extend(specs[group].features(w) for w in windowers[group].feed(chunk))
+            if index == 0:
+                onsets.feed(chunk)
+                pitches.feed(chunk)
     except DecodeError as exc:
         return _Heard(error=str(exc))
+    for group, windower in windowers.items():
+        features[group].extend(specs[group].features(w) for w in windower.finish())
+        if features[group]:
+            heard.inputs[group] = np.stack(features[group]).astype(np.float32, copy=False)
     if specs and not heard.inputs:
         return _Heard(error="no audio could be decoded from the file")
-    try:
-        heard.loudness = measure_loudness(path)
-    except DecodeError as exc:
-        heard.loudness_error = str(exc)
+    heard.seconds = stats.samples / MEASURE_RATE
+    heard.tempo = estimate_tempo(onsets.envelope())
+    heard.key = estimate_key(pitches.profile(), pitches.frames)
+    heard.loudness = meter.result(stats.channels)
     return heard
 
 
@@ -350,7 +348,7 @@ def _store_analysis(library: Library, work: _TrackWork, models: list[_Loaded], s
             (row["id"], audio_key, FEATURES_VERSION, loudness.integrated_lufs if loudness else None,
              loudness.sample_peak_dbfs if loudness else None, tempo.bpm if tempo else None,
              tempo.confidence if tempo else None, key.name if key else None, key.confidence if key else None,
-             heard.loudness_error or error, now))
+             error, now))
         for model in models:
             count = work.done[model.group]
             label_sum, embedding_sum = work.sums[model.name]

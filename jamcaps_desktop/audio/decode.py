@@ -40,6 +40,15 @@ def iter_samples(path: str, sample_rate: int, *, max_seconds: float | None = Non
                  stats: DecodeStats | None = None, mono: bool = True) -> Iterator[np.ndarray]:
     """Float32 chunks at ``sample_rate``, in file order, as they are decoded: mono (the channels'
     mean), or with ``mono=False`` [channels, samples] arrays."""
+    for _index, chunk in iter_outputs(path, [(sample_rate, mono)], max_seconds=max_seconds, stats=stats):
+        yield chunk
+
+
+def iter_outputs(path: str, outputs: list[tuple[int, bool]], *, max_seconds: float | None = None,
+                 stats: DecodeStats | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """Decode the file once and resample it to each of ``outputs`` (sample rate, mono): yields
+    (output index, chunk) in file order, each output's chunks as ``iter_samples`` gives them. One
+    decode feeding several consumers (models at 16 kHz, loudness at 48 kHz) costs one decode."""
     stats = stats if stats is not None else DecodeStats()
     try:
         container = av.open(path, metadata_errors="ignore")
@@ -53,12 +62,12 @@ def iter_samples(path: str, sample_rate: int, *, max_seconds: float | None = Non
             raise DecodeError("no decoder for this audio format")
         # Channels are kept through resampling and averaged here: FFmpeg's own down-mix to mono scales
         # stereo by 1/√2 per channel (+3 dB against the plain mean that analysis models were trained on).
-        resampler = av.AudioResampler(format="fltp", rate=sample_rate)
-        limit = int(max_seconds * sample_rate) if max_seconds else None
-        produced = 0
+        resamplers = [av.AudioResampler(format="fltp", rate=rate) for rate, _mono in outputs]
+        limits = [int(max_seconds * rate) if max_seconds else None for rate, _mono in outputs]
+        produced = [0] * len(outputs)
 
-        def emit(frames: list[av.AudioFrame]) -> Iterator[np.ndarray]:
-            nonlocal produced
+        def emit(index: int, frames: list[av.AudioFrame]) -> Iterator[tuple[int, np.ndarray]]:
+            mono, limit = outputs[index][1], limits[index]
             for out in frames:
                 planes = out.to_ndarray()  # [channels, samples] for a planar format
                 if not stats.channels:
@@ -69,13 +78,14 @@ def iter_samples(path: str, sample_rate: int, *, max_seconds: float | None = Non
                 else:
                     chunk = np.ascontiguousarray(planes, dtype=np.float32)
                 size = chunk.shape[-1]
-                if limit is not None and produced + size > limit:
-                    chunk = chunk[..., : limit - produced]
+                if limit is not None and produced[index] + size > limit:
+                    chunk = chunk[..., : limit - produced[index]]
                     size = chunk.shape[-1]
-                produced += size
-                stats.samples += size
+                produced[index] += size
+                if index == 0:
+                    stats.samples += size
                 if size:
-                    yield chunk
+                    yield index, chunk
 
         for packet in container.demux(stream):
             try:
@@ -86,11 +96,13 @@ def iter_samples(path: str, sample_rate: int, *, max_seconds: float | None = Non
                     log.warning("%s: skipped a damaged packet (%s)", path, _reason(exc))
                 continue
             for frame in frames:
-                frame.pts = None  # let the resampler follow the samples, not damaged timestamps
-                yield from emit(resampler.resample(frame))
-            if limit is not None and produced >= limit:
+                frame.pts = None  # let the resamplers follow the samples, not damaged timestamps
+                for index, resampler in enumerate(resamplers):
+                    yield from emit(index, resampler.resample(frame))
+            if limits[0] is not None and produced[0] >= limits[0]:
                 return
-        yield from emit(resampler.resample(None))
+        for index, resampler in enumerate(resamplers):
+            yield from emit(index, resampler.resample(None))
     except av.error.FFmpegError as exc:
         if stats.samples == 0:
             raise DecodeError(f"the audio cannot be decoded ({_reason(exc)})") from exc

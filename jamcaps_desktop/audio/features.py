@@ -8,6 +8,7 @@ features get the same input.
 from __future__ import annotations
 
 import numpy as np
+import scipy.fft
 
 
 def hz_to_mel(freqs: np.ndarray) -> np.ndarray:
@@ -63,7 +64,7 @@ def power_spectrogram(signal: np.ndarray, n_fft: int, hop: int, *, center: bool 
     window = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)
     strides = (signal.strides[0] * hop, signal.strides[0])
     framed = np.lib.stride_tricks.as_strided(signal, shape=(frames, n_fft), strides=strides)
-    spectrum = np.fft.rfft(framed * window, n=n_fft, axis=1)
+    spectrum = scipy.fft.rfft(framed * window, n=n_fft, axis=1)
     return (np.abs(spectrum) ** 2).T.astype(np.float32)
 
 
@@ -130,7 +131,7 @@ def kaldi_fbank(signal: np.ndarray) -> np.ndarray:
     previous = np.concatenate([framed[:, :1], framed[:, :-1]], axis=1)
     framed = framed - 0.97 * previous
     window = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(KALDI_FRAME) / (KALDI_FRAME - 1))) ** 0.85
-    power = np.abs(np.fft.rfft(framed * window, n=KALDI_FFT, axis=1)) ** 2
+    power = np.abs(scipy.fft.rfft(framed * window, n=KALDI_FFT, axis=1)) ** 2
     energies = power @ _KALDI_BANKS.T.astype(np.float64)
     return np.log(np.maximum(energies, np.finfo(np.float32).eps)).astype(np.float32)
 

@@ -5,12 +5,24 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
 
 def _nvidia_driver_present() -> bool:
     return Path("/proc/driver/nvidia/version").exists() or os.environ.get("CUDA_VISIBLE_DEVICES", "") not in ("", "-1")
+
+
+def _preload_cuda_libraries(ort: Any) -> None:
+    """Let onnxruntime find CUDA and cuDNN installed as Python packages (nvidia-*), as torch installs them."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return
+    try:
+        preload()
+    except Exception as exc:  # a failed preload only means the system's own libraries are used
+        log.debug("onnxruntime.preload_dlls: %s", exc)
 
 
 def make_session(model_path: str | os.PathLike[str], device: str = "auto"):  # -> onnxruntime.InferenceSession
@@ -23,6 +35,7 @@ def make_session(model_path: str | os.PathLike[str], device: str = "auto"):  # -
     if device == "cuda" or (device == "auto" and _nvidia_driver_present()):
         if "CUDAExecutionProvider" in ort.get_available_providers():
             wanted.insert(0, "CUDAExecutionProvider")
+            _preload_cuda_libraries(ort)
         elif device == "cuda":
             raise RuntimeError("CUDA was asked for, but this onnxruntime has no CUDA provider")
     options = ort.SessionOptions()
