@@ -19,6 +19,7 @@ import multiprocessing
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -39,15 +40,22 @@ from jamcaps_desktop.library import Library
 from jamcaps_desktop.scan.scanner import scan
 
 
-def _generated_hour(folder: Path, minutes: int) -> Path:
-    """Three-minute tracks of drums over chords (a different tempo and key each), MP3 and FLAC in turn."""
+def _generated_hour(folder: Path, minutes: int, copies: int = 1) -> Path:
+    """Three-minute tracks of drums over chords (a different tempo and key each), MP3 and FLAC in turn;
+    with ``copies`` > 1 the set is repeated in sub-folders (more audio without more generating)."""
     folder.mkdir(parents=True, exist_ok=True)
+    for copy in range(1, copies):
+        (folder / f"copy{copy}").mkdir(exist_ok=True)
     for index in range(minutes // 3):
         fmt = "mp3" if index % 2 == 0 else "flac"
         path = folder / f"track{index:03d}.{fmt}"
         if not path.exists():
             phrase = 0.6 * drum_pattern(80.0 + 5 * index, 30.0) + 0.4 * cadence(index % 12, index % 3 == 0, 30.0)
             encode_signal(path, fmt, np.tile(phrase, 6), 44100)
+        for copy in range(1, copies):
+            duplicate = folder / f"copy{copy}" / path.name
+            if not duplicate.exists():
+                shutil.copyfile(path, duplicate)
     return folder
 
 
@@ -88,21 +96,25 @@ def _measure(folder: Path, workdir: Path, device: str, workers: int) -> dict[str
     }
 
 
-def _model_throughput(device: str, batches: list[int]) -> dict[str, dict[str, float]]:
+def _model_throughput(device: str, batches: list[int]) -> dict[str, dict[str, float | str]]:
     """Windows per second through each default model alone, by batch size (median of timed runs)."""
     from jamcaps_desktop.models import registry
     from jamcaps_desktop.models.engine import make_session
 
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, dict[str, float | str]] = {}
     rng = np.random.default_rng(0)
     for name in registry.default_models():
         model = registry.verify(name)
         session = make_session(model.onnx_path, device)
         spec = model.manifest["input"]
-        per_batch = {}
+        per_batch: dict[str, float | str] = {}
         for batch in batches:
             data = rng.random((batch, spec["frames"], spec["bands"]), dtype=np.float32) * 3
-            session.run(None, {spec["name"]: data})  # warm-up: kernels chosen, memory allocated
+            try:
+                session.run(None, {spec["name"]: data})  # warm-up: kernels chosen, memory allocated
+            except Exception as exc:  # e.g. a tensor too large for cuDNN at a huge batch: say so, go on
+                per_batch[str(batch)] = f"fails: {str(exc)[:80]}"
+                continue
             times = []
             deadline = time.perf_counter() + 3.0
             while len(times) < 5 or (time.perf_counter() < deadline and len(times) < 200):
@@ -134,6 +146,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
     parser.add_argument("--batches", default="1,8,64,256")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--copies", type=int, default=1, help="repeat the generated tracks this many times")
     args = parser.parse_args()
     results: dict[str, object] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -141,8 +154,8 @@ def main() -> None:
         results.update(_model_throughput(args.device, [int(b) for b in args.batches.split(",")]))
         for folder in args.audio:
             results[str(folder)] = _measure(folder, work, args.device, args.workers)
-        results["generated"] = _measure(_generated_hour(args.cache / "hour-of-music", args.minutes), work, args.device,
-                                        args.workers)
+        generated = _generated_hour(args.cache / "hour-of-music", args.minutes, args.copies)
+        results["generated"] = _measure(generated, work, args.device, args.workers)
         if not args.skip_memory:
             long_file = args.cache / "two-hours.flac"
             if not long_file.exists():

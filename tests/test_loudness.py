@@ -8,7 +8,7 @@ import av
 import numpy as np
 import pytest
 
-from jamcaps_desktop.audio.loudness import measure
+from jamcaps_desktop.audio.loudness import HIGHPASS_A_48K, SHELF_A_48K, SHELF_B_48K, k_weighting, measure
 
 
 def _write(path, signal: np.ndarray, rate: int, layout: str) -> str:
@@ -29,7 +29,7 @@ def _tone(rate: int, seconds: float, dbfs: float) -> np.ndarray:
     return (10 ** (dbfs / 20)) * np.sin(2 * np.pi * 997 * np.arange(int(rate * seconds)) / rate)
 
 
-@pytest.mark.parametrize("rate", [48000, 44100])
+@pytest.mark.parametrize("rate", [48000, 44100, 96000, 22050, 16000])
 @pytest.mark.parametrize("dbfs", [-20.0, -23.0, -31.5])
 def test_stereo_997_hz_sine_reads_its_level(tmp_path, rate, dbfs):
     tone = _tone(rate, 5, dbfs)
@@ -52,3 +52,19 @@ def test_gating_ignores_silence_and_quiet_passages(tmp_path):
     assert result.integrated_lufs == pytest.approx(-20.0, abs=0.1)
     empty = measure(_write(tmp_path / "z.wav", np.zeros((2, 48000 * 2)), 48000, "stereo"))
     assert empty.integrated_lufs is None
+
+
+def test_k_weighting_derived_at_48_khz_is_the_standards_filter():
+    shelf, highpass = k_weighting(48000)
+    assert np.allclose(shelf[:3], SHELF_B_48K, atol=1e-12) and np.allclose(shelf[3:], SHELF_A_48K, atol=1e-12)
+    assert np.allclose(highpass[:3], [1.0, -2.0, 1.0]) and np.allclose(highpass[3:], HIGHPASS_A_48K, atol=1e-12)
+
+
+@pytest.mark.parametrize("rate", [44100, 96000])
+def test_k_weighting_responds_alike_at_every_rate(rate):
+    from scipy.signal import sosfreqz
+
+    freqs = np.array([20.0, 40.0, 100.0, 1000.0, 2000.0, 5000.0, 8000.0])
+    _, ours = sosfreqz(k_weighting(rate), worN=freqs, fs=rate)
+    _, reference = sosfreqz(k_weighting(48000), worN=freqs, fs=48000)
+    assert np.allclose(20 * np.log10(np.abs(ours)), 20 * np.log10(np.abs(reference)), atol=0.05)

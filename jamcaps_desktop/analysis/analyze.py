@@ -40,12 +40,11 @@ from jamcaps_desktop.audio.decode import DecodeError, DecodeStats, iter_outputs
 from jamcaps_desktop.audio.frontends import InputSpec, Windower
 from jamcaps_desktop.audio.key import Key, PitchProfile
 from jamcaps_desktop.audio.key import estimate as estimate_key
-from jamcaps_desktop.audio.loudness import RATE as LOUDNESS_RATE
 from jamcaps_desktop.audio.loudness import Loudness, LoudnessMeter
 from jamcaps_desktop.audio.tempo import OnsetEnvelope, Tempo
 from jamcaps_desktop.audio.tempo import estimate as estimate_tempo
 from jamcaps_desktop.jobs.base import CancelToken, Progress, ProgressCallback, no_progress
-from jamcaps_desktop.jobs.workers import init_worker
+from jamcaps_desktop.jobs.workers import init_worker, single_threaded_workers
 from jamcaps_desktop.library.database import Library, utc_now
 from jamcaps_desktop.library.paths import fs_path
 from jamcaps_desktop.models import registry
@@ -119,16 +118,18 @@ def _hear(path: str, specs: dict[_Group, InputSpec]) -> _Heard:
     """Decode one file once and compute every group's model inputs and the measurements (runs in a worker)."""
     heard = _Heard()
     rates = [MEASURE_RATE, *sorted({spec.sample_rate for spec in specs.values()} - {MEASURE_RATE})]
-    outputs = [(rate, True) for rate in rates] + [(LOUDNESS_RATE, False)]
+    outputs: list[tuple[int | None, bool]] = [(rate, True) for rate in rates] + [(None, False)]  # loudness: own rate
     loudness_output = len(outputs) - 1
     windowers = {group: Windower(group.window_samples) for group in specs}
     by_rate = {index: [g for g in specs if specs[g].sample_rate == rate] for index, rate in enumerate(rates)}
     features: dict[_Group, list[np.ndarray]] = {group: [] for group in specs}
-    onsets, pitches, meter = OnsetEnvelope(), PitchProfile(), LoudnessMeter()
+    onsets, pitches = OnsetEnvelope(), PitchProfile()
+    meter: LoudnessMeter | None = None
     stats = DecodeStats()
     try:
         for index, chunk in iter_outputs(path, outputs, stats=stats):
             if index == loudness_output:
+                meter = meter or LoudnessMeter(stats.source_rate)
                 meter.feed(chunk)
                 continue
             for group in by_rate[index]:
@@ -147,7 +148,7 @@ def _hear(path: str, specs: dict[_Group, InputSpec]) -> _Heard:
     heard.seconds = stats.samples / MEASURE_RATE
     heard.tempo = estimate_tempo(onsets.envelope())
     heard.key = estimate_key(pitches.profile(), pitches.frames)
-    heard.loudness = meter.result(stats.channels)
+    heard.loudness = meter.result(stats.channels) if meter else None
     return heard
 
 
@@ -163,7 +164,8 @@ def _heard_in_order(paths: list[str], specs: dict[_Group, InputSpec], cancel: Ca
             yield _hear(path, specs)
         return
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=count, mp_context=context, initializer=init_worker) as pool:
+    with single_threaded_workers(), ProcessPoolExecutor(max_workers=count, mp_context=context,
+                                                        initializer=init_worker) as pool:
         window = count + 1  # a few files ahead: enough to keep the models busy, bounded memory
         futures = [pool.submit(_hear, path, specs) for path in paths[:window]]
         for index in range(len(paths)):

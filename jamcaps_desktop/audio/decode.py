@@ -14,7 +14,12 @@ from dataclasses import dataclass, field
 import av
 import numpy as np
 
+from jamcaps_desktop.audio.container import open_container
+
 log = logging.getLogger(__name__)
+
+
+OUTPUT_FRAME = 8192  # samples per chunk handed out (the last one of a file may be shorter)
 
 
 class DecodeError(Exception):
@@ -29,6 +34,7 @@ class DecodeStats:
     skipped_packets: int = 0
     warnings: list[str] = field(default_factory=list)
     channels: list[str] = field(default_factory=list)  # channel names of the stream (FL, FR, FC, LFE…)
+    source_rate: int = 0  # the stream's own sample rate
 
 
 def _reason(exc: Exception) -> str:
@@ -44,14 +50,15 @@ def iter_samples(path: str, sample_rate: int, *, max_seconds: float | None = Non
         yield chunk
 
 
-def iter_outputs(path: str, outputs: list[tuple[int, bool]], *, max_seconds: float | None = None,
+def iter_outputs(path: str, outputs: list[tuple[int | None, bool]], *, max_seconds: float | None = None,
                  stats: DecodeStats | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """Decode the file once and resample it to each of ``outputs`` (sample rate, mono): yields
-    (output index, chunk) in file order, each output's chunks as ``iter_samples`` gives them. One
-    decode feeding several consumers (models at 16 kHz, loudness at 48 kHz) costs one decode."""
+    (output index, chunk) in file order, each output's chunks as ``iter_samples`` gives them; a rate
+    of None keeps the stream's own (``stats.source_rate``). One decode feeding several consumers (models
+    at 16 kHz, loudness at the file's rate) costs one decode."""
     stats = stats if stats is not None else DecodeStats()
     try:
-        container = av.open(path, metadata_errors="ignore")
+        container = open_container(path)
     except (av.error.FFmpegError, OSError, EOFError) as exc:
         raise DecodeError(f"the file cannot be opened for decoding ({_reason(exc)})") from exc
     try:
@@ -62,8 +69,11 @@ def iter_outputs(path: str, outputs: list[tuple[int, bool]], *, max_seconds: flo
             raise DecodeError("no decoder for this audio format")
         # Channels are kept through resampling and averaged here: FFmpeg's own down-mix to mono scales
         # stereo by 1/√2 per channel (+3 dB against the plain mean that analysis models were trained on).
-        resamplers = [av.AudioResampler(format="fltp", rate=rate) for rate, _mono in outputs]
-        limits = [int(max_seconds * rate) if max_seconds else None for rate, _mono in outputs]
+        stats.source_rate = int(stream.codec_context.sample_rate or stream.rate or 0)
+        # output frames of a few thousand samples: fewer, larger chunks for everything downstream
+        resamplers = [av.AudioResampler(format="fltp", rate=rate, frame_size=OUTPUT_FRAME) for rate, _mono in outputs]
+        passthrough = [False] * len(outputs)  # native-rate outputs of float-planar streams skip the resampler
+        limits = [int(max_seconds * (rate or stats.source_rate)) if max_seconds else None for rate, _mono in outputs]
         produced = [0] * len(outputs)
 
         def emit(index: int, frames: list[av.AudioFrame]) -> Iterator[tuple[int, np.ndarray]]:
@@ -97,8 +107,13 @@ def iter_outputs(path: str, outputs: list[tuple[int, bool]], *, max_seconds: flo
                 continue
             for frame in frames:
                 frame.pts = None  # let the resamplers follow the samples, not damaged timestamps
+                if not stats.samples and not any(passthrough):
+                    passthrough = [rate is None and frame.format.name == "fltp" for rate, _mono in outputs]
                 for index, resampler in enumerate(resamplers):
-                    yield from emit(index, resampler.resample(frame))
+                    if passthrough[index] and frame.format.name == "fltp":
+                        yield from emit(index, [frame])
+                    else:
+                        yield from emit(index, resampler.resample(frame))
             if limits[0] is not None and produced[0] >= limits[0]:
                 return
         for index, resampler in enumerate(resamplers):

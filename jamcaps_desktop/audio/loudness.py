@@ -1,9 +1,14 @@
 """Integrated loudness (EBU R128 / ITU-R BS.1770-4) and sample peak, computed while streaming.
 
-The audio is resampled to 48 kHz with its channels kept, K-weighted per channel (the two biquads BS.1770
-specifies at 48 kHz), and squared; the mean squares of 100 ms steps are kept (a two-hour file needs a
-few hundred kilobytes), from which the 400 ms blocks (75 % overlap), the absolute gate (-70 LUFS) and
-the relative gate (-10 LU) are evaluated.
+The audio is taken at the file's own sample rate with its channels kept (resampling costs more than
+all the rest), K-weighted per channel and squared; the mean squares of 100 ms steps are kept (a
+two-hour file needs a few hundred kilobytes), from which the 400 ms blocks (75 % overlap), the absolute
+gate (-70 LUFS) and the relative gate (-10 LU) are evaluated.
+
+BS.1770 gives the K-weighting biquads' coefficients at 48 kHz only. At any rate they are derived here
+from the two analogue filters those coefficients come from (a high shelf of +4 dB above ~1.7 kHz and a
+~38 Hz high-pass) by the bilinear transform; at 48 kHz the derivation gives the standard's
+coefficients to 1e-15 (a test checks it).
 """
 
 from __future__ import annotations
@@ -13,16 +18,16 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.signal import sosfilt
 
-from jamcaps_desktop.audio.decode import DecodeStats, iter_samples
+from jamcaps_desktop.audio.decode import DecodeStats, iter_outputs
 
-RATE = 48000
-STEP = RATE // 10  # 100 ms
-# ITU-R BS.1770-4, table 1 and 2: the K-weighting filter at 48 kHz
-_SHELF_B = np.array([1.53512485958697, -2.69169618940638, 1.19839281085285])
-_SHELF_A = np.array([1.0, -1.69065929318241, 0.73248077421585])
-_HIGHPASS_B = np.array([1.0, -2.0, 1.0])
-_HIGHPASS_A = np.array([1.0, -1.99004745483398, 0.99007225036621])
-_SOS = np.array([[*_SHELF_B, *_SHELF_A], [*_HIGHPASS_B, *_HIGHPASS_A]])  # the two in series
+# ITU-R BS.1770-4, tables 1 and 2: the K-weighting filter at 48 kHz
+SHELF_B_48K = np.array([1.53512485958697, -2.69169618940638, 1.19839281085285])
+SHELF_A_48K = np.array([1.0, -1.69065929318241, 0.73248077421585])
+HIGHPASS_A_48K = np.array([1.0, -1.99004745483398, 0.99007225036621])
+# the analogue prototypes behind them: shelf centre (Hz), gain (dB), Q; high-pass corner (Hz), Q
+_SHELF_HZ, _SHELF_DB, _SHELF_Q = 1681.974450955533, 3.999843853973347, 0.7071752369554196
+_SHELF_MID_EXPONENT = 0.4996667741545416  # the shelf's mid-band gain, as a power of its high-band gain
+_HIGHPASS_HZ, _HIGHPASS_Q = 38.13547087602444, 0.5003270373238773
 _SURROUND = {"BL", "BR", "SL", "SR", "SIDE_LEFT", "SIDE_RIGHT", "BACK_LEFT", "BACK_RIGHT"}
 
 
@@ -32,6 +37,20 @@ class Loudness:
     sample_peak_dbfs: float | None
 
 
+def k_weighting(rate: int) -> np.ndarray:
+    """The K-weighting filter at ``rate`` Hz as second-order sections: [[b0 b1 b2 1 a1 a2]] × 2."""
+    k = np.tan(np.pi * _SHELF_HZ / rate)
+    high = 10 ** (_SHELF_DB / 20)
+    mid = high ** _SHELF_MID_EXPONENT
+    norm = 1 + k / _SHELF_Q + k * k
+    shelf = [(high + mid * k / _SHELF_Q + k * k) / norm, 2 * (k * k - high) / norm,
+             (high - mid * k / _SHELF_Q + k * k) / norm, 1.0, 2 * (k * k - 1) / norm, (1 - k / _SHELF_Q + k * k) / norm]
+    k = np.tan(np.pi * _HIGHPASS_HZ / rate)
+    norm = 1 + k / _HIGHPASS_Q + k * k
+    highpass = [1.0, -2.0, 1.0, 1.0, 2 * (k * k - 1) / norm, (1 - k / _HIGHPASS_Q + k * k) / norm]
+    return np.array([shelf, highpass])
+
+
 def _weight(name: str) -> float:
     if name in ("LFE", "LFE2", "LOW_FREQUENCY"):
         return 0.0
@@ -39,9 +58,14 @@ def _weight(name: str) -> float:
 
 
 class LoudnessMeter:
-    """Feed [channels, samples] chunks at 48 kHz in order; ``result`` gives the integrated loudness."""
+    """Feed [channels, samples] chunks at ``rate`` in order; ``result`` gives the integrated loudness."""
 
-    def __init__(self) -> None:
+    def __init__(self, rate: int) -> None:
+        if rate <= 0:
+            raise ValueError("the sample rate must be positive")
+        self.rate = rate
+        self._sos = k_weighting(rate)
+        self._step = max(1, round(rate / 10))  # 100 ms
         self._state: np.ndarray | None = None
         self._pending = np.zeros((0, 0), dtype=np.float64)
         self._steps: list[np.ndarray] = []  # per 100 ms step: mean square per channel
@@ -53,7 +77,7 @@ class LoudnessMeter:
         # decoders hand out small chunks: gather about a second before filtering
         self._queued.append(chunk)
         self._queued_samples += chunk.shape[1]
-        if self._queued_samples >= RATE:
+        if self._queued_samples >= self.rate:
             self._process()
 
     def _process(self) -> None:
@@ -63,16 +87,17 @@ class LoudnessMeter:
         self._queued, self._queued_samples = [], 0
         channels = chunk.shape[0]
         if self._state is None:
-            self._state = np.zeros((_SOS.shape[0], channels, 2))
+            self._state = np.zeros((self._sos.shape[0], channels, 2))
             self._pending = np.zeros((channels, 0))
         if chunk.size:
             self._peak = max(self._peak, float(np.max(np.abs(chunk))))
-        filtered, self._state = sosfilt(_SOS, chunk.astype(np.float64), axis=1, zi=self._state)
+        filtered, self._state = sosfilt(self._sos, chunk.astype(np.float64), axis=1, zi=self._state)
         pending = np.concatenate([self._pending, filtered ** 2], axis=1)
-        whole = pending.shape[1] // STEP
+        step = self._step
+        whole = pending.shape[1] // step
         if whole:
-            self._steps.extend(pending[:, : whole * STEP].reshape(channels, whole, STEP).mean(axis=2).T)
-            pending = pending[:, whole * STEP:]
+            self._steps.extend(pending[:, : whole * step].reshape(channels, whole, step).mean(axis=2).T)
+            pending = pending[:, whole * step:]
         self._pending = pending
 
     def result(self, channel_names: list[str]) -> Loudness:
@@ -100,7 +125,8 @@ class LoudnessMeter:
 def measure(path: str) -> Loudness:
     """The loudness of a whole file (decoded here for it alone)."""
     stats = DecodeStats()
-    meter = LoudnessMeter()
-    for chunk in iter_samples(path, RATE, stats=stats, mono=False):
+    meter: LoudnessMeter | None = None
+    for _index, chunk in iter_outputs(path, [(None, False)], stats=stats):
+        meter = meter or LoudnessMeter(stats.source_rate)
         meter.feed(chunk)
-    return meter.result(stats.channels)
+    return meter.result(stats.channels) if meter else Loudness(None, None)

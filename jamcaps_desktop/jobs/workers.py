@@ -6,6 +6,8 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -20,3 +22,30 @@ def init_worker() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     watchdog = threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True)
     watchdog.start()
+
+
+# Thread pools of the numerical libraries a worker may load (OpenBLAS, MKL, OpenMP, BLIS, Accelerate).
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
+                     "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+@contextmanager
+def single_threaded_workers() -> Iterator[None]:
+    """While the block runs, worker processes started from this one get one math-library thread each.
+
+    A pool already runs one worker per core; a BLAS that also starts one thread per core in every worker
+    puts cores² busy threads on the machine (on 16 cores, the analysis ran several times slower). The
+    variables must be in the environment when a worker starts, before it loads numpy; the job's own
+    process, which loaded its libraries already, is unaffected. A value the user set is kept.
+    """
+    saved = {name: os.environ.get(name) for name in _THREAD_VARIABLES}
+    for name in _THREAD_VARIABLES:
+        os.environ.setdefault(name, "1")
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

@@ -36,6 +36,8 @@ import mutagen.trueaudio
 import mutagen.wave
 import mutagen.wavpack
 
+from jamcaps_desktop.audio.container import open_container
+
 log = logging.getLogger(__name__)
 
 MAX_DURATION = 7 * 24 * 3600.0
@@ -209,7 +211,7 @@ def probe_with_ffmpeg(path: str, container: str, size: int) -> StreamInfo:
     import av  # imported lazily: scanning mostly never needs it
 
     try:
-        with av.open(path, metadata_errors="ignore") as handle:
+        with open_container(path) as handle:
             streams = [s for s in handle.streams if s.type == "audio"]
             if not streams:
                 raise ProbeError("the file has no audio stream")
@@ -313,7 +315,7 @@ def check_complete(path: str, info: StreamInfo) -> None:
     import av
 
     try:
-        handle = av.open(path, metadata_errors="ignore")
+        handle = open_container(path)
     except (av.error.FFmpegError, OSError, EOFError):
         return
     try:
