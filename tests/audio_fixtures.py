@@ -91,19 +91,20 @@ def drum_pattern(bpm: float, seconds: float, rate: int = 44100, seed: int = 0) -
     return (0.5 * out / np.max(np.abs(out))).astype(np.float32)
 
 
-def cadence(tonic: int, minor: bool, seconds: float, rate: int = 44100) -> np.ndarray:
-    """I–IV–V–I (i–iv–V–i in minor) on ``tonic`` (0 = C), with bass, repeated: harmonic tones, 1 s a chord."""
+def cadence(tonic: int, minor: bool, seconds: float, rate: int = 44100, chord_s: float = 1.0) -> np.ndarray:
+    """I–IV–V–I (i–iv–V–i in minor) on ``tonic`` (0 = C), with bass, repeated: harmonic tones, a chord
+    every ``chord_s`` seconds."""
     third = 3 if minor else 4
     chords = [(0, third, 7), (5, 5 + third, 12), (7, 11, 14), (0, third, 7)]
-    t = np.arange(rate) / rate
+    t = np.arange(round(chord_s * rate)) / rate
     pieces = []
-    for index in range(int(np.ceil(seconds))):
+    for index in range(int(np.ceil(seconds / chord_s))):
         chord = chords[index % 4]
         notes = [48 + tonic + step for step in chord] + [36 + tonic + chord[0]]
-        sound = np.zeros(rate)
+        sound = np.zeros(len(t))
         for midi in notes:
             freq = 440.0 * 2 ** ((midi - 69) / 12)
             sound += sum(np.sin(2 * np.pi * freq * k * t) / k for k in range(1, 7) if freq * k < rate / 2)
-        pieces.append(sound * np.exp(-t * 2))
+        pieces.append(sound * np.exp(-t * 2 / chord_s))
     out = np.concatenate(pieces)[: int(seconds * rate)]
     return (0.5 * out / np.max(np.abs(out))).astype(np.float32)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -121,6 +122,11 @@ def test_tempo_key_and_loudness_are_measured(installed_models, library, tmp_path
     assert beat_features["bpm"] == pytest.approx(123.4, abs=0.3) and 0 < beat_features["bpm_confidence"] <= 1
     assert chord_features["key"] == "Bb" and 0 < chord_features["key_confidence"] <= 1
     assert -30 < beat_features["loudness_lufs"] < 0
+    shown = CliRunner().invoke(cli, ["--library", str(library.path), "show", str(chords)]).output
+    assert "Bb (confidence" in shown and "LUFS" in shown
+    shown = CliRunner().invoke(cli, ["--library", str(library.path), "show", str(beat)]).output
+    match = re.search(r"(\d+\.\d\d) BPM", shown)
+    assert match and float(match.group(1)) == pytest.approx(123.4, abs=0.3)
     # without models only the measurements are made; with them, the measurements are not redone
     analyze(library, device="cpu")
     assert library.conn.execute("SELECT count(*) FROM analyses WHERE status = 'ok'").fetchone()[0] == 4

@@ -156,7 +156,7 @@ def _heard_in_order(paths: list[str], specs: dict[_Group, InputSpec], cancel: Ca
                     workers: int | None) -> Iterator[_Heard]:
     """Decoded inputs per file, in order; decoding runs in worker processes when there are several files,
     so the models are fed while the next files are decoded."""
-    count = workers if workers is not None else min(4, os.cpu_count() or 1)
+    count = workers if workers is not None else 1
     if count <= 1 or len(paths) < PARALLEL_ANALYSIS_THRESHOLD:
         for path in paths:
             if cancel.cancelled:
@@ -308,7 +308,11 @@ def analyze(library: Library, *, models: list[str] | None = None, device: str = 
     loaded = [_load(name, device) for name in names]
     provider = loaded[0].session.get_providers()[0] if loaded else "CPUExecutionProvider"
     summary = AnalysisSummary("running", names, device=provider)
-    batcher = _Batcher(loaded, BATCH_WINDOWS["cuda" if provider == "CUDAExecutionProvider" else "cpu"])
+    on_gpu = provider == "CUDAExecutionProvider"
+    batcher = _Batcher(loaded, BATCH_WINDOWS["cuda" if on_gpu else "cpu"])
+    if workers is None:  # with a GPU the cores are free for decoding; on the CPU the models need them too
+        cores = os.cpu_count() or 1
+        workers = max(1, cores - 1) if on_gpu else min(4, cores)
     specs = {model.group: model.spec for model in loaded}
     started = time.monotonic()
     with library.job_lock("analyze"):

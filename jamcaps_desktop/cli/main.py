@@ -503,10 +503,14 @@ def history(obj: Context, batch: int | None, limit: int, as_json: bool) -> None:
               help="Where the models run ('auto': the GPU where one is usable).")
 @click.option("--limit", type=click.IntRange(1), help="Analyse at most this many tracks.")
 @click.option("--model", "models", multiple=True, metavar="NAME", help="Only this installed model (repeatable).")
+@click.option("--workers", type=click.IntRange(1), help="Decoding processes (default: all cores but one with a GPU, "
+              "up to 4 on the CPU).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_obj
-def analyze(obj: Context, device: str, limit: int | None, models: tuple[str, ...], as_json: bool) -> None:
-    """Listen to the tracks not analysed yet: label probabilities and an embedding per model."""
+def analyze(obj: Context, device: str, limit: int | None, models: tuple[str, ...], workers: int | None,
+            as_json: bool) -> None:
+    """Listen to the tracks not analysed yet: label probabilities and an embedding per model, tempo, key
+    and loudness."""
     from jamcaps_desktop.analysis.analyze import analyze as run_analysis
     from jamcaps_desktop.cli.progress import TerminalProgress, ctrl_c_cancels
     from jamcaps_desktop.models.registry import ModelError
@@ -516,7 +520,7 @@ def analyze(obj: Context, device: str, limit: int | None, models: tuple[str, ...
     try:
         with TerminalProgress(err, enabled=not as_json and err.is_terminal) as bar, ctrl_c_cancels(token, err):
             summary = run_analysis(library, models=list(models) or None, device=device, limit=limit, progress=bar,
-                                   cancel=token)
+                                   cancel=token, workers=workers)
     except (ModelError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from exc
     if as_json:
