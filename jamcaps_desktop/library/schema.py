@@ -174,6 +174,35 @@ MIGRATIONS: list[str] = [
     ALTER TABLE track_features ADD COLUMN key TEXT;              -- TKEY notation: "F#m", "Bb"
     ALTER TABLE track_features ADD COLUMN key_confidence REAL;   -- 0-1
     """,
+    # 6: similarity (text embeddings of the metadata, what each vector index file holds) and proposals.
+    """
+    CREATE TABLE text_embeddings (
+        track_id INTEGER PRIMARY KEY REFERENCES tracks(id) ON DELETE CASCADE,
+        model TEXT NOT NULL,
+        text_hash TEXT NOT NULL,          -- sha1 of the metadata text embedded: changed tags are re-embedded
+        embedding BLOB NOT NULL,          -- float32, L2-normalised
+        embedded_at TEXT NOT NULL
+    );
+    CREATE TABLE index_entries (
+        space TEXT NOT NULL,              -- 'audio' or 'meta'
+        track_id INTEGER NOT NULL,
+        stamp TEXT NOT NULL,              -- what the vector was made from: re-added when it changes
+        PRIMARY KEY (space, track_id)
+    );
+    CREATE TABLE proposals (
+        track_id INTEGER NOT NULL REFERENCES tracks(id) ON DELETE CASCADE,
+        field TEXT NOT NULL,
+        vals TEXT NOT NULL,               -- JSON list of proposed values, as written into files
+        confidence REAL NOT NULL,         -- 0-1
+        method TEXT NOT NULL,             -- vote, llm, hybrid, paper
+        candidates TEXT NOT NULL,         -- JSON {value: confidence} of every candidate considered
+        neighbours TEXT NOT NULL,         -- JSON [[track_id, score, [values]]] that support the proposal
+        models TEXT NOT NULL,             -- JSON {model: version} used
+        status TEXT NOT NULL DEFAULT 'proposed' CHECK (status IN ('proposed', 'accepted', 'rejected')),
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (track_id, field)
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

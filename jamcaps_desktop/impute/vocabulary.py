@@ -1,0 +1,106 @@
+"""The tag vocabulary imputation proposes from: canonical values per field, their written names, synonyms.
+
+The shipped vocabulary (``resources/vocabulary.json``) starts from the MTG-Jamendo dataset's genre,
+instrument and mood/theme tags. Free-form values found in files ("Hip-Hop", "Drum & Bass", "synths")
+are mapped onto it through its synonyms and a loose comparison (case, spaces and punctuation ignored),
+so the neighbours' tags can vote however each file spells them. A user's own ``vocabulary.json`` in
+the app's config folder (same shape) adds values and synonyms.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import platformdirs
+
+VOCABULARY_ENV = "JAMCAPS_VOCABULARY"
+FIELDS = ("genre", "mood", "instruments")
+
+
+def _loose(text: str) -> str:
+    """Lower case, accents and everything but letters, digits and '&' removed."""
+    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii").lower()
+    return re.sub(r"[^a-z0-9&]+", "", text)
+
+
+@dataclass
+class FieldVocabulary:
+    values: dict[str, str]  # canonical id -> the name written into files
+    synonyms: dict[str, str] = field(default_factory=dict)  # loose synonym -> canonical id
+    _lookup: dict[str, str] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self._lookup = {}
+        for value, name in self.values.items():
+            self._lookup[_loose(value)] = value
+            self._lookup[_loose(name)] = value
+        for synonym, value in self.synonyms.items():
+            if value in self.values:
+                self._lookup[_loose(synonym)] = value
+
+    def canonical(self, text: str) -> str | None:
+        """The canonical id ``text`` stands for, or None when the vocabulary does not know it."""
+        key = _loose(text)
+        if not key:
+            return None
+        return self._lookup.get(key) or self._lookup.get(key.replace("&", "and"))
+
+    def name(self, value: str) -> str:
+        return self.values.get(value, value)
+
+
+@dataclass
+class Vocabulary:
+    fields: dict[str, FieldVocabulary]
+
+    def canonical(self, field_name: str, text: str) -> str | None:
+        vocabulary = self.fields.get(field_name)
+        return vocabulary.canonical(text) if vocabulary else None
+
+    def canonical_values(self, field_name: str, texts: list[str]) -> list[str]:
+        """The distinct canonical ids of a list of free-form values (a value may hold several, split on ';')."""
+        out: list[str] = []
+        for text in texts:
+            for part in text.split(";"):
+                value = self.canonical(field_name, part)
+                if value and value not in out:
+                    out.append(value)
+        return out
+
+
+def _shipped_path() -> Path:
+    return Path(__file__).resolve().parents[2] / "resources" / "vocabulary.json"
+
+
+def _user_path() -> Path:
+    if os.environ.get(VOCABULARY_ENV):
+        return Path(os.environ[VOCABULARY_ENV])
+    return Path(platformdirs.user_config_dir("jamcaps", appauthor=False)) / "vocabulary.json"
+
+
+def _merge(into: dict[str, dict[str, dict[str, str]]], data: dict) -> None:
+    for name, spec in data.get("fields", {}).items():
+        target = into.setdefault(name, {"values": {}, "synonyms": {}})
+        target["values"].update(spec.get("values", {}))
+        target["synonyms"].update(spec.get("synonyms", {}))
+
+
+@lru_cache(maxsize=4)
+def _load(shipped: Path, user: Path, user_mtime: float) -> Vocabulary:
+    merged: dict[str, dict[str, dict[str, str]]] = {}
+    _merge(merged, json.loads(shipped.read_text(encoding="utf-8")))
+    if user.is_file():
+        _merge(merged, json.loads(user.read_text(encoding="utf-8")))
+    return Vocabulary({name: FieldVocabulary(spec["values"], spec["synonyms"]) for name, spec in merged.items()})
+
+
+def load_vocabulary() -> Vocabulary:
+    """The shipped vocabulary with the user's additions (re-read when the user's file changes)."""
+    user = _user_path()
+    return _load(_shipped_path(), user, user.stat().st_mtime if user.is_file() else 0.0)
