@@ -103,7 +103,7 @@ def _model_throughput(device: str, batches: list[int]) -> dict[str, dict[str, fl
 
     out: dict[str, dict[str, float | str]] = {}
     rng = np.random.default_rng(0)
-    for name in registry.default_models():
+    for name in [m for m in registry.default_models() if registry.manifest(m).get("kind") != "text-encoder"]:
         model = registry.verify(name)
         session = make_session(model.onnx_path, device)
         spec = model.manifest["input"]

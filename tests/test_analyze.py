@@ -17,7 +17,7 @@ from jamcaps_desktop.scan.scanner import scan
 
 @pytest.fixture
 def installed_models(models_dir, musicnn_wheel_file):
-    for name in registry.default_models():
+    for name in ("musicnn-msd", "musicnn-mtt"):
         registry.install(name, local=musicnn_wheel_file)
     return models_dir
 

@@ -19,8 +19,11 @@ def test_manifests_state_source_checksum_and_licence():
     for spec in known.values():
         assert spec["licence"] and spec["version"]
         assert len(spec["source"]["sha256"]) == 64
-        assert spec["input"]["sample_rate"] > 0 and spec["input"]["front_end"]
-    assert registry.default_models() == ["musicnn-msd", "musicnn-mtt"]
+        if spec.get("kind") == "text-encoder":
+            assert spec["input"]["max_tokens"] > 0
+        else:
+            assert spec["input"]["sample_rate"] > 0 and spec["input"]["front_end"]
+    assert registry.default_models() == ["minilm-l6", "musicnn-msd", "musicnn-mtt"]
 
 
 def test_a_missing_model_names_the_command_that_installs_it(models_dir):
@@ -76,7 +79,8 @@ def test_a_file_that_is_not_the_published_one_is_refused(models_dir, musicnn_whe
 def test_models_cli(models_dir, musicnn_wheel_file):
     runner = CliRunner()
     listed = json.loads(runner.invoke(cli, ["models", "list", "--json"]).output)
-    assert {row["name"]: row["installed"] for row in listed} == {"musicnn-msd": False, "musicnn-mtt": False}
+    assert {row["name"]: row["installed"] for row in listed} == {"minilm-l6": False, "musicnn-msd": False,
+                                                                 "musicnn-mtt": False}
     result = runner.invoke(cli, ["models", "install", "--default", "--from", str(musicnn_wheel_file)])
     assert result.exit_code == 0, result.output
     assert "musicnn-mtt 0.1.0: installed (ISC licence)" in result.output

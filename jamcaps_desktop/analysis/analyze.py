@@ -304,7 +304,8 @@ def analyze(library: Library, *, models: list[str] | None = None, device: str = 
     """Analyse the library's tracks that the installed models have not heard yet, and measure them."""
     progress = progress or no_progress
     cancel = cancel or CancelToken()
-    names = models if models is not None else registry.default_models()
+    names = models if models is not None else [  # the default audio models (text encoders have their own job)
+        name for name in registry.default_models() if registry.manifest(name).get("kind") != "text-encoder"]
     loaded = [_load(name, device) for name in names]
     provider = loaded[0].session.get_providers()[0] if loaded else "CPUExecutionProvider"
     summary = AnalysisSummary("running", names, device=provider)

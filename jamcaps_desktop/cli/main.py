@@ -6,6 +6,7 @@ import json
 import logging
 import sqlite3
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -22,6 +23,7 @@ from jamcaps_desktop.library.queries import (
     find_track,
     library_stats,
     list_tracks,
+    resolve_targets,
     track_tags,
 )
 from jamcaps_desktop.paths import LIBRARY_ENV, resolve_library_path
@@ -216,9 +218,10 @@ def show(obj: Context, track: str, as_json: bool, raw: bool) -> None:
     fields = canonical_tags(tags)
     if as_json:
         from jamcaps_desktop.analysis.analyze import track_analyses, track_features
+        from jamcaps_desktop.impute.job import track_proposals
 
         _emit_json({**row, "tags": fields, "raw_tags": tags, "analyses": track_analyses(library, row["id"]),
-                    "features": track_features(library, row["id"])})
+                    "features": track_features(library, row["id"]), "proposals": track_proposals(library, row["id"])})
         return
     out.print(f"[bold]{row['path']}")
     facts = [
@@ -261,6 +264,16 @@ def show(obj: Context, track: str, as_json: bool, raw: bool) -> None:
             continue
         top = ", ".join(f"{label} {p:.2f}" for label, p in analysis["labels"][:6])
         out.print(f"  [dim]{analysis['model']:<26}[/] {top}")
+    from jamcaps_desktop.impute.job import track_proposals
+
+    proposals = track_proposals(library, row["id"])
+    if proposals:
+        out.print("[bold]Proposed")
+    for proposal in proposals:
+        voters = ", ".join(f"#{t} ({score:.2f})" for t, score, _values in proposal["neighbours"][:5])
+        out.print(f"  [dim]{proposal['field']:<26}[/] [cyan]{' ; '.join(proposal['values'])}[/] "
+                  f"(confidence {proposal['confidence']:.2f}, {proposal['method']}, {proposal['status']}; "
+                  f"from {voters or 'the track itself'})")
     unmapped = [t for t in tags if t["field"] is None]
     if raw:
         out.print("[bold]As stored in the file")
@@ -302,8 +315,6 @@ def _print_stats(data: dict[str, Any]) -> None:
 
 # -- staging and writing -----------------------------------------------------------------------
 def _targets(library: Library, target: str) -> list[int]:
-    from jamcaps_desktop.library.queries import resolve_targets
-
     try:
         ids = resolve_targets(library, target)
     except UnknownFieldError as exc:
@@ -560,6 +571,16 @@ def models_list(as_json: bool) -> None:
         out.print(f"  {row['name']:<14} {row['version']:<8} {row['licence']:<8} {state}{default}  [dim]{row['title']}")
 
 
+def _file_sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 @models.command(name="install")
 @click.argument("names", nargs=-1)
 @click.option("--default", "defaults", is_flag=True, help="Install every default model.")
@@ -570,7 +591,14 @@ def models_install(names: tuple[str, ...], defaults: bool, local: str | None, fo
     """Install models (downloads their published weights once, checks them, converts them to ONNX)."""
     from jamcaps_desktop.models import registry
 
-    wanted = list(names) + (registry.default_models() if defaults else [])
+    defaults_wanted = registry.default_models() if defaults else []
+    if defaults_wanted and local is not None and Path(local).is_file():
+        # one file brought by hand holds one source: install the default models that come from it
+        digest = _file_sha256(Path(local))
+        defaults_wanted = [n for n in defaults_wanted if registry.manifest(n)["source"].get("sha256") == digest]
+        if not defaults_wanted and not names:
+            raise click.ClickException(f"{local} is not the published source of any default model")
+    wanted = list(names) + defaults_wanted
     if not wanted:
         raise click.UsageError("name a model, or give --default")
     for name in dict.fromkeys(wanted):
@@ -635,3 +663,184 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# -- similarity and imputation ------------------------------------------------------------------
+def _embed_metadata(library: Library, device: str) -> bool:
+    """Embed the tracks' metadata when the text encoder is installed; False (with a note) when it is not."""
+    from jamcaps_desktop.models import registry
+    from jamcaps_desktop.similar.metadata import embed_library
+
+    if not registry.is_installed(TEXT_MODEL):
+        err.print(f"[yellow]The metadata encoder is not installed ('jamcaps models install {TEXT_MODEL}'): "
+                  "similarity uses the audio alone.")
+        return False
+    from jamcaps_desktop.models.minilm import TextEncoder
+
+    try:
+        encoder = TextEncoder.installed(TEXT_MODEL, device=device)
+    except registry.ModelError as exc:
+        raise click.ClickException(str(exc)) from exc
+    embed_library(library, encoder, model=TEXT_MODEL)
+    return True
+
+
+TEXT_MODEL = "minilm-l6"
+
+
+@cli.command()
+@click.argument("track")
+@click.option("-k", "count", type=click.IntRange(1, 1000), default=10, show_default=True)
+@click.option("--by", type=click.Choice(["audio", "meta", "both"]), default="both", show_default=True,
+              help="Sound, metadata, or both fused (0.6 audio, 0.4 metadata).")
+@click.option("--weights", type=(float, float), default=(0.6, 0.4), show_default=True, metavar="AUDIO META")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the neighbours as JSON.")
+@click.pass_obj
+def similar(obj: Context, track: str, count: int, by: str, weights: tuple[float, float], device: str,
+            as_json: bool) -> None:
+    """The tracks that sound (or are described) most like TRACK (an id or a path)."""
+    from jamcaps_desktop.similar.search import Searcher
+
+    library = obj.library()
+    row = find_track(library, track)
+    if row is None:
+        raise click.ClickException(f"no track {track!r} in the library {library.path}")
+    if by != "audio":
+        _embed_metadata(library, device)
+    matches = Searcher(library, by=by, weights=weights).neighbours(row["id"], count)
+    paths = dict(library.conn.execute("SELECT id, path FROM tracks").fetchall())
+    if as_json:
+        _emit_json([{"track_id": m.track_id, "path": paths.get(m.track_id), "score": m.score, "audio": m.audio,
+                     "meta": m.meta} for m in matches])
+        return
+    if not matches:
+        out.print("[dim]No neighbours: analyse the library first ('jamcaps analyze').")
+    for m in matches:
+        sides = ", ".join(f"{name} {value:.2f}" for name, value in (("audio", m.audio), ("meta", m.meta))
+                          if value is not None)
+        out.print(f"  {m.score:5.2f}  #{m.track_id:<6} {paths.get(m.track_id)}  [dim]({sides})")
+
+
+@cli.command()
+@click.option("--fields", default="genre,mood,instruments", show_default=True, help="Comma-separated fields.")
+@click.option("--method", type=click.Choice(["vote"]), default="vote", show_default=True)
+@click.option("--min-confidence", type=click.FloatRange(0, 1), default=0.35, show_default=True,
+              help="Propose values at least this confident.")
+@click.option("-k", "count", type=click.IntRange(1, 100), default=10, show_default=True, help="Neighbours.")
+@click.option("--overwrite", is_flag=True, help="Also propose for fields a track already has.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.pass_obj
+def impute(obj: Context, fields: str, method: str, min_confidence: float, count: int, overwrite: bool, device: str,
+           as_json: bool) -> None:
+    """Propose the genre, mood and instruments tracks lack, from their nearest neighbours."""
+    from jamcaps_desktop.cli.progress import TerminalProgress, ctrl_c_cancels
+    from jamcaps_desktop.impute.job import impute as run_impute
+
+    library = obj.library()
+    _embed_metadata(library, device)
+    token = CancelToken()
+    try:
+        with TerminalProgress(err, enabled=not as_json and err.is_terminal) as bar, ctrl_c_cancels(token, err):
+            summary = run_impute(library, fields=[f.strip() for f in fields.split(",") if f.strip()], method=method,
+                                 k=count, threshold=min_confidence, overwrite=overwrite, progress=bar, cancel=token)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    if as_json:
+        _emit_json(summary.to_dict())
+    else:
+        per_field = ", ".join(f"{n} {c}" for n, c in summary.per_field.items()) or "none"
+        out.print(f"Looked at {summary.tracks} track(s): {summary.proposals} proposal(s) ({per_field}) in "
+                  f"{summary.elapsed_s:.1f} s. Review them with 'jamcaps show', accept with 'jamcaps accept'.")
+    if summary.status == "cancelled":
+        sys.exit(130)
+
+
+@cli.command()
+@click.argument("target")
+@click.option("--fields", default="genre,mood,instruments", show_default=True, help="Comma-separated fields.")
+@click.option("--min-confidence", type=click.FloatRange(0, 1), default=0.0, show_default=True)
+@click.pass_obj
+def accept(obj: Context, target: str, fields: str, min_confidence: float) -> None:
+    """Stage the proposals of TARGET (an id, a path, a folder or a query) for writing ('jamcaps write')."""
+    from jamcaps_desktop.impute.job import accept as accept_proposals
+
+    library = obj.library()
+    ids = _targets(library, target)
+    accepted = accept_proposals(library, ids, fields=[f.strip() for f in fields.split(",") if f.strip()],
+                                min_confidence=min_confidence)
+    out.print(f"Accepted {accepted} proposal(s); 'jamcaps staged' shows them, 'jamcaps write' writes them.")
+
+
+@cli.command()
+@click.argument("target")
+@click.option("--fields", default="genre,mood,instruments", show_default=True, help="Comma-separated fields.")
+@click.pass_obj
+def reject(obj: Context, target: str, fields: str) -> None:
+    """Reject the proposals of TARGET: they are not proposed again until the track changes."""
+    library = obj.library()
+    ids = _targets(library, target)
+    names = [f.strip() for f in fields.split(",") if f.strip()]
+    with library.transaction() as conn:
+        changed = sum(conn.execute(
+            f"UPDATE proposals SET status = 'rejected' WHERE track_id = ? AND status = 'proposed' AND field IN "
+            f"({', '.join('?' for _ in names)})", (track_id, *names)).rowcount for track_id in ids)
+    out.print(f"Rejected {changed} proposal(s).")
+
+
+@cli.group(name="eval")
+def eval_group() -> None:
+    """Measure the app's methods on labelled data."""
+
+
+@eval_group.command(name="impute")
+@click.option("--tsv", type=click.Path(exists=True, dir_okay=False), required=True,
+              help="MTG-Jamendo-style metadata (TRACK_ID, ARTIST_ID, ALBUM_ID, PATH, DURATION, SPLIT, tags…).")
+@click.option("-k", "count", type=click.IntRange(1, 100), default=10, show_default=True)
+@click.option("--limit", type=click.IntRange(1), help="Score at most this many tracks per field.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the scores as JSON.")
+def eval_impute(tsv: str, count: int, limit: int | None, device: str, as_json: bool) -> None:
+    """Hide each field in turn, predict it from the neighbours, and score every method."""
+    from jamcaps_desktop.impute.evaluate import evaluate
+    from jamcaps_desktop.models import registry
+    from jamcaps_desktop.models.minilm import TextEncoder
+
+    try:
+        encoder = TextEncoder.installed(TEXT_MODEL, device=device)
+    except registry.ModelError as exc:
+        raise click.ClickException(str(exc)) from exc
+    from jamcaps_desktop.cli.progress import TerminalProgress
+
+    with TerminalProgress(err, enabled=not as_json and err.is_terminal) as bar:
+        results = evaluate(tsv, encoder, k=count, limit=limit, progress=bar)
+    if as_json:
+        _emit_json(results)
+        return
+    out.print(f"{results['tracks']} tracks, k = {results['k']}, {results['elapsed_s']:.0f} s")
+    for name, methods in results["fields"].items():
+        for method, scores in methods.items():
+            out.print(f"  {name:<12} {method:<14} P {scores['precision']:.3f}  R {scores['recall']:.3f}  "
+                      f"F1 micro {scores['f1_micro']:.3f}  macro {scores['f1_macro']:.3f}  "
+                      f"top-1 {scores['top1_accuracy']:.3f}  coverage {scores['coverage']:.2f}  "
+                      f"({scores['queries']} tracks)")
+
+
+@cli.group(name="index")
+def index_group() -> None:
+    """The similarity indexes beside the library."""
+
+
+@index_group.command(name="rebuild")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.pass_obj
+def index_rebuild(obj: Context, device: str) -> None:
+    """Rebuild the audio and metadata indexes from the library."""
+    from jamcaps_desktop.similar.index import SPACES, VectorIndex
+
+    library = obj.library()
+    _embed_metadata(library, device)
+    for space in SPACES:
+        result = VectorIndex(library, space).rebuild()
+        out.print(f"{space}: {result['size']} track(s)")

@@ -102,12 +102,16 @@ def installed(name: str) -> InstalledModel:
     model = InstalledModel(name, record["manifest"]["version"], folder, record)
     if not model.onnx_path.is_file():
         raise ModelError(f"the model {name} is incomplete (its ONNX file is missing); {hint}")
+    for extra in record.get("files", {}):
+        if not (folder / extra).is_file():
+            raise ModelError(f"the model {name} is incomplete ({extra} is missing); {hint}")
     return model
 
 
 def verify(name: str) -> InstalledModel:
     model = installed(name)
-    if _sha256(model.onnx_path) != model.record["sha256"]:
+    if _sha256(model.onnx_path) != model.record["sha256"] or any(
+            _sha256(model.folder / extra) != digest for extra, digest in model.record.get("files", {}).items()):
         raise ModelError(f"the model {name} is damaged (checksum mismatch); reinstall it with "
                          f"'jamcaps models install {name}'")
     return model
@@ -195,8 +199,18 @@ def install(name: str, *, local: str | os.PathLike[str] | None = None) -> Instal
             onnx_path.write_bytes(model.SerializeToString())
             record = {"manifest": spec, "file": "model.onnx", "sha256": _sha256(onnx_path),
                       "labels": labels or spec.get("labels") or []}
-            if not record["labels"]:
+            # a text encoder has no labels, nor does a model whose manifest names no source for them
+            wants_labels = spec.get("kind") != "text-encoder" and bool(source.get("labels") or spec.get("labels"))
+            if wants_labels and not record["labels"]:
                 raise ModelError(f"{name}: no label list in its source")
+            # files the model needs beside its graph (a tokenizer), copied from the checkpoint folder
+            record["files"] = {}
+            for extra in source.get("files", []):
+                if not (checkpoint_dir / extra).is_file():
+                    raise ModelError(f"{name}: its source holds no {extra}")
+                (staging / extra).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(checkpoint_dir / extra, staging / extra)
+                record["files"][extra] = _sha256(staging / extra)
             (staging / "installed.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
             if target.exists():
                 shutil.rmtree(target)
@@ -215,6 +229,14 @@ def _convert(spec: dict[str, Any], checkpoint_dir: Path):  # -> onnx.ModelProto
         try:
             return build_onnx(read_checkpoint(checkpoint_dir), name=spec["name"])
         except (CheckpointError, KeyError) as exc:
+            raise ModelError(f"{spec['name']}: the checkpoint cannot be converted ({exc})") from exc
+    if spec["convert"] == "minilm":
+        from jamcaps_desktop.models.minilm import convert_folder
+        from jamcaps_desktop.models.safetensors_reader import SafetensorsError
+
+        try:
+            return convert_folder(checkpoint_dir, name=spec["name"])
+        except (SafetensorsError, KeyError, ValueError, OSError) as exc:
             raise ModelError(f"{spec['name']}: the checkpoint cannot be converted ({exc})") from exc
     raise ModelError(f"{spec['name']}: no converter called {spec['convert']!r}")
 

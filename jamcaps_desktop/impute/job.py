@@ -1,0 +1,161 @@
+"""The imputation job: propose the genre, mood and instruments a track lacks, from its neighbours.
+
+For each track missing a field (or every track, with ``overwrite``), the job finds its k nearest
+neighbours (fused audio and metadata similarity), lets those that have the field vote (see ``vote``),
+blends in the track's own audio taggers' labels that the vocabulary knows (a guitar the tagger heard
+is evidence for "guitar"), and stores a proposal: the values (as written into files), a confidence,
+the method, every candidate with its confidence, the neighbours that voted for the proposed values,
+and the model versions involved. Nothing is written into files here: ``accept`` stages the proposals a
+person accepts, and the safe writer writes them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from jamcaps_desktop.impute.vocabulary import FIELDS, Vocabulary, load_vocabulary
+from jamcaps_desktop.impute.vote import DEFAULT_THRESHOLD, Neighbour, choose, vote
+from jamcaps_desktop.jobs.base import CancelToken, Progress, ProgressCallback, no_progress
+from jamcaps_desktop.library.database import Library, utc_now
+from jamcaps_desktop.similar.metadata import library_tags
+from jamcaps_desktop.similar.search import DEFAULT_WEIGHTS, Searcher
+
+log = logging.getLogger(__name__)
+
+EVIDENCE_WEIGHT = 0.2  # share of the confidence the track's own tagger labels may contribute
+METHODS = ("vote",)
+
+
+@dataclass
+class ImputeSummary:
+    status: str
+    method: str
+    fields: list[str]
+    tracks: int = 0
+    proposals: int = 0
+    without_neighbours: int = 0
+    elapsed_s: float = 0.0
+    per_field: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def tagger_evidence(library: Library, vocabulary: Vocabulary) -> dict[int, dict[str, dict[str, float]]]:
+    """Per track and field, the vocabulary values its audio taggers' labels name, with their probability
+    (the highest of the labels naming a value, over the models)."""
+    out: dict[int, dict[str, dict[str, float]]] = {}
+    mapping: dict[str, tuple[str, str] | None] = {}
+    for track_id, labels in library.conn.execute(
+            "SELECT track_id, labels FROM analyses WHERE status = 'ok' AND labels IS NOT NULL"):
+        for label, probability in json.loads(labels).items():
+            if label not in mapping:
+                mapping[label] = next(((name, value) for name in ("genre", "instruments", "mood")
+                                       if (value := vocabulary.canonical(name, label))), None)
+            target = mapping[label]
+            if target is None:
+                continue
+            values = out.setdefault(track_id, {}).setdefault(target[0], {})
+            values[target[1]] = max(values.get(target[1], 0.0), float(probability))
+    return out
+
+
+def impute(library: Library, *, fields: list[str] | None = None, method: str = "vote", k: int = 10,
+           threshold: float = DEFAULT_THRESHOLD, overwrite: bool = False, track_ids: list[int] | None = None,
+           weights: tuple[float, float] = DEFAULT_WEIGHTS, progress: ProgressCallback | None = None,
+           cancel: CancelToken | None = None) -> ImputeSummary:
+    """Propose values for the fields tracks lack; returns what was proposed."""
+    if method not in METHODS:
+        raise ValueError(f"the {method!r} method is not available in this version (available: {', '.join(METHODS)})")
+    fields = list(fields or FIELDS)
+    unknown = [f for f in fields if f not in FIELDS]
+    if unknown:
+        raise ValueError(f"cannot impute {', '.join(unknown)}; fields: {', '.join(FIELDS)}")
+    progress = progress or no_progress
+    cancel = cancel or CancelToken()
+    started = time.monotonic()
+    summary = ImputeSummary("running", method, fields)
+    vocabulary = load_vocabulary()
+    with library.job_lock("impute"):
+        tags = library_tags(library)
+        known = {track_id: {name: vocabulary.canonical_values(name, values.get(name, [])) for name in fields}
+                 for track_id, values in tags.items()}
+        evidence = tagger_evidence(library, vocabulary)
+        decided = set(library.conn.execute(  # a person's accept or reject stands until they change it
+            "SELECT track_id, field FROM proposals WHERE status IN ('accepted', 'rejected')").fetchall())
+        searcher = Searcher(library, by="both", weights=weights)
+        models = dict(library.conn.execute("SELECT DISTINCT model, model_version FROM analyses").fetchall())
+        models.update(dict(library.conn.execute("SELECT DISTINCT model, 'text' FROM text_embeddings").fetchall()))
+        ids = track_ids if track_ids is not None else [
+            t for (t,) in library.conn.execute("SELECT id FROM tracks WHERE status = 'ok' ORDER BY id")]
+        todo = [t for t in ids if overwrite or any(not tags.get(t, {}).get(name) for name in fields)]
+        progress(Progress("impute", 0, len(todo)))
+        for done, track_id in enumerate(todo, start=1):
+            if cancel.cancelled:
+                break
+            summary.tracks += 1
+            matches = searcher.neighbours(track_id, k)
+            if not matches:
+                summary.without_neighbours += 1
+            rows = []
+            for name in fields:
+                if (tags.get(track_id, {}).get(name) and not overwrite) or (track_id, name) in decided:
+                    continue
+                neighbours = [Neighbour(m.track_id, m.score, tuple(known.get(m.track_id, {}).get(name, [])))
+                              for m in matches]
+                candidates = vote(neighbours, evidence=evidence.get(track_id, {}).get(name),
+                                  evidence_weight=EVIDENCE_WEIGHT)
+                chosen = choose(candidates, name, threshold)
+                if not chosen:
+                    continue
+                names = vocabulary.fields[name]
+                voters = {t for c in chosen for t, _s in c.support}
+                support = [[m.track_id, m.score, [names.name(v) for v in known.get(m.track_id, {}).get(name, [])]]
+                           for m in matches if m.track_id in voters]
+                considered = {names.name(c.value): c.confidence for c in candidates[:12]}
+                rows.append((track_id, name, json.dumps([names.name(c.value) for c in chosen], ensure_ascii=False),
+                             chosen[0].confidence, method, json.dumps(considered, ensure_ascii=False),
+                             json.dumps(support, ensure_ascii=False), json.dumps(models), utc_now()))
+                summary.per_field[name] = summary.per_field.get(name, 0) + 1
+            with library.transaction() as conn:
+                conn.executemany("DELETE FROM proposals WHERE track_id = ? AND field = ? AND status = 'proposed'",
+                                 [(track_id, name) for name in fields])
+                conn.executemany(
+                    "INSERT OR REPLACE INTO proposals (track_id, field, vals, confidence, method, candidates, "
+                    "neighbours, models, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            summary.proposals += len(rows)
+            progress(Progress("impute", done, len(todo)))
+        summary.status = "cancelled" if cancel.cancelled else "completed"
+    summary.elapsed_s = round(time.monotonic() - started, 3)
+    return summary
+
+
+def track_proposals(library: Library, track_id: int) -> list[dict[str, Any]]:
+    out = []
+    for name, vals, confidence, method, candidates, neighbours, status in library.conn.execute(
+            "SELECT field, vals, confidence, method, candidates, neighbours, status FROM proposals WHERE track_id = ? "
+            "ORDER BY field", (track_id,)):
+        out.append({"field": name, "values": json.loads(vals), "confidence": confidence, "method": method,
+                    "candidates": json.loads(candidates), "neighbours": json.loads(neighbours), "status": status})
+    return out
+
+
+def accept(library: Library, track_ids: list[int], *, fields: list[str] | None = None,
+           min_confidence: float = 0.0) -> int:
+    """Stage the matching proposals for writing and mark them accepted; returns how many."""
+    from jamcaps_desktop.write.batch import stage
+
+    wanted = set(fields or FIELDS)
+    chosen = [(t, name, json.loads(vals)) for t, name, vals, confidence in library.conn.execute(
+        "SELECT track_id, field, vals, confidence FROM proposals WHERE status = 'proposed' ORDER BY track_id")
+        if t in set(track_ids) and name in wanted and confidence >= min_confidence]
+    for track_id, name, values in chosen:
+        stage(library, [track_id], {name: values}, origin="proposal")
+    with library.transaction() as conn:
+        conn.executemany("UPDATE proposals SET status = 'accepted' WHERE track_id = ? AND field = ?",
+                         [(t, name) for t, name, _v in chosen])
+    return len(chosen)

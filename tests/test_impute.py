@@ -1,0 +1,121 @@
+"""Imputation: the vocabulary, the vote, the job's proposals, accepting them, and the evaluation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from test_similar import _set_audio
+
+from jamcaps_desktop.impute.evaluate import Scores, read_tsv
+from jamcaps_desktop.impute.job import accept, impute, track_proposals
+from jamcaps_desktop.impute.vocabulary import load_vocabulary
+from jamcaps_desktop.impute.vote import Neighbour, choose, vote
+from jamcaps_desktop.scan.scanner import scan
+from jamcaps_desktop.write.batch import staged_changes
+
+
+def test_free_form_tags_map_onto_the_vocabulary():
+    vocabulary = load_vocabulary()
+    assert vocabulary.canonical("genre", "Hip-Hop") == "hiphop"
+    assert vocabulary.canonical("genre", "Drum & Bass") == "drumnbass"
+    assert vocabulary.canonical("genre", "drum and bass") == "drumnbass"
+    assert vocabulary.canonical("genre", "R&B") == "rnb"
+    assert vocabulary.canonical("instruments", "Synths") == "synthesizer"
+    assert vocabulary.canonical("instruments", "female vocalists") == "voice"
+    assert vocabulary.canonical("mood", "Melancholy") == "melancholic"
+    assert vocabulary.canonical("genre", "Polka-Techno-Fusion-Core") is None
+    assert vocabulary.canonical_values("genre", ["Rock; Pop", "rock"]) == ["rock", "pop"]
+    assert vocabulary.fields["genre"].name("drumnbass") == "Drum & Bass"
+
+
+def test_users_extend_the_vocabulary(tmp_path, monkeypatch):
+    extra = tmp_path / "vocabulary.json"
+    extra.write_text(json.dumps({"fields": {"genre": {"values": {"vaporwave": "Vaporwave"},
+                                                      "synonyms": {"vapor wave": "vaporwave"}}}}))
+    monkeypatch.setenv("JAMCAPS_VOCABULARY", str(extra))
+    vocabulary = load_vocabulary()
+    assert vocabulary.canonical("genre", "Vapor Wave") == "vaporwave"
+    assert vocabulary.canonical("genre", "rock") == "rock"  # the shipped values stay
+
+
+def test_vote_weights_by_similarity_and_ignores_neighbours_without_the_field():
+    neighbours = [Neighbour(1, 0.9, ("rock",)), Neighbour(2, 0.8, ("rock", "pop")), Neighbour(3, 0.7, ("jazz",)),
+                  Neighbour(4, 0.95, ()), Neighbour(5, -0.2, ("metal",))]
+    candidates = vote(neighbours)
+    by_value = {c.value: c for c in candidates}
+    assert candidates[0].value == "rock"
+    assert by_value["rock"].confidence == pytest.approx((0.9 + 0.8) / (0.9 + 0.8 + 0.7), abs=1e-4)
+    assert by_value["metal"].confidence == 0.0  # a dissimilar neighbour carries no weight
+    assert {t for t, _s in by_value["rock"].support} == {1, 2}
+    assert [c.value for c in choose(candidates, "genre", 0.35)] == ["rock"]
+    blended = {c.value: c.confidence for c in vote(neighbours, evidence={"jazz": 0.9}, evidence_weight=0.5)}
+    assert blended["jazz"] > by_value["jazz"].confidence and blended["rock"] < by_value["rock"].confidence
+
+
+@given(st.lists(st.tuples(st.floats(-1, 1), st.lists(st.sampled_from(["a", "b", "c", "d"]), max_size=3)),
+                max_size=12))
+def test_vote_confidences_are_probabilities(raw):
+    neighbours = [Neighbour(i, score, tuple(values)) for i, (score, values) in enumerate(raw)]
+    candidates = vote(neighbours)
+    assert all(0.0 <= c.confidence <= 1.0 for c in candidates)
+    assert [c.confidence for c in candidates] == sorted((c.confidence for c in candidates), reverse=True)
+
+
+def test_scores_count_hits_misses_and_top1():
+    scores = Scores()
+    scores.add(["rock", "pop"], ["rock"])
+    scores.add([], ["jazz"])
+    result = scores.summary()
+    assert result["precision"] == 0.5 and result["recall"] == 0.5 and result["top1_accuracy"] == 0.5
+    assert result["coverage"] == 0.5 and result["queries"] == 2
+
+
+def test_reading_mtg_jamendo_metadata(tmp_path):
+    tsv = tmp_path / "tracks.tsv"
+    tsv.write_text("TRACK_ID\tARTIST_ID\tALBUM_ID\tPATH\tDURATION\tSPLIT0\tTAGS\n"
+                   "track_1\tartist_1\talbum_1\t1.mp3\t200.0\ttrain\tgenre---rock\tgenre---punk\tinstrument---synth\t"
+                   "mood/theme---happy\tgenre---nonsense\n")
+    (track,) = read_tsv(tsv)
+    assert track.tags == {"genre": ["rock", "punkrock"], "instruments": ["synthesizer"], "mood": ["happy"]}
+    bad = tmp_path / "other.tsv"
+    bad.write_text("a\tb\tc\n")
+    with pytest.raises(ValueError, match="MTG-Jamendo"):
+        read_tsv(bad)
+
+
+def _tag(path, **fields):
+    import mutagen
+
+    audio = mutagen.File(path, easy=True)
+    for name, value in fields.items():
+        audio[name] = value
+    audio.save()
+
+
+def test_impute_proposes_what_the_neighbours_agree_on_and_accept_stages_it(library, make_track, tmp_path):
+    music = tmp_path / "music"
+    paths = [make_track(music, "mp3", name=f"t{i}") for i in range(5)]
+    for path in paths[:3]:
+        _tag(path, genre="Drum & Bass")
+    _tag(paths[3], genre="Jazz")
+    scan(library, [music])
+    ids = {str(p): t for t, p in library.conn.execute("SELECT id, path FROM tracks")}
+    near = np.array([1, 0, 0, 0, 1, 0, 0, 0], dtype=np.float32)
+    for path in [*paths[:3], paths[4]]:
+        _set_audio(library, ids[str(path)], near + np.random.default_rng(len(str(path))).random(8) * 0.05)
+    _set_audio(library, ids[str(paths[3])], np.array([1, 1, 0, 0, 1, 1, 0, 0], dtype=np.float32))  # half as near
+    summary = impute(library, fields=["genre"])
+    target = ids[str(paths[4])]
+    assert summary.proposals == 1 and summary.per_field == {"genre": 1}
+    (proposal,) = track_proposals(library, target)
+    assert proposal["values"] == ["Drum & Bass"] and proposal["confidence"] > 0.7 and proposal["method"] == "vote"
+    assert {n[0] for n in proposal["neighbours"]} == {ids[str(p)] for p in paths[:3]}
+    assert accept(library, [target], min_confidence=0.99) == 0  # not confident enough for this person
+    assert accept(library, [target], min_confidence=0.5) == 1
+    assert staged_changes(library)[target] == {"genre": ["Drum & Bass"]}
+    again = impute(library, fields=["genre"])  # an accepted proposal is not proposed over again
+    assert again.proposals == 0 and track_proposals(library, target)[0]["status"] == "accepted"
