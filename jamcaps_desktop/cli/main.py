@@ -725,15 +725,15 @@ def similar(obj: Context, track: str, count: int, by: str, weights: tuple[float,
 @cli.command()
 @click.option("--fields", default="genre,mood,instruments", show_default=True, help="Comma-separated fields.")
 @click.option("--method", type=click.Choice(["vote"]), default="vote", show_default=True)
-@click.option("--min-confidence", type=click.FloatRange(0, 1), default=0.35, show_default=True,
-              help="Propose values at least this confident.")
+@click.option("--min-confidence", type=click.FloatRange(0, 1),
+              help="Propose values at least this confident (default: per field, as measured best).")
 @click.option("-k", "count", type=click.IntRange(1, 100), default=10, show_default=True, help="Neighbours.")
 @click.option("--overwrite", is_flag=True, help="Also propose for fields a track already has.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_obj
-def impute(obj: Context, fields: str, method: str, min_confidence: float, count: int, overwrite: bool, device: str,
-           as_json: bool) -> None:
+def impute(obj: Context, fields: str, method: str, min_confidence: float | None, count: int, overwrite: bool,
+           device: str, as_json: bool) -> None:
     """Propose the genre, mood and instruments tracks lack, from their nearest neighbours."""
     from jamcaps_desktop.cli.progress import TerminalProgress, ctrl_c_cancels
     from jamcaps_desktop.impute.job import impute as run_impute
@@ -800,8 +800,9 @@ def eval_group() -> None:
 @click.option("-k", "count", type=click.IntRange(1, 100), default=10, show_default=True)
 @click.option("--limit", type=click.IntRange(1), help="Score at most this many tracks per field.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--cache", type=click.Path(file_okay=False), help="Keep the text embeddings here between runs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the scores as JSON.")
-def eval_impute(tsv: str, count: int, limit: int | None, device: str, as_json: bool) -> None:
+def eval_impute(tsv: str, count: int, limit: int | None, device: str, cache: str | None, as_json: bool) -> None:
     """Hide each field in turn, predict it from the neighbours, and score every method."""
     from jamcaps_desktop.impute.evaluate import evaluate
     from jamcaps_desktop.models import registry
@@ -813,8 +814,10 @@ def eval_impute(tsv: str, count: int, limit: int | None, device: str, as_json: b
         raise click.ClickException(str(exc)) from exc
     from jamcaps_desktop.cli.progress import TerminalProgress
 
+
     with TerminalProgress(err, enabled=not as_json and err.is_terminal) as bar:
-        results = evaluate(tsv, encoder, k=count, limit=limit, progress=bar)
+        results = evaluate(tsv, encoder, k=count, limit=limit, progress=bar, cache=cache,
+                           encoder_identity=registry.verify(TEXT_MODEL).record["sha256"])
     if as_json:
         _emit_json(results)
         return

@@ -3,9 +3,10 @@
 The TSV (TRACK_ID, ARTIST_ID, ALBUM_ID, PATH, DURATION, SPLIT0, then tags such as ``genre---rock``,
 ``instrument---piano``, ``mood/theme---happy``) gives each track its artist, album and tags. Every
 track's full metadata text is embedded and indexed. For each query track and each field it has, the
-field is hidden: the query is the text without it, its neighbours are the nearest other tracks, and the
-method predicts the field from them. Tracks of the first split tune each method's threshold; the
-scores are those of the second split (by default ``train`` and ``validation``).
+field is hidden: the query is the text without it, its neighbours are the nearest other tracks that
+have the field, and the method predicts the field from them. Tracks of the first split tune each
+method's parameters (the vote's power and threshold); the scores are those of the second split (by
+default ``train`` and ``validation``).
 
 Scores per field and method: micro precision, recall and F1 over all (track, value) pairs, macro F1
 over the vocabulary's values, top-1 accuracy (the best value is one of the true ones) and coverage
@@ -16,6 +17,7 @@ tuning split for every track.
 from __future__ import annotations
 
 import csv
+import hashlib
 import logging
 import time
 from collections import Counter
@@ -26,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from jamcaps_desktop.impute.vocabulary import Vocabulary, load_vocabulary
-from jamcaps_desktop.impute.vote import Neighbour, choose, vote
+from jamcaps_desktop.impute.vote import DEFAULT_POWER, DEFAULT_THRESHOLD, Neighbour, choose, vote
 from jamcaps_desktop.jobs.base import CancelToken, Progress, ProgressCallback, no_progress
 from jamcaps_desktop.similar.metadata import metadata_text
 
@@ -35,6 +37,9 @@ log = logging.getLogger(__name__)
 TSV_CATEGORIES = {"genre": "genre", "instrument": "instruments", "mood/theme": "mood"}
 FIELDS = ("genre", "mood", "instruments")
 THRESHOLDS = [round(0.05 * i, 2) for i in range(2, 15)]  # 0.10 … 0.70
+POWERS = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]
+SEARCH_FACTOR = 10  # candidates searched per neighbour wanted: the neighbours must have the field
+_CACHE: dict[str, str] = {}  # "dir": where embeddings are kept between runs, "identity": the encoder's checksum
 
 
 class EvaluationCancelled(Exception):
@@ -120,12 +125,16 @@ class Scores:
 
 def evaluate(tsv: str | Path, encoder: Any, *, k: int = 10, tune_split: str = "train", test_split: str = "validation",
              limit: int | None = None, tune_limit: int = 2000, progress: ProgressCallback | None = None,
-             cancel: CancelToken | None = None) -> dict[str, Any]:
+             cancel: CancelToken | None = None, cache: str | Path | None = None,
+             encoder_identity: str = "") -> dict[str, Any]:
     """Scores of the vote and the most-frequent baseline per field (see the module's docstring)."""
     from usearch.index import Index
 
     progress = progress or no_progress
     cancel = cancel or CancelToken()
+    _CACHE.clear()
+    if cache:
+        _CACHE.update({"dir": str(cache), "identity": encoder_identity})
     vocabulary = load_vocabulary()
     started = time.monotonic()
     tracks = read_tsv(tsv, vocabulary)
@@ -149,36 +158,36 @@ def evaluate(tsv: str | Path, encoder: Any, *, k: int = 10, tune_split: str = "t
         frequent = Counter(v for i in (tune or having) for v in tracks[i].tags[name]).most_common(1)
         baseline = [frequent[0][0]] if frequent else []
 
-        def candidates_of(queries: list[int], field_name: str = name) -> list[list]:
+        def neighbours_of(queries: list[int], field_name: str = name) -> list[list[Neighbour]]:
             query_vectors = _encode(encoder, [track_text(tracks[i], vocabulary, hidden=field_name) for i in queries],
                                     progress, cancel, f"{field_name} queries")
-            matches = index.search(query_vectors, k + 1)
+            matches = index.search(query_vectors, k * SEARCH_FACTOR + 1)
             out = []
-            for row, query in enumerate(queries):
-                neighbours = [Neighbour(int(key), 1.0 - float(distance),
-                                        tuple(tracks[int(key)].tags.get(field_name, ())))
-                              for key, distance in zip(matches.keys[row], matches.distances[row], strict=True)
-                              if int(key) != query][:k]
-                out.append(vote(neighbours))
+            for row, query in enumerate(queries):  # the k nearest of the tracks that have the field
+                out.append([Neighbour(int(key), 1.0 - float(distance), tuple(tracks[int(key)].tags[field_name]))
+                            for key, distance in zip(matches.keys[row], matches.distances[row], strict=True)
+                            if int(key) != query and tracks[int(key)].tags.get(field_name)][:k])
             return out
 
-        tuned = candidates_of(tune)
-        best_threshold, best_f1 = 0.35, -1.0
-        for threshold in THRESHOLDS:
-            scores = Scores()
-            for query, candidates in zip(tune, tuned, strict=True):
-                scores.add([c.value for c in choose(candidates, name, threshold)], tracks[query].tags[name])
-            f1 = scores.summary()["f1_micro"]
-            if f1 > best_f1:
-                best_threshold, best_f1 = threshold, f1
-        tested = candidates_of(test)
+        tuning = neighbours_of(tune)
+        best = (-1.0, DEFAULT_POWER, DEFAULT_THRESHOLD)
+        for power in POWERS:
+            voted = [vote(n, power=power) for n in tuning]
+            for threshold in THRESHOLDS:
+                scores = Scores()
+                for query, candidates in zip(tune, voted, strict=True):
+                    scores.add([c.value for c in choose(candidates, name, threshold)], tracks[query].tags[name])
+                f1 = scores.summary()["f1_micro"]
+                if f1 > best[0]:
+                    best = (f1, power, threshold)
+        _f1, power, threshold = best
         vote_scores, base_scores = Scores(), Scores()
-        for query, candidates in zip(test, tested, strict=True):
+        for query, neighbours in zip(test, neighbours_of(test), strict=True):
             truth = tracks[query].tags[name]
-            vote_scores.add([c.value for c in choose(candidates, name, best_threshold)], truth)
+            vote_scores.add([c.value for c in choose(vote(neighbours, power=power), name, threshold)], truth)
             base_scores.add(baseline, truth)
         results["fields"][name] = {
-            "vote": {**vote_scores.summary(), "threshold": best_threshold},
+            "vote": {**vote_scores.summary(), "power": power, "threshold": threshold},
             "most_frequent": {**base_scores.summary(), "value": baseline[0] if baseline else None},
         }
     results["elapsed_s"] = round(time.monotonic() - started, 1)
@@ -187,6 +196,23 @@ def evaluate(tsv: str | Path, encoder: Any, *, k: int = 10, tune_split: str = "t
 
 
 def _encode(encoder: Any, texts: list[str], progress: ProgressCallback, cancel: CancelToken, label: str) -> np.ndarray:
+    """The texts' embeddings; kept in the cache folder (keyed by the texts and the encoder) when one is set."""
+    cache_dir, identity = _CACHE.get("dir"), _CACHE.get("identity", "")
+    cached = None
+    if cache_dir:
+        key = hashlib.sha1(("\n".join(texts) + "\0" + identity).encode("utf-8"))
+        cached = Path(cache_dir) / f"{key.hexdigest()}.npy"
+        if cached.is_file():
+            return np.load(cached)
+    vectors = _encode_now(encoder, texts, progress, cancel, label)
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        np.save(cached, vectors)
+    return vectors
+
+
+def _encode_now(encoder: Any, texts: list[str], progress: ProgressCallback, cancel: CancelToken,
+                label: str) -> np.ndarray:
     out = []
     step = 512
     for start in range(0, len(texts), step):

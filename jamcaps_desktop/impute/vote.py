@@ -1,7 +1,8 @@
 """The similarity-weighted vote: what a track's nearest neighbours say about a field it lacks.
 
-Each neighbour that has the field votes for its values with its similarity score (negative scores count
-zero); a value's confidence is its share of the votes cast, so neighbours that do not know the field
+Each neighbour that has the field votes for its values with its similarity score raised to a power
+(negative scores count zero; a power above 1 lets the closest neighbours outweigh a crowd of distant
+ones); a value's confidence is its share of the votes cast, so neighbours that do not know the field
 neither vote for nor against anything. Evidence the track itself provides (its audio taggers'
 probabilities, mapped onto the vocabulary) can be blended in with a weight. The proposal is the values
 whose confidence reaches a threshold, best first, at most a few per field; each keeps the neighbours
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 
 MAX_VALUES = {"genre": 3, "mood": 3, "instruments": 4}
 DEFAULT_THRESHOLD = 0.35
+DEFAULT_POWER = 1.0
 
 
 @dataclass(frozen=True)
@@ -31,14 +33,14 @@ class Candidate:
 
 
 def vote(neighbours: list[Neighbour], *, evidence: dict[str, float] | None = None,
-         evidence_weight: float = 0.0) -> list[Candidate]:
+         evidence_weight: float = 0.0, power: float = DEFAULT_POWER) -> list[Candidate]:
     """Every value named by a neighbour (or the evidence), with its confidence, best first."""
     total = 0.0
     tally: dict[str, Candidate] = {}
     for neighbour in neighbours:
         if not neighbour.values:
             continue
-        weight = max(neighbour.score, 0.0)
+        weight = max(neighbour.score, 0.0) ** power
         total += weight
         for value in dict.fromkeys(neighbour.values):
             candidate = tally.setdefault(value, Candidate(value, 0.0))
