@@ -22,10 +22,10 @@ import numpy as np
 import scipy.fft
 from scipy.ndimage import uniform_filter1d
 
+from jamcaps_desktop.audio.framing import FrameStream
 from jamcaps_desktop.tags.keys import key_name
 
 RATE = 16000
-BLOCK = 32768  # samples gathered before they are processed
 FFT = 8192
 HOP = 4096
 FMIN = 70.0
@@ -85,32 +85,24 @@ class PitchProfile:
         self._upper = (self._lower + 1) % 12
         self._upper_share = upper_share
         self._window = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(FFT) / FFT)).astype(np.float32)
-        self._queued: list[np.ndarray] = []
-        self._queued_samples = 0
-        self._pending = np.zeros(0, dtype=np.float32)
+        self._stream = FrameStream(FFT, HOP)
         self._sum = np.zeros(12)
         self._frames = 0
 
     def feed(self, chunk: np.ndarray) -> None:
-        # decoders hand out small chunks: gather a second or two before the vectorised work
-        self._queued.append(np.asarray(chunk, dtype=np.float32))
-        self._queued_samples += len(chunk)
-        if self._queued_samples >= BLOCK:
-            self._process()
+        framed = self._stream.feed(chunk)
+        if framed is not None:
+            self._consume(framed)
+
+    def _consume(self, framed: np.ndarray) -> None:
+        spectrum = np.abs(scipy.fft.rfft(framed * self._window, axis=1))[:, self._bins]
+        self._add(spectrum)
+        self._frames += len(framed)
 
     def _process(self) -> None:
-        if not self._queued:
-            return
-        signal = np.concatenate([self._pending, *self._queued])
-        self._queued, self._queued_samples = [], 0
-        frames = 0 if len(signal) < FFT else 1 + (len(signal) - FFT) // HOP
-        if frames:
-            strides = (signal.strides[0] * HOP, signal.strides[0])
-            framed = np.lib.stride_tricks.as_strided(signal, shape=(frames, FFT), strides=strides)
-            spectrum = np.abs(scipy.fft.rfft(framed * self._window, axis=1))[:, self._bins]
-            self._add(spectrum)
-            self._frames += frames
-        self._pending = signal[frames * HOP:].copy()
+        framed = self._stream.flush()
+        if framed is not None:
+            self._consume(framed)
 
     def _add(self, spectrum: np.ndarray) -> None:
         # keep local maxima only: a partial's skirt must not leak into the neighbouring semitone

@@ -22,9 +22,9 @@ import numpy as np
 import scipy.fft
 
 from jamcaps_desktop.audio.features import mel_filterbank
+from jamcaps_desktop.audio.framing import FrameStream
 
 RATE = 16000
-BLOCK = 32768  # samples gathered before they are processed
 FFT = 1024
 HOP = 160  # 10 ms: 100 envelope values a second
 FPS = RATE / HOP
@@ -50,40 +50,27 @@ class OnsetEnvelope:
     def __init__(self) -> None:
         self._filters = mel_filterbank(RATE, FFT, BANDS, fmin=30.0, fmax=7600.0)
         self._window = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(FFT) / FFT)).astype(np.float32)
-        self._queued: list[np.ndarray] = []
-        self._queued_samples = 0
-        self._pending = np.zeros(FFT // 2, dtype=np.float32)  # centre the first frame on t = 0
+        self._stream = FrameStream(FFT, HOP, lead=FFT // 2)  # frame i centred on t = i·10 ms
         self._previous: np.ndarray | None = None
         self._values: list[np.ndarray] = []
 
     def feed(self, chunk: np.ndarray) -> None:
-        # decoders hand out small chunks: gather a second or two before the vectorised work
-        self._queued.append(np.asarray(chunk, dtype=np.float32))
-        self._queued_samples += len(chunk)
-        if self._queued_samples >= BLOCK:
-            self._process()
+        framed = self._stream.feed(chunk)
+        if framed is not None:
+            self._consume(framed)
 
-    def _process(self) -> None:
-        if not self._queued:
-            return
-        signal = np.concatenate([self._pending, *self._queued])
-        self._queued, self._queued_samples = [], 0
-        frames = 0 if len(signal) < FFT else 1 + (len(signal) - FFT) // HOP
-        if frames == 0:
-            self._pending = signal
-            return
-        strides = (signal.strides[0] * HOP, signal.strides[0])
-        framed = np.lib.stride_tricks.as_strided(signal, shape=(frames, FFT), strides=strides)
+    def _consume(self, framed: np.ndarray) -> None:
         magnitude = np.abs(scipy.fft.rfft(framed * self._window, axis=1)).astype(np.float32)
         bands = np.log1p(100.0 * (magnitude @ self._filters.T))  # [frames, BANDS]
         previous = bands[:1] if self._previous is None else self._previous
         rises = np.diff(np.vstack([previous, bands]), axis=0)
         self._values.append(np.maximum(rises, 0.0).mean(axis=1))
         self._previous = bands[-1:]
-        self._pending = signal[frames * HOP:].copy()
 
     def envelope(self) -> np.ndarray:
-        self._process()
+        framed = self._stream.flush()
+        if framed is not None:
+            self._consume(framed)
         return np.concatenate(self._values) if self._values else np.zeros(0, dtype=np.float32)
 
 

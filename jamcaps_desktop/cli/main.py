@@ -571,16 +571,6 @@ def models_list(as_json: bool) -> None:
         out.print(f"  {row['name']:<14} {row['version']:<8} {row['licence']:<8} {state}{default}  [dim]{row['title']}")
 
 
-def _file_sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 @models.command(name="install")
 @click.argument("names", nargs=-1)
 @click.option("--default", "defaults", is_flag=True, help="Install every default model.")
@@ -594,7 +584,7 @@ def models_install(names: tuple[str, ...], defaults: bool, local: str | None, fo
     defaults_wanted = registry.default_models() if defaults else []
     if defaults_wanted and local is not None and Path(local).is_file():
         # one file brought by hand holds one source: install the default models that come from it
-        digest = _file_sha256(Path(local))
+        digest = registry.file_sha256(Path(local))
         defaults_wanted = [n for n in defaults_wanted if registry.manifest(n)["source"].get("sha256") == digest]
         if not defaults_wanted and not names:
             raise click.ClickException(f"{local} is not the published source of any default model")

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from jamcaps_desktop.models.onnx_graph import GraphBuilder
 from jamcaps_desktop.models.safetensors_reader import read_safetensors
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ def build_onnx(weights: dict[str, np.ndarray], config: dict[str, Any], name: str
     ``bert.`` prefix is accepted), ``config`` its ``config.json``. KeyError names a missing tensor or
     setting; ValueError an architecture this graph does not reproduce."""
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
     hidden = int(config["hidden_size"])
     heads = int(config["num_attention_heads"])
@@ -56,21 +57,9 @@ def build_onnx(weights: dict[str, np.ndarray], config: dict[str, Any], name: str
     head_size = hidden // heads
     prefix = "bert." if "bert.embeddings.word_embeddings.weight" in weights else ""
 
-    nodes: list[onnx.NodeProto] = []
-    initializers: list[onnx.TensorProto] = []
-    counter = {"n": 0}
-
-    def const(array: np.ndarray, label: str) -> str:
-        counter["n"] += 1
-        tensor_name = f"{label}_{counter['n']}"
-        initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), tensor_name))
-        return tensor_name
-
-    def node(op: str, inputs: list[str], **attrs: Any) -> str:
-        counter["n"] += 1
-        out = f"{op.lower()}_{counter['n']}"
-        nodes.append(helper.make_node(op, inputs, [out], **attrs))
-        return out
+    graph_builder = GraphBuilder()
+    nodes, initializers = graph_builder.nodes, graph_builder.initializers
+    const, node = graph_builder.const, graph_builder.node
 
     def w(key: str, shape: tuple[int, ...]) -> np.ndarray:
         array = weights[prefix + key].astype(np.float32)

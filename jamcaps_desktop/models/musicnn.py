@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from jamcaps_desktop.models.onnx_graph import GraphBuilder
+
 FRAMES = 187
 BANDS = 96
 EPSILON = 1e-3
@@ -22,23 +24,11 @@ def build_onnx(weights: dict[str, np.ndarray], *, name: str = "musicnn"):  # -> 
     """An ONNX model: input ``melspec`` [N, 187, 96]; outputs ``tags`` [N, 50], ``penultimate`` [N, 200],
     ``max_pool`` [N, 753] and ``mean_pool`` [N, 753]."""
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
-    nodes: list = []
-    initializers: list = []
-    counter = {"n": 0}
-
-    def const(array: np.ndarray, label: str) -> str:
-        counter["n"] += 1
-        tensor_name = f"{label}_{counter['n']}"
-        initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), tensor_name))
-        return tensor_name
-
-    def node(op: str, inputs: list[str], **attrs) -> str:
-        counter["n"] += 1
-        out = f"{op.lower()}_{counter['n']}"
-        nodes.append(helper.make_node(op, inputs, [out], **attrs))
-        return out
+    graph_builder = GraphBuilder()
+    nodes, initializers = graph_builder.nodes, graph_builder.initializers
+    const, node = graph_builder.const, graph_builder.node
 
     def w(key: str) -> np.ndarray:
         return weights[key].astype(np.float32)

