@@ -48,10 +48,15 @@ def test_vote_weights_by_similarity_and_ignores_neighbours_without_the_field():
     candidates = vote(neighbours)
     by_value = {c.value: c for c in candidates}
     assert candidates[0].value == "rock"
-    assert by_value["rock"].confidence == pytest.approx((0.9 + 0.8) / (0.9 + 0.8 + 0.7), abs=1e-4)
+    support = 1 - np.exp(-(0.9 + 0.8 + 0.7) / 2.0)  # three voters, fairly close
+    assert by_value["rock"].confidence == pytest.approx(support * (0.9 + 0.8) / (0.9 + 0.8 + 0.7), abs=1e-4)
     assert by_value["metal"].confidence == 0.0  # a dissimilar neighbour carries no weight
     assert {t for t, _s in by_value["rock"].support} == {1, 2}
     assert [c.value for c in choose(candidates, "genre", 0.35)] == ["rock"]
+    lone = vote([Neighbour(9, 0.3, ("folk",))])  # one remote neighbour is no certainty
+    assert lone[0].confidence < 0.2
+    crowd = vote([Neighbour(i, 0.9, ("folk",)) for i in range(10)])
+    assert crowd[0].confidence > 0.95
     blended = {c.value: c.confidence for c in vote(neighbours, evidence={"jazz": 0.9}, evidence_weight=0.5)}
     assert blended["jazz"] > by_value["jazz"].confidence and blended["rock"] < by_value["rock"].confidence
 

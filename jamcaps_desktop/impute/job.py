@@ -29,8 +29,8 @@ log = logging.getLogger(__name__)
 EVIDENCE_WEIGHT = 0.2  # share of the confidence the track's own tagger labels may contribute
 SEARCH_FACTOR = 10  # neighbours searched per neighbour wanted: a field's voters are the k nearest that have it
 # per field, as tuned by `jamcaps eval impute` on MTG-Jamendo's training split (the README has the scores)
-VOTE_POWER: dict[str, float] = {"genre": 8.0, "mood": 32.0, "instruments": 16.0}
-VOTE_THRESHOLD: dict[str, float] = {"genre": 0.15, "mood": 0.25, "instruments": 0.10}
+VOTE_POWER: dict[str, float] = {"genre": 16.0, "mood": 32.0, "instruments": 16.0}
+VOTE_THRESHOLD: dict[str, float] = {"genre": 0.15, "mood": 0.30, "instruments": 0.10}
 METHODS = ("vote",)
 
 
@@ -122,8 +122,10 @@ def impute(library: Library, *, fields: list[str] | None = None, method: str = "
                 support = [[m.track_id, m.score, [names.name(v) for v in known.get(m.track_id, {}).get(name, [])]]
                            for m in matches if m.track_id in voters]
                 considered = {names.name(c.value): c.confidence for c in candidates[:12]}
+                # no neighbour knew the field: what is proposed is the track's own taggers' word alone
+                used = method if voters else "tagger"
                 rows.append((track_id, name, json.dumps([names.name(c.value) for c in chosen], ensure_ascii=False),
-                             chosen[0].confidence, method, json.dumps(considered, ensure_ascii=False),
+                             chosen[0].confidence, used, json.dumps(considered, ensure_ascii=False),
                              json.dumps(support, ensure_ascii=False), json.dumps(models), utc_now()))
                 summary.per_field[name] = summary.per_field.get(name, 0) + 1
             with library.transaction() as conn:
