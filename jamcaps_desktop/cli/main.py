@@ -678,6 +678,18 @@ def _embed_metadata(library: Library, device: str) -> bool:
 TEXT_MODEL = "minilm-l6"
 
 
+def _language_model(model: str):  # -> LlamaCompleter
+    """An installed GGUF model by name, or a GGUF file by path."""
+    from jamcaps_desktop.impute.llm import LlamaCompleter
+    from jamcaps_desktop.models import registry
+
+    try:
+        path = Path(model) if Path(model).is_file() else registry.verify(model).onnx_path
+        return LlamaCompleter(path)
+    except (registry.ModelError, RuntimeError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 @cli.command()
 @click.argument("track")
 @click.option("-k", "count", type=click.IntRange(1, 1000), default=10, show_default=True)
@@ -791,8 +803,13 @@ def eval_group() -> None:
 @click.option("--limit", type=click.IntRange(1), help="Score at most this many tracks per field.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--cache", type=click.Path(file_okay=False), help="Keep the text embeddings here between runs.")
+@click.option("--llm", "llm_model", metavar="MODEL_OR_GGUF",
+              help="Also score the llm, hybrid and paper methods with this installed model or GGUF file.")
+@click.option("--llm-limit", type=click.IntRange(1), default=100, show_default=True,
+              help="Tracks per field for the language-model methods (a random sample).")
 @click.option("--json", "as_json", is_flag=True, help="Print the scores as JSON.")
-def eval_impute(tsv: str, count: int, limit: int | None, device: str, cache: str | None, as_json: bool) -> None:
+def eval_impute(tsv: str, count: int, limit: int | None, device: str, cache: str | None, llm_model: str | None,
+                llm_limit: int, as_json: bool) -> None:
     """Hide each field in turn, predict it from the neighbours, and score every method."""
     from jamcaps_desktop.impute.evaluate import evaluate
     from jamcaps_desktop.models import registry
@@ -807,7 +824,8 @@ def eval_impute(tsv: str, count: int, limit: int | None, device: str, cache: str
 
     with TerminalProgress(err, enabled=not as_json and err.is_terminal) as bar:
         results = evaluate(tsv, encoder, k=count, limit=limit, progress=bar, cache=cache,
-                           encoder_identity=registry.verify(TEXT_MODEL).record["sha256"])
+                           encoder_identity=registry.verify(TEXT_MODEL).record["sha256"],
+                           complete=_language_model(llm_model) if llm_model else None, llm_limit=llm_limit)
     if as_json:
         _emit_json(results)
         return

