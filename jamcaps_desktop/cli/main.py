@@ -726,7 +726,10 @@ def similar(obj: Context, track: str, count: int, by: str, weights: tuple[float,
 
 @cli.command()
 @click.option("--fields", default="genre,mood,instruments", show_default=True, help="Comma-separated fields.")
-@click.option("--method", type=click.Choice(["vote"]), default="vote", show_default=True)
+@click.option("--method", type=click.Choice(["vote", "llm", "hybrid"]), default="vote", show_default=True,
+              help="vote: the neighbours' weighted vote; llm / hybrid: a local language model (see --llm-model).")
+@click.option("--llm-model", default="gemma3-270m", show_default=True, metavar="MODEL_OR_GGUF",
+              help="The installed language model, or a GGUF file, for --method llm or hybrid.")
 @click.option("--min-confidence", type=click.FloatRange(0, 1),
               help="Propose values at least this confident (default: per field, as measured best).")
 @click.option("-k", "count", type=click.IntRange(1, 100), default=10, show_default=True, help="Neighbours.")
@@ -734,8 +737,8 @@ def similar(obj: Context, track: str, count: int, by: str, weights: tuple[float,
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_obj
-def impute(obj: Context, fields: str, method: str, min_confidence: float | None, count: int, overwrite: bool,
-           device: str, as_json: bool) -> None:
+def impute(obj: Context, fields: str, method: str, llm_model: str, min_confidence: float | None, count: int,
+           overwrite: bool, device: str, as_json: bool) -> None:
     """Propose the genre, mood and instruments tracks lack, from their nearest neighbours."""
     from jamcaps_desktop.cli.progress import TerminalProgress, ctrl_c_cancels
     from jamcaps_desktop.impute.job import impute as run_impute
@@ -746,7 +749,8 @@ def impute(obj: Context, fields: str, method: str, min_confidence: float | None,
     try:
         with TerminalProgress(err, enabled=not as_json and err.is_terminal) as bar, ctrl_c_cancels(token, err):
             summary = run_impute(library, fields=[f.strip() for f in fields.split(",") if f.strip()], method=method,
-                                 k=count, threshold=min_confidence, overwrite=overwrite, progress=bar, cancel=token)
+                                 k=count, threshold=min_confidence, overwrite=overwrite, progress=bar, cancel=token,
+                                 complete=_language_model(llm_model) if method != "vote" else None)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
     if as_json:

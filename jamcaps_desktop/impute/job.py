@@ -31,7 +31,7 @@ SEARCH_FACTOR = 10  # neighbours searched per neighbour wanted: a field's voters
 # per field, as tuned by `jamcaps eval impute` on MTG-Jamendo's training split (the README has the scores)
 VOTE_POWER: dict[str, float] = {"genre": 16.0, "mood": 32.0, "instruments": 16.0}
 VOTE_THRESHOLD: dict[str, float] = {"genre": 0.15, "mood": 0.30, "instruments": 0.10}
-METHODS = ("vote",)
+METHODS = ("vote", "llm", "hybrid")
 
 
 @dataclass
@@ -71,10 +71,13 @@ def tagger_evidence(library: Library, vocabulary: Vocabulary) -> dict[int, dict[
 def impute(library: Library, *, fields: list[str] | None = None, method: str = "vote", k: int = 10,
            threshold: float | None = None, overwrite: bool = False, track_ids: list[int] | None = None,
            weights: tuple[float, float] = DEFAULT_WEIGHTS, progress: ProgressCallback | None = None,
-           cancel: CancelToken | None = None) -> ImputeSummary:
-    """Propose values for the fields tracks lack; returns what was proposed."""
+           cancel: CancelToken | None = None, complete: Any = None) -> ImputeSummary:
+    """Propose values for the fields tracks lack; returns what was proposed. The llm and hybrid methods
+    need ``complete``, a language model (see ``impute.llm``)."""
     if method not in METHODS:
         raise ValueError(f"the {method!r} method is not available in this version (available: {', '.join(METHODS)})")
+    if method != "vote" and complete is None:
+        raise ValueError(f"the {method} method needs a language model")
     fields = list(fields or FIELDS)
     unknown = [f for f in fields if f not in FIELDS]
     if unknown:
@@ -111,10 +114,13 @@ def impute(library: Library, *, fields: list[str] | None = None, method: str = "
                     continue
                 neighbours = [Neighbour(m.track_id, m.score, tuple(known[m.track_id][name]))
                               for m in matches if known.get(m.track_id, {}).get(name)][:k]  # the k nearest that know
+                power = VOTE_POWER.get(name, DEFAULT_POWER)
+                floor = threshold if threshold is not None else VOTE_THRESHOLD.get(name, DEFAULT_THRESHOLD)
                 candidates = vote(neighbours, evidence=evidence.get(track_id, {}).get(name),
-                                  evidence_weight=EVIDENCE_WEIGHT, power=VOTE_POWER.get(name, DEFAULT_POWER))
-                chosen = choose(candidates, name,
-                                threshold if threshold is not None else VOTE_THRESHOLD.get(name, DEFAULT_THRESHOLD))
+                                  evidence_weight=EVIDENCE_WEIGHT, power=power)
+                chosen = choose(candidates, name, floor)
+                if method != "vote" and neighbours:
+                    chosen = _ask_model(method, complete, name, vocabulary, neighbours, tags, track_id, power, floor)
                 if not chosen:
                     continue
                 names = vocabulary.fields[name]
@@ -139,6 +145,22 @@ def impute(library: Library, *, fields: list[str] | None = None, method: str = "
         summary.status = "cancelled" if cancel.cancelled else "completed"
     summary.elapsed_s = round(time.monotonic() - started, 3)
     return summary
+
+
+def _ask_model(method: str, complete: Any, name: str, vocabulary: Vocabulary, neighbours: list[Neighbour],
+               tags: dict[int, dict[str, list[str]]], track_id: int, power: float, floor: float) -> list[Any]:
+    from jamcaps_desktop.impute.llm import hybrid_impute, llm_impute
+    from jamcaps_desktop.impute.vote import MAX_VALUES
+    from jamcaps_desktop.similar.metadata import metadata_text
+
+    texts = {n.track_id: metadata_text(tags.get(n.track_id, {})) for n in neighbours}
+    query = metadata_text(tags.get(track_id, {}), leave_out=[name])
+    most = MAX_VALUES.get(name, 1)
+    if method == "llm":
+        return llm_impute(complete, name, vocabulary.fields[name], neighbours, texts, query, most=most, power=power)
+    chosen, _ran = hybrid_impute(complete, name, vocabulary.fields[name], neighbours, texts, query, most=most,
+                                 power=power, threshold=floor)
+    return chosen
 
 
 def track_proposals(library: Library, track_id: int) -> list[dict[str, Any]]:
