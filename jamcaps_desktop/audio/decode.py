@@ -79,6 +79,8 @@ def iter_outputs(path: str, outputs: list[tuple[int | None, bool]], *, max_secon
         def emit(index: int, frames: list[av.AudioFrame]) -> Iterator[tuple[int, np.ndarray]]:
             mono, limit = outputs[index][1], limits[index]
             for out in frames:
+                if outputs[index][0] is None and out.sample_rate:
+                    stats.source_rate = out.sample_rate  # the rate frames really come at (HE-AAC doubles its own)
                 planes = out.to_ndarray()  # [channels, samples] for a planar format
                 if not stats.channels:
                     stats.channels = [channel.name for channel in out.layout.channels]
