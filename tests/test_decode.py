@@ -60,3 +60,30 @@ def test_undecodable_files_raise_a_clear_error(tmp_path):
     empty.write_bytes(b"")
     with pytest.raises(DecodeError):
         decode(str(empty), 16000)
+
+
+def test_a_stream_that_changes_layout_and_rate_midway_decodes_whole(tmp_path):
+    from audio_fixtures import encode_signal
+
+    from jamcaps_desktop.audio.decode import iter_outputs
+
+    t = np.arange(44100 * 2) / 44100
+    stereo = encode_signal(tmp_path / "a.mp3", "mp3", (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 44100)
+    t = np.arange(48000 * 2) / 48000
+    other = tmp_path / "b.mp3"
+    import av
+
+    with av.open(str(other), "w", format="mp3") as out:  # mono, 48 kHz
+        stream = out.add_stream("libmp3lame", rate=48000)
+        stream.layout = "mono"
+        frame = av.AudioFrame.from_ndarray((0.3 * np.sin(2 * np.pi * 330 * t)).astype(np.float32)[None], format="fltp",
+                                           layout="mono")
+        frame.sample_rate = 48000
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            out.mux(packet)
+    joined = tmp_path / "joined.mp3"
+    joined.write_bytes(stereo.read_bytes() + other.read_bytes())  # as joining tools and bad rips do
+    seconds = {0: 0.0, 1: 0.0}
+    for index, chunk in iter_outputs(str(joined), [(16000, True), (None, False)]):
+        seconds[index] += chunk.shape[-1] / (16000 if index == 0 else 44100)
+    assert seconds[0] == pytest.approx(4.0, abs=0.25)

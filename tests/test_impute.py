@@ -163,3 +163,29 @@ def test_similar_impute_accept_write_from_the_command_line(models_dir, minilm_wh
     run("accept", str(quiet[0]), "--min-confidence", "0.5")
     run("write")
     assert mutagen.File(quiet[0], easy=True)["genre"] == ["Jazz"]
+
+
+def test_evaluation_on_a_small_collection(tmp_path):
+    import hashlib
+
+    from jamcaps_desktop.impute.evaluate import evaluate
+
+    class HashEncoder:  # a deterministic stand-in with another width than the real encoder's
+        def encode(self, texts):
+            rows = []
+            for text in texts:
+                vector = np.frombuffer(hashlib.sha256(text.split("|")[0].encode()).digest()[:16], dtype=np.uint8)
+                vector = vector.astype(np.float32) + 1.0
+                rows.append(vector / np.linalg.norm(vector))
+            return np.array(rows, dtype=np.float32).reshape(len(texts), 16)
+
+    lines = ["TRACK_ID\tARTIST_ID\tALBUM_ID\tPATH\tDURATION\tSPLIT0\tTAGS"]
+    for index in range(8):  # fewer tracks than neighbours wanted, all rock, no mood at all
+        split = "train" if index < 4 else "validation"
+        lines.append(f"t{index}\tartist_1\talbum_{index % 2}\t{index}.mp3\t100.0\t{split}\tgenre---rock")
+    tsv = tmp_path / "small.tsv"
+    tsv.write_text("\n".join(lines) + "\n")
+    results = evaluate(tsv, HashEncoder(), k=10)
+    genre = results["fields"]["genre"]
+    assert genre["vote"]["f1_micro"] == 1.0 and genre["vote"]["coverage"] == 1.0
+    assert results["fields"]["mood"]["vote"]["queries"] == 0

@@ -139,6 +139,9 @@ def _hear(path: str, specs: dict[_Group, InputSpec]) -> _Heard:
                 pitches.feed(chunk)
     except DecodeError as exc:
         return _Heard(error=str(exc))
+    except Exception as exc:  # one file the decoding trips over never stops the batch
+        log.exception("decoding %s failed", path)
+        return _Heard(error=f"the audio could not be decoded ({type(exc).__name__}: {exc})")
     for group, windower in windowers.items():
         features[group].extend(specs[group].features(w) for w in windower.finish())
         if features[group]:
@@ -176,15 +179,30 @@ def _heard_in_order(paths: list[str], specs: dict[_Group, InputSpec], cancel: Ca
             try:
                 heard = futures[index].result()
             except BrokenProcessPool:
-                log.warning("the decoder crashed on %s", paths[index])
-                yield _Heard(error="the decoder crashed on this file")
+                # a worker died (a decoder crash) and took every unfinished file with it: decode those again
+                # one at a time, each in a process of its own, so that only the file that crashes is blamed
                 pool.shutdown(wait=False, cancel_futures=True)
-                yield from _heard_in_order(paths[index + 1:], specs, cancel, workers)  # a fresh pool for the rest
+                for path in paths[index:len(futures)]:
+                    if cancel.cancelled:
+                        return
+                    yield _hear_isolated(path, specs)
+                yield from _heard_in_order(paths[len(futures):], specs, cancel, workers)  # a fresh pool for the rest
                 return
             futures[index] = None  # type: ignore[call-overload]  # release the memory of this result
             if len(futures) < len(paths) and not cancel.cancelled:
                 futures.append(pool.submit(_hear, paths[len(futures)], specs))
             yield heard
+
+
+def _hear_isolated(path: str, specs: dict[_Group, InputSpec]) -> _Heard:
+    context = multiprocessing.get_context("spawn")
+    with single_threaded_workers(), ProcessPoolExecutor(max_workers=1, mp_context=context,
+                                                        initializer=init_worker) as pool:
+        try:
+            return pool.submit(_hear, path, specs).result()
+        except BrokenProcessPool:
+            log.warning("the decoder crashed on %s", path)
+            return _Heard(error="the decoder crashed on this file")
 
 
 def _todo(library: Library, models: list[_Loaded], limit: int | None) -> tuple[list[dict[str, Any]], int]:

@@ -111,11 +111,20 @@ def iter_outputs(path: str, outputs: list[tuple[int | None, bool]], *, max_secon
                 frame.pts = None  # let the resamplers follow the samples, not damaged timestamps
                 if not stats.samples and not any(passthrough):
                     passthrough = [rate is None and frame.format.name == "fltp" for rate, _mono in outputs]
-                for index, resampler in enumerate(resamplers):
+                for index in range(len(resamplers)):
                     if passthrough[index] and frame.format.name == "fltp":
                         yield from emit(index, [frame])
-                    else:
-                        yield from emit(index, resampler.resample(frame))
+                        continue
+                    try:
+                        converted = resamplers[index].resample(frame)
+                    except ValueError:
+                        # the stream changed layout or rate mid-file (joined recordings): finish what the old
+                        # resampler holds, then carry on with one made for the new frames
+                        yield from emit(index, resamplers[index].resample(None))
+                        rate = outputs[index][0]
+                        resamplers[index] = av.AudioResampler(format="fltp", rate=rate, frame_size=OUTPUT_FRAME)
+                        converted = resamplers[index].resample(frame)
+                    yield from emit(index, converted)
             if limits[0] is not None and produced[0] >= limits[0]:
                 return
         for index, resampler in enumerate(resamplers):

@@ -159,13 +159,17 @@ def evaluate(tsv: str | Path, encoder: Any, *, k: int = 10, tune_split: str = "t
         baseline = [frequent[0][0]] if frequent else []
 
         def neighbours_of(queries: list[int], field_name: str = name) -> list[list[Neighbour]]:
+            if not queries:
+                return []
             query_vectors = _encode(encoder, [track_text(tracks[i], vocabulary, hidden=field_name) for i in queries],
                                     progress, cancel, f"{field_name} queries")
             matches = index.search(query_vectors, k * SEARCH_FACTOR + 1)
             out = []
             for row, query in enumerate(queries):  # the k nearest of the tracks that have the field
+                found = int(matches.counts[row])  # past it, the arrays are padding
                 out.append([Neighbour(int(key), 1.0 - float(distance), tuple(tracks[int(key)].tags[field_name]))
-                            for key, distance in zip(matches.keys[row], matches.distances[row], strict=True)
+                            for key, distance in zip(matches.keys[row][:found], matches.distances[row][:found],
+                                                     strict=True)
                             if int(key) != query and tracks[int(key)].tags.get(field_name)][:k])
             return out
 

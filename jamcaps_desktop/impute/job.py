@@ -129,7 +129,7 @@ def impute(library: Library, *, fields: list[str] | None = None, method: str = "
                            for m in matches if m.track_id in voters]
                 considered = {names.name(c.value): c.confidence for c in candidates[:12]}
                 # no neighbour knew the field: what is proposed is the track's own taggers' word alone
-                used = method if voters else "tagger"
+                used = method if (voters or method != "vote") else "tagger"
                 rows.append((track_id, name, json.dumps([names.name(c.value) for c in chosen], ensure_ascii=False),
                              chosen[0].confidence, used, json.dumps(considered, ensure_ascii=False),
                              json.dumps(support, ensure_ascii=False), json.dumps(models), utc_now()))

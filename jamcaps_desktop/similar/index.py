@@ -62,13 +62,16 @@ def load_vectors(library: Library, space: str, track_ids: list[int] | None = Non
             rows.append(vector / max(float(np.linalg.norm(vector)), 1e-12))
             stamps.append("|".join(have[m][1] for m in models))
     elif space == "meta":
+        # one text encoder at a time: the one that embedded most tracks (a switch mid-way leaves the rest)
+        current = library.conn.execute("SELECT model FROM text_embeddings GROUP BY model ORDER BY count(*) DESC, "
+                                       "max(embedded_at) DESC LIMIT 1").fetchone()
         for track_id, blob, text_hash in library.conn.execute(
                 "SELECT e.track_id, e.embedding, e.text_hash FROM text_embeddings e JOIN tracks t ON t.id = e.track_id "
-                "WHERE t.status = 'ok' ORDER BY e.track_id"):
+                "WHERE t.status = 'ok' AND e.model = ? ORDER BY e.track_id", (current[0] if current else "",)):
             if wanted is None or track_id in wanted:
                 ids.append(track_id)
                 rows.append(np.frombuffer(blob, dtype=np.float32))
-                stamps.append(text_hash)
+                stamps.append(f"{current[0]}|{text_hash}")
     else:
         raise ValueError(f"unknown space {space!r}")
     if not rows:
@@ -162,5 +165,5 @@ class VectorIndex:
         if self.index is None or count <= 0:
             return []
         matches = self.index.search(np.asarray(vector, dtype=np.float32), min(count, len(self.index)))
-        return [(int(key), float(1.0 - distance)) for key, distance in zip(matches.keys, matches.distances,
-                                                                          strict=True)]
+        return [(int(key), float(1.0 - distance)) for key, distance in zip(matches.keys, matches.distances, strict=True)
+                if np.isfinite(distance)]  # a single query's matches hold only what was found; guard anyway
