@@ -160,7 +160,11 @@ def test_similar_impute_accept_write_from_the_command_line(models_dir, minilm_wh
     (proposal,) = shown["proposals"]
     assert proposal["values"] == ["Jazz"] and proposal["confidence"] > 0.5
     assert "Jazz" in run("show", str(quiet[0]))
-    run("accept", str(quiet[0]), "--min-confidence", "0.5")
+    listed = json.loads(run("ls", "--proposed", "genre", "--json"))
+    assert [row["path"] for row in listed] == [str(quiet[0])]
+    assert json.loads(run("ls", "--proposed", "mood", "--json")) == []
+    run("accept", "proposed:genre", "--min-confidence", "0.5")  # every track with a genre proposal
+    assert json.loads(run("ls", "--proposed", "any", "--json")) == []  # accepted: no longer pending
     run("write")
     assert mutagen.File(quiet[0], easy=True)["genre"] == ["Jazz"]
 

@@ -151,12 +151,14 @@ def scan(obj: Context, paths: tuple[str, ...], as_json: bool, workers: int | Non
               help="Only this container or codec: mp3, flac, ogg, opus, m4a, alac, wav, wma, ... (repeatable).")
 @click.option("--errors", is_flag=True, help="Only files that could not be read, with the reason.")
 @click.option("--missing-files", is_flag=True, help="Only tracks whose file is gone.")
+@click.option("--proposed", multiple=True, metavar="FIELD", help="Only tracks with a pending proposal for FIELD "
+              "('any' for any field; repeatable).")
 @click.option("--under", type=click.Path(file_okay=False), help="Only tracks inside this folder.")
 @click.option("--limit", type=click.IntRange(1), help="At most this many rows.")
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
 @click.pass_obj
 def ls_command(obj: Context, missing: tuple[str, ...], formats: tuple[str, ...], errors: bool, missing_files: bool,
-               under: str | None, limit: int | None, as_json: bool) -> None:
+               proposed: tuple[str, ...], under: str | None, limit: int | None, as_json: bool) -> None:
     """List tracks in the library."""
     from jamcaps_desktop.tags.fields import FIELDS
 
@@ -164,7 +166,8 @@ def ls_command(obj: Context, missing: tuple[str, ...], formats: tuple[str, ...],
         if name not in FIELDS:
             raise click.UsageError(f"unknown field {name!r}; known fields: {', '.join(FIELDS)}")
     statuses = (["error"] if errors else []) + (["missing"] if missing_files else [])
-    flt = TrackFilter(missing=list(missing), formats=list(formats), statuses=statuses, under=under, limit=limit)
+    flt = TrackFilter(missing=list(missing), formats=list(formats), statuses=statuses, under=under, limit=limit,
+                      proposed=list(proposed))
     try:
         rows = list_tracks(obj.library(), flt)
     except UnknownFieldError as exc:

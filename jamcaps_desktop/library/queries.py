@@ -29,6 +29,7 @@ class TrackFilter:
     under: str | None = None                           # only tracks inside this folder
     tag_equals: list[tuple[str, str]] = field(default_factory=list)  # (field, value), case-insensitive
     text: list[str] = field(default_factory=list)      # words found in the path or any tag value
+    proposed: list[str] = field(default_factory=list)  # fields with a pending proposal ("any": any field)
     limit: int | None = None
 
 
@@ -64,6 +65,12 @@ def _where(flt: TrackFilter) -> tuple[str, list[Any]]:
         clauses.append("EXISTS (SELECT 1 FROM track_tags g WHERE g.track_id = t.id AND g.field = ? "
                        "AND g.value = ? COLLATE NOCASE)")
         params += [name, value]
+    for name in flt.proposed:
+        if name != "any" and name not in FIELDS:
+            raise UnknownFieldError(f"unknown field {name!r}; known fields: {', '.join(FIELDS)}")
+        clauses.append("EXISTS (SELECT 1 FROM proposals p WHERE p.track_id = t.id AND p.status = 'proposed'"
+                       + (" AND p.field = ?)" if name != "any" else ")"))
+        params += [name] if name != "any" else []
     for word in flt.text:
         clauses.append("(t.path LIKE ? ESCAPE '\\' OR EXISTS (SELECT 1 FROM track_tags g WHERE g.track_id = t.id "
                        "AND g.field IS NOT NULL AND g.value LIKE ? ESCAPE '\\'))")
@@ -176,8 +183,9 @@ def library_stats(library: Library) -> dict[str, Any]:
 def parse_query(query: str) -> TrackFilter:
     """A filter from words such as ``missing:genre format:flac artist:"Some One" piano``.
 
-    ``missing:FIELD``, ``format:FMT``, ``status:ok|error|missing``, ``under:FOLDER`` and ``FIELD:VALUE``
-    (exact, ignoring case) narrow the selection; other words must appear in the path or a tag value.
+    ``missing:FIELD``, ``proposed:FIELD`` (or ``proposed:any``), ``format:FMT``, ``status:ok|error|missing``,
+    ``under:FOLDER`` and ``FIELD:VALUE`` (exact, ignoring case) narrow the selection; other words must
+    appear in the path or a tag value.
     """
     import shlex
 
@@ -199,6 +207,8 @@ def parse_query(query: str) -> TrackFilter:
             flt.statuses.append(value)
         elif key == "under":
             flt.under = value
+        elif key == "proposed":
+            flt.proposed.append(value)
         elif key in FIELDS:
             flt.tag_equals.append((key, value))
         else:
