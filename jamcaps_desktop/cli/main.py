@@ -659,6 +659,9 @@ if __name__ == "__main__":
 
 
 # -- similarity and imputation ------------------------------------------------------------------
+TEXT_MODEL = "minilm-l6"
+
+
 def _embed_metadata(library: Library, device: str) -> bool:
     """Embed the tracks' metadata when the text encoder is installed; False (with a note) when it is not."""
     from jamcaps_desktop.models import registry
@@ -677,8 +680,6 @@ def _embed_metadata(library: Library, device: str) -> bool:
     embed_library(library, encoder, model=TEXT_MODEL)
     return True
 
-
-TEXT_MODEL = "minilm-l6"
 
 
 def _language_model(model: str):  # -> LlamaCompleter

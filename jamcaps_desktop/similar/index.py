@@ -93,6 +93,7 @@ class VectorIndex:
         self.space = space
         self.path = index_path(library, space)
         self.index = None  # usearch.index.Index, or None while the space is empty
+        self.vectors: Vectors | None = None  # what the last sync read from the library
 
     def _entries(self) -> dict[int, str]:
         return dict(self.library.conn.execute("SELECT track_id, stamp FROM index_entries WHERE space = ?",
@@ -117,7 +118,7 @@ class VectorIndex:
         """Bring the index file in line with the library; returns how many vectors were added and removed."""
         from usearch.index import Index
 
-        vectors = load_vectors(self.library, self.space)
+        vectors = self.vectors = load_vectors(self.library, self.space)
         if not len(vectors.ids):
             self.index = None
             self._save(None, {})

@@ -66,6 +66,7 @@ def embed_library(library: Library, encoder: Any, *, model: str, progress: Progr
                                        (model,)).fetchall())
     todo: list[tuple[int, str, str]] = []
     empty: list[int] = []
+    unchanged = 0
     tags = library_tags(library)
     for (track_id,) in library.conn.execute("SELECT id FROM tracks WHERE status = 'ok' ORDER BY id").fetchall():
         text = metadata_text(tags.get(track_id, {}))
@@ -73,7 +74,9 @@ def embed_library(library: Library, encoder: Any, *, model: str, progress: Progr
             empty.append(track_id)
             continue
         digest = text_hash(text)
-        if stored.get(track_id) != digest:
+        if stored.get(track_id) == digest:
+            unchanged += 1
+        else:
             todo.append((track_id, text, digest))
     with library.transaction() as conn:  # a track whose tags were all removed has nothing to be found by
         conn.executemany("DELETE FROM text_embeddings WHERE track_id = ?", [(t,) for t in empty])
@@ -92,4 +95,4 @@ def embed_library(library: Library, encoder: Any, *, model: str, progress: Progr
                 [(t, model, d, v.tobytes(), now) for (t, _text, d), v in zip(batch, vectors, strict=True)])
         done += len(batch)
         progress(Progress("embed", done, len(todo)))
-    return {"embedded": done, "unchanged": len(stored) - len(empty), "without_tags": len(empty)}
+    return {"embedded": done, "unchanged": unchanged, "without_tags": len(empty)}

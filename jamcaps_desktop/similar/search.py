@@ -45,7 +45,7 @@ class Searcher:
             index = VectorIndex(library, space)
             index.sync()
             self.indexes[space] = index
-            vectors = load_vectors(library, space)
+            vectors = index.vectors if index.vectors is not None else load_vectors(library, space)
             self.vectors[space] = vectors
             self.rows[space] = {int(t): row for row, t in enumerate(vectors.ids)}
 
