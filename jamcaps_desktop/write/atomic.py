@@ -88,6 +88,15 @@ def fsync_file(handle: BinaryIO) -> None:
     getattr(os, "fdatasync", os.fsync)(handle.fileno())
 
 
+def flush_path(path: str) -> None:
+    """Flush a finished copy to the disk, by path (the batch writer flushes many at once, in threads)."""
+    try:
+        with open(path, "rb") as handle:
+            fsync_file(handle)
+    except OSError as exc:
+        raise _os_error_message(exc, "flushing the copy to disk") from exc
+
+
 def replace_file(source: str, target: str) -> None:
     os.replace(source, target)
 
@@ -158,8 +167,11 @@ def discard(temp: str) -> None:
 
 
 def prepare_copy(path: str, edit: Callable[[BinaryIO], T], *, expected: FileState | None = None,
-                 keep_mtime: bool = False) -> tuple[T, PreparedCopy]:
+                 keep_mtime: bool = False, flush: bool = True) -> tuple[T, PreparedCopy]:
     """Copy ``path`` beside itself, let ``edit`` change the copy, flush it, carry over permissions.
+
+    ``flush=False`` leaves flushing the copy to the disk to the caller (``flush_path``), who must do it
+    before ``commit_copy``; a batch flushes many copies at once, which costs far less than one by one.
 
     ``edit`` gets the copy opened read-write and returns whatever the caller wants back (it raises to
     abort). ``expected`` is the size and mtime the caller believes the file has: if the file differs,
@@ -196,7 +208,10 @@ def prepare_copy(path: str, edit: Callable[[BinaryIO], T], *, expected: FileStat
         try:
             with open(temp, "r+b") as handle:
                 result = edit(handle)
-                fsync_file(handle)
+                if flush:
+                    fsync_file(handle)
+                else:
+                    handle.flush()
         except OSError as exc:
             raise _os_error_message(exc, "writing the tags") from exc
         try:

@@ -2,7 +2,8 @@
 
 For every file of a batch:
 
-1. the tags are changed on a temporary copy and verified (``tags.edit``);
+1. the tags are changed on a temporary copy and verified (``tags.edit``), and the copy is flushed to
+   the disk (several copies at once, in threads: a journaling file system then commits them together);
 2. the journal row is committed as ``pending``, with the old and new values and the raw tag items
    the change replaces;
 3. the copy replaces the file (``write.atomic``);
@@ -15,13 +16,14 @@ settles it as written or not. Each file is wholly old or wholly new at every mom
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import multiprocessing
 import os
 import time
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,8 +42,9 @@ from jamcaps_desktop.write.prepare import Changes, FileTask, Prepared, prepare
 log = logging.getLogger(__name__)
 
 PARALLEL_WRITE_THRESHOLD = 24   # fewer files than this are prepared in-process
-GROUP_FILES = 32                # files journaled, replaced and recorded together
+GROUP_FILES = 64                # files journaled, replaced and recorded together
 GROUP_SECONDS = 0.5
+FLUSH_THREADS = 8               # copies flushed to the disk at once
 
 
 @dataclass(frozen=True)
@@ -227,6 +230,37 @@ class _Folders:
             atomic.fsync_dir(folder)
 
 
+class _Flusher:
+    """Flushes prepared copies to the disk in threads, as they arrive.
+
+    One fsync at a time costs a journal commit per file; concurrent ones are committed together,
+    so a batch pays for a handful of disk flushes per group instead of one per file. Every copy is
+    flushed before it may replace its original.
+    """
+
+    def __init__(self) -> None:
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: dict[str, Future[None]] = {}
+
+    def start(self, temp: str) -> None:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(FLUSH_THREADS, thread_name_prefix="jamcaps-flush")
+        self._pending[temp] = self._pool.submit(atomic.flush_path, temp)
+
+    def wait(self, temp: str) -> None:
+        """Return once ``temp`` is on the disk; raise WriteError if it could not be flushed."""
+        future = self._pending.pop(temp, None)
+        if future is None:
+            atomic.flush_path(temp)
+        else:
+            future.result()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        self._pending.clear()
+
+
 def _prepared(tasks: list[FileTask], cancel: CancelToken, workers: int | None) -> Iterator[Prepared]:
     """Prepared copies in the order of ``tasks``: in worker processes when there are many."""
     count = workers if workers is not None else min(4, os.cpu_count() or 1)
@@ -238,7 +272,7 @@ def _prepared(tasks: list[FileTask], cancel: CancelToken, workers: int | None) -
         return
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=count, mp_context=context, initializer=init_worker) as pool:
-        window = count * 4
+        window = max(count * 4, GROUP_FILES * 2)  # workers keep going while a group is committed
         futures = [pool.submit(prepare, task) for task in tasks[:window]]
         submitted = len(futures)
         handed_out = 0
@@ -276,20 +310,23 @@ def _run_tasks(library: Library, batch_id: int, tasks: list[FileTask], *, stage_
     """Prepare every task's copy, then journal, replace and settle them a group at a time."""
     outcomes: list[FileOutcome] = []
     folders = _Folders()
+    flusher = _Flusher()
     group: list[Prepared] = []
     last_flush = time.monotonic()
 
     def flush() -> None:
         nonlocal last_flush
-        outcomes.extend(_commit_group(library, batch_id, group, clear_staged, folders))
+        outcomes.extend(_commit_group(library, batch_id, group, clear_staged, folders, flusher))
         group.clear()
         last_flush = time.monotonic()
         progress(Progress(stage_name, done_before + len(outcomes), total, current=outcomes[-1].path if outcomes
                           else None))
 
-    prepared = _prepared(tasks, cancel, workers)
+    prepared = _prepared([dataclasses.replace(task, flush=False) for task in tasks], cancel, workers)
     try:
         for ready in prepared:
+            if ready.copy is not None:
+                flusher.start(ready.copy.temp)
             group.append(ready)
             if len(group) >= GROUP_FILES or time.monotonic() - last_flush > GROUP_SECONDS:
                 flush()
@@ -297,6 +334,7 @@ def _run_tasks(library: Library, batch_id: int, tasks: list[FileTask], *, stage_
             flush()
     finally:
         prepared.close()
+        flusher.close()
         for ready in group:  # interrupted before this group was journaled: nothing was replaced
             if ready.copy is not None:
                 atomic.discard(ready.copy.temp)
@@ -304,8 +342,8 @@ def _run_tasks(library: Library, batch_id: int, tasks: list[FileTask], *, stage_
     return outcomes, len(outcomes) == len(tasks)
 
 
-def _commit_group(library: Library, batch_id: int, group: list[Prepared], clear_staged: bool, folders: _Folders
-                  ) -> list[FileOutcome]:
+def _commit_group(library: Library, batch_id: int, group: list[Prepared], clear_staged: bool, folders: _Folders,
+                  flusher: _Flusher) -> list[FileOutcome]:
     """Journal a group as pending, replace each original by its copy, then record the outcome."""
     now = utc_now()
     file_ids: dict[int, int] = {}
@@ -331,6 +369,11 @@ def _commit_group(library: Library, batch_id: int, group: list[Prepared], clear_
                 outcomes.append(FileOutcome(task.track_id, task.shown, "failed", diff, error=ready.error))
                 continue
             try:
+                try:
+                    flusher.wait(ready.copy.temp)
+                except WriteError:
+                    atomic.discard(ready.copy.temp)
+                    raise
                 state = atomic.commit_copy(ready.copy, dir_fsync=False)
             except WriteError as exc:
                 failures.append((file_ids[position], str(exc)))

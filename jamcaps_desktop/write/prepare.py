@@ -35,6 +35,7 @@ class FileTask:
     id3_version: int | None = None
     keep_mtime: bool = False
     undoes: int | None = None        # for an undo: the journal row of the write it reverses
+    flush: bool = True               # False: the caller flushes the copy to disk (atomic.flush_path)
 
 
 @dataclass
@@ -71,7 +72,7 @@ def _edit(task: FileTask, handle: BinaryIO) -> Written:
 def prepare(task: FileTask) -> Prepared:
     try:
         written, copy = prepare_copy(task.path, lambda handle: _edit(task, handle), expected=task.expected,
-                                     keep_mtime=task.keep_mtime)
+                                     keep_mtime=task.keep_mtime, flush=task.flush)
     except (WriteError, TagEditError, UnsupportedFieldError) as exc:
         return Prepared(task, error=str(exc))
     return Prepared(task, copy, written)
