@@ -193,3 +193,77 @@ def test_evaluation_on_a_small_collection(tmp_path):
     genre = results["fields"]["genre"]
     assert genre["vote"]["f1_micro"] == 1.0 and genre["vote"]["coverage"] == 1.0
     assert results["fields"]["mood"]["vote"]["queries"] == 0
+
+
+def test_speed_comes_from_the_tempo_with_less_confidence_near_a_boundary():
+    from jamcaps_desktop.impute.derived import speed_candidates
+
+    (slow,) = speed_candidates(72.0, 0.9)
+    assert (slow.value, slow.confidence) == ("slow", 0.9)
+    (fast,) = speed_candidates(160.0, 0.8)
+    assert (fast.value, fast.confidence) == ("fast", 0.8)
+    near = speed_candidates(123.0, 0.9)  # just under the fast boundary: medium, but not surely
+    assert [c.value for c in near] == ["medium", "fast"]
+    assert 0.45 <= near[0].confidence < 0.6 and near[1].confidence < near[0].confidence
+    assert speed_candidates(float("nan"), 0.9) == [] and speed_candidates(0.0, 0.9) == []
+
+
+@given(st.floats(1, 400), st.floats(0, 1))
+def test_speed_confidences_are_probabilities(bpm, confidence):
+    from jamcaps_desktop.impute.derived import speed_candidates
+
+    candidates = speed_candidates(bpm, confidence)
+    assert candidates and all(0.0 <= c.confidence <= confidence + 1e-4 for c in candidates)
+    assert sum(c.confidence for c in candidates) <= confidence + 1e-3
+
+
+def test_genre_and_instruments_imply_vocals_and_sound():
+    vocabulary = load_vocabulary()
+    assert vocabulary.implied_values("vocals", {"instruments": ["voice", "piano"]}) == {"vocal": 1}
+    assert vocabulary.implied_values("sound", {"genre": ["techno"], "instruments": ["synthesizer"]}) == {"electric": 2}
+    # as much for acoustic as for electric: nothing is implied
+    assert vocabulary.implied_values("sound", {"genre": ["folk"], "instruments": ["synthesizer"]}) == {}
+    assert vocabulary.canonical("vocals", "No Vocals") == "instrumental"
+    assert vocabulary.canonical("vocals", "female vocalists") == "vocal"
+
+
+def test_impute_proposes_vocals_sound_and_speed_and_they_are_written(library, make_track, tmp_path):
+    import mutagen
+    from mutagen.easyid3 import EasyID3
+
+    from jamcaps_desktop.library.database import utc_now
+    from jamcaps_desktop.write.batch import write_changes
+
+    EasyID3.RegisterTXXXKey("instruments", "INSTRUMENTS")
+    music = tmp_path / "music"
+    paths = [make_track(music, "mp3", name=f"t{i}") for i in range(5)]
+    for path in paths[:3]:
+        _tag(path, genre="Techno")
+    _tag(paths[3], instruments="Voice", bpm="72")
+    scan(library, [music])
+    ids = {str(p): t for t, p in library.conn.execute("SELECT id, path FROM tracks")}
+    near = np.array([1, 0, 0, 0, 1, 0, 0, 0], dtype=np.float32)
+    for path in paths:
+        _set_audio(library, ids[str(path)], near + np.random.default_rng(len(str(path))).random(8) * 0.05)
+    target, singer = ids[str(paths[4])], ids[str(paths[3])]
+    with library.transaction() as conn:  # the analysis measured 128.5 BPM, fairly sure
+        conn.execute("INSERT INTO track_features (track_id, audio_key, measured_at, bpm, bpm_confidence) "
+                     "VALUES (?, 'k', ?, 128.5, 0.8)", (target, utc_now()))
+    impute(library, fields=["vocals", "sound", "speed"])
+    proposed = {p["field"]: p for p in track_proposals(library, target)}
+    assert proposed["sound"]["values"] == ["Electric"] and proposed["sound"]["method"] == "vote"
+    assert {n[0] for n in proposed["sound"]["neighbours"]} == {ids[str(p)] for p in paths[:3]}
+    assert proposed["speed"]["values"] == ["Fast"] and proposed["speed"]["method"] == "tempo"
+    assert 0.4 < proposed["speed"]["confidence"] < 0.8  # close to the boundary: less sure than the tempo
+    assert "Medium" in proposed["speed"]["candidates"]
+    own = {p["field"]: p for p in track_proposals(library, singer)}
+    assert own["vocals"]["values"] == ["Vocal"] and own["vocals"]["method"] == "derived"
+    assert own["speed"]["values"] == ["Slow"] and own["speed"]["confidence"] == 0.95  # from its BPM tag
+    # a techno track is electric by its own genre
+    assert {p["field"]: p["values"] for p in track_proposals(library, ids[str(paths[0])])}["sound"] == ["Electric"]
+
+    assert accept(library, [target], fields=["sound", "speed"]) == 2
+    summary = write_changes(library, staged_changes(library))
+    assert summary.count("written") == 1
+    tags = mutagen.File(paths[4])
+    assert str(tags["TXXX:SOUND"]) == "Electric" and str(tags["TXXX:SPEED"]) == "Fast"

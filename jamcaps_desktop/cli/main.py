@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from jamcaps_desktop import __version__
+from jamcaps_desktop.impute.vocabulary import FIELDS as _IMPUTABLE
 from jamcaps_desktop.jobs.base import CancelToken
 from jamcaps_desktop.library import Library, LibraryError
 from jamcaps_desktop.library.queries import (
@@ -27,6 +28,8 @@ from jamcaps_desktop.library.queries import (
     track_tags,
 )
 from jamcaps_desktop.paths import LIBRARY_ENV, resolve_library_path
+
+IMPUTED_FIELDS = ",".join(_IMPUTABLE)
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False)
@@ -729,7 +732,7 @@ def similar(obj: Context, track: str, count: int, by: str, weights: tuple[float,
 
 
 @cli.command()
-@click.option("--fields", default="genre,mood,instruments", show_default=True, help="Comma-separated fields.")
+@click.option("--fields", default=IMPUTED_FIELDS, show_default=True, help="Comma-separated fields.")
 @click.option("--method", type=click.Choice(["vote", "llm", "hybrid"]), default="vote", show_default=True,
               help="vote: the neighbours' weighted vote; llm / hybrid: a local language model (see --llm-model).")
 @click.option("--llm-model", default="gemma3-270m", show_default=True, metavar="MODEL_OR_GGUF",
@@ -743,7 +746,12 @@ def similar(obj: Context, track: str, count: int, by: str, weights: tuple[float,
 @click.pass_obj
 def impute(obj: Context, fields: str, method: str, llm_model: str, min_confidence: float | None, count: int,
            overwrite: bool, device: str, as_json: bool) -> None:
-    """Propose the genre, mood and instruments tracks lack, from their nearest neighbours."""
+    """Propose the genre, mood, instruments, vocals, sound and speed tracks lack.
+
+    Genre, mood and instruments come from the nearest neighbours; vocals (vocal / instrumental) and
+    sound (acoustic / electric) from what the track's own tags imply, else from the neighbours; speed
+    (slow / medium / fast) from the track's BPM.
+    """
     from jamcaps_desktop.cli.progress import TerminalProgress, ctrl_c_cancels
     from jamcaps_desktop.impute.job import impute as run_impute
 
@@ -769,7 +777,7 @@ def impute(obj: Context, fields: str, method: str, llm_model: str, min_confidenc
 
 @cli.command()
 @click.argument("target")
-@click.option("--fields", default="genre,mood,instruments", show_default=True, help="Comma-separated fields.")
+@click.option("--fields", default=IMPUTED_FIELDS, show_default=True, help="Comma-separated fields.")
 @click.option("--min-confidence", type=click.FloatRange(0, 1), default=0.0, show_default=True)
 @click.pass_obj
 def accept(obj: Context, target: str, fields: str, min_confidence: float) -> None:
@@ -785,7 +793,7 @@ def accept(obj: Context, target: str, fields: str, min_confidence: float) -> Non
 
 @cli.command()
 @click.argument("target")
-@click.option("--fields", default="genre,mood,instruments", show_default=True, help="Comma-separated fields.")
+@click.option("--fields", default=IMPUTED_FIELDS, show_default=True, help="Comma-separated fields.")
 @click.pass_obj
 def reject(obj: Context, target: str, fields: str) -> None:
     """Reject the proposals of TARGET: they are not proposed again until the track changes."""

@@ -1,4 +1,4 @@
-"""The imputation job: propose the genre, mood and instruments a track lacks, from its neighbours.
+"""The imputation job: propose the genre, mood, instruments, vocals, sound and speed a track lacks.
 
 For each track missing a field (or every track, with ``overwrite``), the job finds its nearest
 neighbours (fused audio and metadata similarity), lets the k nearest that have the field vote (see ``vote``),
@@ -7,6 +7,11 @@ is evidence for "guitar"), and stores a proposal: the values (as written into fi
 the method, every candidate with its confidence, the neighbours that voted for the proposed values,
 and the model versions involved. Nothing is written into files here: ``accept`` stages the proposals a
 person accepts, and the safe writer writes them.
+
+Some fields a track's own facts decide first (``derived``): its speed comes from its BPM (tagged, or
+measured by the analysis), and its own genre and instrument values can imply vocal/instrumental and
+acoustic/electric (a track tagged with a voice is vocal). Neighbours' values of those two fields are
+likewise taken as said or as implied.
 """
 
 from __future__ import annotations
@@ -17,8 +22,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from jamcaps_desktop.impute.derived import TAGGED_TEMPO_CONFIDENCE, implied_candidate, speed_candidates
 from jamcaps_desktop.impute.vocabulary import FIELDS, Vocabulary, load_vocabulary
-from jamcaps_desktop.impute.vote import DEFAULT_POWER, DEFAULT_THRESHOLD, Neighbour, choose, vote
+from jamcaps_desktop.impute.vote import DEFAULT_POWER, DEFAULT_THRESHOLD, Candidate, Neighbour, choose, vote
 from jamcaps_desktop.jobs.base import CancelToken, Progress, ProgressCallback, no_progress
 from jamcaps_desktop.library.database import Library, utc_now
 from jamcaps_desktop.similar.metadata import library_tags
@@ -31,6 +37,12 @@ SEARCH_FACTOR = 10  # neighbours searched per neighbour wanted: a field's voters
 # per field, as tuned by `jamcaps eval impute` on MTG-Jamendo's training split (the README has the scores)
 VOTE_POWER: dict[str, float] = {"genre": 16.0, "mood": 32.0, "instruments": 16.0}
 VOTE_THRESHOLD: dict[str, float] = {"genre": 0.15, "mood": 0.30, "instruments": 0.10}
+# vocals and sound have two values each: propose one only where a clear majority of the voters say it
+# (no ground truth for them in the evaluation data, so these are not tuned)
+VOTE_POWER.update({"vocals": 16.0, "sound": 16.0})
+VOTE_THRESHOLD.update({"vocals": 0.5, "sound": 0.5})
+VOTED_FIELDS = ("genre", "mood", "instruments", "vocals", "sound")  # speed comes from the tempo alone
+IMPLIED_FIELDS = ("vocals", "sound")
 METHODS = ("vote", "llm", "hybrid")
 
 
@@ -53,18 +65,49 @@ def tagger_evidence(library: Library, vocabulary: Vocabulary) -> dict[int, dict[
     """Per track and field, the vocabulary values its audio taggers' labels name, with their probability
     (the highest of the labels naming a value, over the models)."""
     out: dict[int, dict[str, dict[str, float]]] = {}
-    mapping: dict[str, tuple[str, str] | None] = {}
+    mapping: dict[str, list[tuple[str, str]]] = {}
     for track_id, labels in library.conn.execute(
             "SELECT track_id, labels FROM analyses WHERE status = 'ok' AND labels IS NOT NULL"):
         for label, probability in json.loads(labels).items():
-            if label not in mapping:
-                mapping[label] = next(((name, value) for name in ("genre", "instruments", "mood")
-                                       if (value := vocabulary.canonical(name, label))), None)
-            target = mapping[label]
-            if target is None:
+            if label not in mapping:  # "vocals" is evidence for the voice instrument and for a vocal track
+                mapping[label] = [(name, value) for name in VOTED_FIELDS
+                                  if (value := vocabulary.canonical(name, label))]
+            for name, value in mapping[label]:
+                values = out.setdefault(track_id, {}).setdefault(name, {})
+                values[value] = max(values.get(value, 0.0), float(probability))
+    return out
+
+
+def known_values(tags: dict[str, list[str]], vocabulary: Vocabulary) -> tuple[dict[str, list[str]], dict[str, int]]:
+    """A track's canonical values per voted field (vocals and sound as tagged, or as its other values
+    imply them), and the net number of values implying each implied one."""
+    known = {name: vocabulary.canonical_values(name, tags.get(name, [])) for name in VOTED_FIELDS}
+    implied: dict[str, int] = {}
+    for name in IMPLIED_FIELDS:
+        if not known[name]:
+            hits = vocabulary.implied_values(name, known)
+            if hits:
+                value, count = next(iter(hits.items()))
+                known[name] = [value]
+                implied[name] = count
+    return known, implied
+
+
+def track_tempi(library: Library, tags: dict[int, dict[str, list[str]]]) -> dict[int, tuple[float, float, str]]:
+    """Per track: (BPM, confidence, where it came from) from its BPM tag, else the analysis' measurement."""
+    out: dict[int, tuple[float, float, str]] = {}
+    for track_id, bpm, confidence in library.conn.execute(
+            "SELECT track_id, bpm, bpm_confidence FROM track_features WHERE bpm IS NOT NULL AND bpm > 0"):
+        out[track_id] = (float(bpm), float(confidence or 0.0), "measured")
+    for track_id, values in tags.items():
+        for text in values.get("bpm", []):
+            try:
+                bpm = float(text.replace(",", "."))
+            except ValueError:
                 continue
-            values = out.setdefault(track_id, {}).setdefault(target[0], {})
-            values[target[1]] = max(values.get(target[1], 0.0), float(probability))
+            if 0 < bpm < 1000:
+                out[track_id] = (bpm, TAGGED_TEMPO_CONFIDENCE, "tagged")
+                break
     return out
 
 
@@ -89,8 +132,11 @@ def impute(library: Library, *, fields: list[str] | None = None, method: str = "
     vocabulary = load_vocabulary()
     with library.job_lock("impute"):
         tags = library_tags(library)
-        known = {track_id: {name: vocabulary.canonical_values(name, values.get(name, [])) for name in fields}
-                 for track_id, values in tags.items()}
+        known: dict[int, dict[str, list[str]]] = {}
+        implied: dict[int, dict[str, int]] = {}
+        for track_id, values in tags.items():
+            known[track_id], implied[track_id] = known_values(values, vocabulary)
+        tempi = track_tempi(library, tags) if "speed" in fields else {}
         evidence = tagger_evidence(library, vocabulary)
         decided = set(library.conn.execute(  # a person's accept or reject stands until they change it
             "SELECT track_id, field FROM proposals WHERE status IN ('accepted', 'rejected')").fetchall())
@@ -112,6 +158,17 @@ def impute(library: Library, *, fields: list[str] | None = None, method: str = "
             for name in fields:
                 if (tags.get(track_id, {}).get(name) and not overwrite) or (track_id, name) in decided:
                     continue
+                own = _own_facts(name, track_id, implied, known, tempi)
+                if own is not None:
+                    used, candidates = own
+                    chosen = candidates[:1]
+                    names = vocabulary.fields[name]
+                    rows.append(_row(track_id, name, [names.name(c.value) for c in chosen], chosen[0].confidence,
+                                     used, {names.name(c.value): c.confidence for c in candidates}, [], models))
+                    summary.per_field[name] = summary.per_field.get(name, 0) + 1
+                    continue
+                if name not in VOTED_FIELDS:
+                    continue
                 neighbours = [Neighbour(m.track_id, m.score, tuple(known[m.track_id][name]))
                               for m in matches if known.get(m.track_id, {}).get(name)][:k]  # the k nearest that know
                 power = VOTE_POWER.get(name, DEFAULT_POWER)
@@ -130,9 +187,8 @@ def impute(library: Library, *, fields: list[str] | None = None, method: str = "
                 considered = {names.name(c.value): c.confidence for c in candidates[:12]}
                 # no neighbour knew the field: what is proposed is the track's own taggers' word alone
                 used = method if (voters or method != "vote") else "tagger"
-                rows.append((track_id, name, json.dumps([names.name(c.value) for c in chosen], ensure_ascii=False),
-                             chosen[0].confidence, used, json.dumps(considered, ensure_ascii=False),
-                             json.dumps(support, ensure_ascii=False), json.dumps(models), utc_now()))
+                rows.append(_row(track_id, name, [names.name(c.value) for c in chosen], chosen[0].confidence, used,
+                                 considered, support, models))
                 summary.per_field[name] = summary.per_field.get(name, 0) + 1
             with library.transaction() as conn:
                 conn.executemany("DELETE FROM proposals WHERE track_id = ? AND field = ? AND status = 'proposed'",
@@ -145,6 +201,28 @@ def impute(library: Library, *, fields: list[str] | None = None, method: str = "
         summary.status = "cancelled" if cancel.cancelled else "completed"
     summary.elapsed_s = round(time.monotonic() - started, 3)
     return summary
+
+
+def _row(track_id: int, name: str, values: list[str], confidence: float, method: str,
+         candidates: dict[str, float], support: list[Any], models: dict[str, str]) -> tuple[Any, ...]:
+    return (track_id, name, json.dumps(values, ensure_ascii=False), confidence, method,
+            json.dumps(candidates, ensure_ascii=False), json.dumps(support, ensure_ascii=False), json.dumps(models),
+            utc_now())
+
+
+def _own_facts(name: str, track_id: int, implied: dict[int, dict[str, int]], known: dict[int, dict[str, list[str]]],
+               tempi: dict[int, tuple[float, float, str]]) -> tuple[str, list[Candidate]] | None:
+    """What the track's own facts say of a field (method, candidates), or None to ask the neighbours."""
+    if name == "speed":
+        if track_id not in tempi:
+            return None
+        bpm, confidence, _source = tempi[track_id]
+        candidates = speed_candidates(bpm, confidence)
+        return ("tempo", candidates) if candidates else None
+    hits = implied.get(track_id, {}).get(name)
+    if hits:
+        return "derived", [implied_candidate(known[track_id][name][0], hits)]
+    return None
 
 
 def _ask_model(method: str, complete: Any, name: str, vocabulary: Vocabulary, neighbours: list[Neighbour],

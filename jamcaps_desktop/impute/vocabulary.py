@@ -5,6 +5,10 @@ instrument and mood/theme tags. Free-form values found in files ("Hip-Hop", "Dru
 are mapped onto it through its synonyms and a loose comparison (case, spaces and punctuation ignored),
 so the neighbours' tags can vote however each file spells them. A user's own ``vocabulary.json`` in
 the app's config folder (same shape) adds values and synonyms.
+
+Two-valued descriptive fields (vocals: vocal/instrumental, sound: acoustic/electric) also have
+``implied`` rules: the genre and instrument values that imply one of their values, so that tracks
+tagged with a voice, or as techno, count as vocal, or electric, without anyone having said so.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from pathlib import Path
 import platformdirs
 
 VOCABULARY_ENV = "JAMCAPS_VOCABULARY"
-FIELDS = ("genre", "mood", "instruments")
+FIELDS = ("genre", "mood", "instruments", "vocals", "sound", "speed")
+Implied = dict[str, dict[str, dict[str, frozenset[str]]]]  # field -> value -> source field -> source values
 
 
 def _loose(text: str) -> str:
@@ -58,6 +63,21 @@ class FieldVocabulary:
 @dataclass
 class Vocabulary:
     fields: dict[str, FieldVocabulary]
+    implied: Implied = field(default_factory=dict)
+
+    def implied_values(self, field_name: str, known: dict[str, list[str]]) -> dict[str, int]:
+        """The values of ``field_name`` that a track's other (canonical) values imply, each with the
+        number of values implying it; a track implying both values of a field implies neither."""
+        hits: dict[str, int] = {}
+        for value, sources in self.implied.get(field_name, {}).items():
+            count = sum(1 for source, implying in sources.items() for v in known.get(source, []) if v in implying)
+            if count:
+                hits[value] = count
+        if len(hits) > 1:
+            best = max(hits.values())
+            winners = [v for v, n in hits.items() if n == best]
+            return {} if len(winners) > 1 else {winners[0]: best - max(n for v, n in hits.items() if v != winners[0])}
+        return hits
 
     def canonical(self, field_name: str, text: str) -> str | None:
         vocabulary = self.fields.get(field_name)
@@ -84,20 +104,28 @@ def _user_path() -> Path:
     return Path(platformdirs.user_config_dir("jamcaps", appauthor=False)) / "vocabulary.json"
 
 
-def _merge(into: dict[str, dict[str, dict[str, str]]], data: dict) -> None:
+def _merge(into: dict[str, dict[str, dict[str, str]]], implied: dict[str, dict[str, dict[str, set[str]]]],
+           data: dict) -> None:
     for name, spec in data.get("fields", {}).items():
         target = into.setdefault(name, {"values": {}, "synonyms": {}})
         target["values"].update(spec.get("values", {}))
         target["synonyms"].update(spec.get("synonyms", {}))
+    for name, rules in data.get("implied", {}).items():
+        for value, sources in rules.items():
+            for source, values in sources.items():
+                implied.setdefault(name, {}).setdefault(value, {}).setdefault(source, set()).update(values)
 
 
 @lru_cache(maxsize=4)
 def _load(shipped: Path, user: Path, user_mtime: float) -> Vocabulary:
     merged: dict[str, dict[str, dict[str, str]]] = {}
-    _merge(merged, json.loads(shipped.read_text(encoding="utf-8")))
+    implied: dict[str, dict[str, dict[str, set[str]]]] = {}
+    _merge(merged, implied, json.loads(shipped.read_text(encoding="utf-8")))
     if user.is_file():
-        _merge(merged, json.loads(user.read_text(encoding="utf-8")))
-    return Vocabulary({name: FieldVocabulary(spec["values"], spec["synonyms"]) for name, spec in merged.items()})
+        _merge(merged, implied, json.loads(user.read_text(encoding="utf-8")))
+    return Vocabulary({name: FieldVocabulary(spec["values"], spec["synonyms"]) for name, spec in merged.items()},
+                      {name: {value: {source: frozenset(vals) for source, vals in sources.items()}
+                              for value, sources in rules.items()} for name, rules in implied.items()})
 
 
 def load_vocabulary() -> Vocabulary:

@@ -194,7 +194,7 @@ MIGRATIONS: list[str] = [
         field TEXT NOT NULL,
         vals TEXT NOT NULL,               -- JSON list of proposed values, as written into files
         confidence REAL NOT NULL,         -- 0-1
-        method TEXT NOT NULL,             -- vote (or tagger: no neighbour knew the field), later llm, hybrid, paper
+        method TEXT NOT NULL,             -- vote (or tagger: no neighbour knew the field), llm, hybrid; tempo, derived
         candidates TEXT NOT NULL,         -- JSON {value: confidence} of every candidate considered
         neighbours TEXT NOT NULL,         -- JSON [[track_id, score, [values]]] that support the proposal
         models TEXT NOT NULL,             -- JSON {model: version} used

@@ -9,7 +9,13 @@ field          ID3                   Vorbis         MP4                         
 =============  ====================  =============  ======================================  ============  =============
 instruments    TXXX:INSTRUMENTS      INSTRUMENTS    ----:com.apple.iTunes:INSTRUMENTS       Instruments   Instruments
 description    TXXX:DESCRIPTION      DESCRIPTION    ----:com.apple.iTunes:DESCRIPTION       Description   (none)
+vocals         TXXX:VOCALS           VOCALS         ----:com.apple.iTunes:VOCALS            Vocals        Vocals
+sound          TXXX:SOUND            SOUND          ----:com.apple.iTunes:SOUND             Sound         Sound
+speed          TXXX:SPEED            SPEED          ----:com.apple.iTunes:SPEED             Speed         Speed
 =============  ====================  =============  ======================================  ============  =============
+
+``vocals`` holds "Vocal" or "Instrumental", ``sound`` "Acoustic" or "Electric", ``speed`` "Slow",
+"Medium" or "Fast" (the JamendoMaxCaps paper's descriptive fields).
 
 In every table the first key of a field is the one the app writes; the others are read too, so
 files written by other taggers are understood. Vorbis, APEv2, ASF and MP4 freeform names are
@@ -48,6 +54,9 @@ ID3_NUMBER_PAIRS: dict[str, tuple[str, str]] = {
 ID3_TXXX: dict[str, list[str]] = {
     "mood": ["mood"],  # Picard's ID3v2.3 home for mood (TMOO exists only in v2.4)
     "instruments": ["INSTRUMENTS", "INSTRUMENT"],
+    "vocals": ["VOCALS"],
+    "sound": ["SOUND"],
+    "speed": ["SPEED"],
     "description": ["DESCRIPTION"],
     "originaldate": ["ORIGINALDATE"],
     "musicbrainz_trackid": ["MusicBrainz Release Track Id"],
@@ -72,6 +81,9 @@ VORBIS: dict[str, list[str]] = {
     "genre": ["GENRE"],
     "mood": ["MOOD"],
     "instruments": ["INSTRUMENTS", "INSTRUMENT"],
+    "vocals": ["VOCALS"],
+    "sound": ["SOUND"],
+    "speed": ["SPEED"],
     "bpm": ["BPM"],
     "key": ["KEY", "INITIALKEY"],
     "comment": ["COMMENT"],
@@ -116,6 +128,9 @@ MP4_FREEFORM: dict[str, list[str]] = {
     "isrc": ["ISRC"],
     "originaldate": ["originaldate"],
     "instruments": ["INSTRUMENTS"],
+    "vocals": ["VOCALS"],
+    "sound": ["SOUND"],
+    "speed": ["SPEED"],
     "description": ["DESCRIPTION"],
     "musicbrainz_recordingid": ["MusicBrainz Track Id"],
     "musicbrainz_trackid": ["MusicBrainz Release Track Id"],
@@ -136,6 +151,9 @@ APEV2: dict[str, list[str]] = {
     "genre": ["Genre"],
     "mood": ["Mood"],
     "instruments": ["Instruments", "Instrument"],
+    "vocals": ["Vocals"],
+    "sound": ["Sound"],
+    "speed": ["Speed"],
     "bpm": ["BPM"],
     "key": ["Key"],
     "comment": ["Comment"],
@@ -168,6 +186,9 @@ ASF: dict[str, list[str]] = {
     "genre": ["WM/Genre"],
     "mood": ["WM/Mood"],
     "instruments": ["Instruments"],
+    "vocals": ["Vocals"],
+    "sound": ["Sound"],
+    "speed": ["Speed"],
     "bpm": ["WM/BeatsPerMinute"],
     "key": ["WM/InitialKey"],
     "comment": ["Description"],

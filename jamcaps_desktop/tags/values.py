@@ -15,6 +15,16 @@ _DATE = re.compile(r"^\d{4}(-\d{2}(-\d{2})?)?$")
 _GENRE_REFERENCE = re.compile(r"^(\d+|RX|CR|\(.*)$")
 _NUMBER_FIELDS = {"tracknumber", "totaltracks", "discnumber", "totaldiscs"}
 _MBID_FIELDS = {name for name in FIELDS if name.startswith("musicbrainz_")}
+# Fields with a closed set of values: the value written, and the spellings read as it (compared in
+# lower case, spaces, hyphens and underscores ignored).
+CHOICES: dict[str, dict[str, tuple[str, ...]]] = {
+    "vocals": {"Vocal": ("vocal", "vocals", "voice", "sung", "singing", "withvocals"),
+               "Instrumental": ("instrumental", "novocals", "novocal", "novoice", "instrumentalonly")},
+    "sound": {"Acoustic": ("acoustic", "unplugged"), "Electric": ("electric", "electronic", "electrical", "plugged")},
+    "speed": {"Slow": ("slow",), "Medium": ("medium", "moderate", "midtempo", "mid"), "Fast": ("fast", "quick")},
+}
+_CHOICE_LOOKUP = {field: {spelling: value for value, spellings in choices.items() for spelling in spellings}
+                  for field, choices in CHOICES.items()}
 
 
 class InvalidValueError(ValueError):
@@ -61,6 +71,11 @@ def _normalise_one(field: str, value: str) -> str:
             raise InvalidValueError(f"key {value!r} is not a musical key; write it like C, F#m, Bb or Ebm "
                                     "(Camelot and Open Key codes are understood too)")
         return canonical
+    if field in CHOICES:
+        found = _CHOICE_LOOKUP[field].get(re.sub(r"[\s_\-]+", "", value.casefold()))
+        if found is None:
+            raise InvalidValueError(f"{field} is one of {', '.join(CHOICES[field])}, not {value!r}")
+        return found
     if field in _NUMBER_FIELDS:
         if not value.isdigit() or int(value) <= 0:
             raise InvalidValueError(f"{field} must be a positive whole number, not {value!r}")
