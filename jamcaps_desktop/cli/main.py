@@ -662,27 +662,22 @@ if __name__ == "__main__":
 
 
 # -- similarity and imputation ------------------------------------------------------------------
-TEXT_MODEL = "minilm-l6"
+from jamcaps_desktop.similar.metadata import TEXT_MODEL  # noqa: E402 - beside its users
 
 
 def _embed_metadata(library: Library, device: str) -> bool:
     """Embed the tracks' metadata when the text encoder is installed; False (with a note) when it is not."""
     from jamcaps_desktop.models import registry
-    from jamcaps_desktop.similar.metadata import embed_library
-
-    if not registry.is_installed(TEXT_MODEL):
-        err.print(f"[yellow]The metadata encoder is not installed ('jamcaps models install {TEXT_MODEL}'): "
-                  "similarity uses the audio alone.")
-        return False
-    from jamcaps_desktop.models.minilm import TextEncoder
+    from jamcaps_desktop.similar.metadata import embed_with_installed_encoder
 
     try:
-        encoder = TextEncoder.installed(TEXT_MODEL, device=device)
+        if embed_with_installed_encoder(library, device):
+            return True
     except registry.ModelError as exc:
         raise click.ClickException(str(exc)) from exc
-    embed_library(library, encoder, model=TEXT_MODEL)
-    return True
-
+    err.print(f"[yellow]The metadata encoder is not installed ('jamcaps models install {TEXT_MODEL}'): "
+              "similarity uses the audio alone.")
+    return False
 
 
 def _language_model(model: str):  # -> LlamaCompleter
@@ -797,13 +792,11 @@ def accept(obj: Context, target: str, fields: str, min_confidence: float) -> Non
 @click.pass_obj
 def reject(obj: Context, target: str, fields: str) -> None:
     """Reject the proposals of TARGET: they are not proposed again until the track changes."""
+    from jamcaps_desktop.impute.job import reject as reject_proposals
+
     library = obj.library()
-    ids = _targets(library, target)
-    names = [f.strip() for f in fields.split(",") if f.strip()]
-    with library.transaction() as conn:
-        changed = sum(conn.execute(
-            f"UPDATE proposals SET status = 'rejected' WHERE track_id = ? AND status = 'proposed' AND field IN "
-            f"({', '.join('?' for _ in names)})", (track_id, *names)).rowcount for track_id in ids)
+    changed = reject_proposals(library, _targets(library, target), fields=[f.strip() for f in fields.split(",")
+                                                                           if f.strip()])
     out.print(f"Rejected {changed} proposal(s).")
 
 

@@ -266,3 +266,13 @@ def accept(library: Library, track_ids: list[int], *, fields: list[str] | None =
         conn.executemany("UPDATE proposals SET status = 'accepted' WHERE track_id = ? AND field = ?",
                          [(t, name) for t, name, _v in chosen])
     return len(chosen)
+
+
+def reject(library: Library, track_ids: list[int], *, fields: list[str] | None = None) -> int:
+    """Reject the pending proposals of these tracks (all fields, or ``fields``): a later ``impute`` does not
+    propose them again. Returns how many."""
+    names = list(fields or FIELDS)
+    marks = ", ".join("?" for _ in names)
+    with library.transaction() as conn:
+        return sum(conn.execute(f"UPDATE proposals SET status = 'rejected' WHERE track_id = ? AND status = 'proposed' "
+                                f"AND field IN ({marks})", (track_id, *names)).rowcount for track_id in track_ids)

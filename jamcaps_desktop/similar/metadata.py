@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 TEXT_FIELDS = ("title", "artist", "albumartist", "album", "composer", "date", "genre", "mood", "instruments",
                "language", "description")
 MAX_VALUE_CHARS = 200
+TEXT_MODEL = "minilm-l6"  # the metadata encoder the app uses
 BATCH = 64
 
 
@@ -96,3 +97,18 @@ def embed_library(library: Library, encoder: Any, *, model: str, progress: Progr
         done += len(batch)
         progress(Progress("embed", done, len(todo)))
     return {"embedded": done, "unchanged": unchanged, "without_tags": len(empty)}
+
+
+def embed_with_installed_encoder(library: Library, device: str = "auto", *, progress: ProgressCallback | None = None,
+                                 cancel: CancelToken | None = None) -> bool:
+    """Embed the tracks' metadata with the installed text encoder; False when it is not installed (then
+    similarity uses the audio alone). Raises ``registry.ModelError`` for a damaged installation."""
+    from jamcaps_desktop.models import registry
+
+    if not registry.is_installed(TEXT_MODEL):
+        return False
+    from jamcaps_desktop.models.minilm import TextEncoder
+
+    encoder = TextEncoder.installed(TEXT_MODEL, device=device)
+    embed_library(library, encoder, model=TEXT_MODEL, progress=progress, cancel=cancel)
+    return True
