@@ -13,18 +13,18 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 pytest.importorskip("PySide6.QtWidgets")
 pytest.importorskip("pytestqt")
 
-import mutagen  # noqa: E402
-from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt, QUrl  # noqa: E402
-from PySide6.QtGui import QDropEvent  # noqa: E402
-from test_similar import _set_audio  # noqa: E402
+import mutagen
+from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt, QUrl
+from PySide6.QtGui import QDropEvent
+from test_similar import _set_audio
 
-from jamcaps_desktop.gui.jobs import JobRunner, format_eta  # noqa: E402
-from jamcaps_desktop.gui.main_window import MainWindow  # noqa: E402
-from jamcaps_desktop.gui.settings import AppSettings, SettingsDialog  # noqa: E402
-from jamcaps_desktop.gui.track_table import COLUMNS  # noqa: E402
-from jamcaps_desktop.jobs.base import Progress  # noqa: E402
-from jamcaps_desktop.library import Library  # noqa: E402
-from jamcaps_desktop.scan.scanner import scan  # noqa: E402
+from jamcaps_desktop.gui.jobs import JobRunner, format_eta
+from jamcaps_desktop.gui.main_window import MainWindow
+from jamcaps_desktop.gui.settings import AppSettings, SettingsDialog
+from jamcaps_desktop.gui.track_table import COLUMNS
+from jamcaps_desktop.jobs.base import Progress
+from jamcaps_desktop.library import Library
+from jamcaps_desktop.scan.scanner import scan
 
 
 @pytest.fixture
