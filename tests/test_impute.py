@@ -206,15 +206,19 @@ def test_speed_comes_from_the_tempo_with_less_confidence_near_a_boundary():
     assert [c.value for c in near] == ["medium", "fast"]
     assert 0.45 <= near[0].confidence < 0.6 and near[1].confidence < near[0].confidence
     assert speed_candidates(float("nan"), 0.9) == [] and speed_candidates(0.0, 0.9) == []
+    assert speed_candidates(160.0, 0.2) == []  # too unsure a tempo proposes nothing
 
 
 @given(st.floats(1, 400), st.floats(0, 1))
 def test_speed_confidences_are_probabilities(bpm, confidence):
-    from jamcaps_desktop.impute.derived import speed_candidates
+    from jamcaps_desktop.impute.derived import MIN_SPEED_CONFIDENCE, speed_candidates
 
     candidates = speed_candidates(bpm, confidence)
-    assert candidates and all(0.0 <= c.confidence <= confidence + 1e-4 for c in candidates)
+    assert all(MIN_SPEED_CONFIDENCE <= c.confidence <= confidence + 1e-4 for c in candidates[:1])
+    assert all(0.0 <= c.confidence <= confidence + 1e-4 for c in candidates)
     assert sum(c.confidence for c in candidates) <= confidence + 1e-3
+    if confidence >= 2 * MIN_SPEED_CONFIDENCE:  # even at a boundary, half of it is enough to propose
+        assert candidates
 
 
 def test_genre_and_instruments_imply_vocals_and_sound():

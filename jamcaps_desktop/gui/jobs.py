@@ -59,7 +59,8 @@ class JobRunner(QObject):
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name=f"jamcaps-{self.name}", daemon=True)
+        # not a daemon: the interpreter never tears down under a job still writing files or the library
+        self._thread = threading.Thread(target=self._run, name=f"jamcaps-{self.name}")
         self._thread.start()
 
     def cancel(self) -> None:

@@ -287,6 +287,9 @@ class MainWindow(QMainWindow):
             QMessageBox.warning(self, f"{name.capitalize()} failed", message)
 
     def _job_ended(self) -> None:
+        if self.runner is not None:
+            self.runner.wait()  # its thread has emitted its last signal and is returning
+            self.runner.deleteLater()
         self.runner = None
         self.job_bar.finish()
         self._next_job()
@@ -310,6 +313,15 @@ class MainWindow(QMainWindow):
             finally:
                 library.close()
         return job
+
+    def _show_problems(self, lines: list[str]) -> None:
+        """List what could not be used, each with its reason, in the Problems panel."""
+        self.problems.clear()
+        for line in lines:
+            self.problems.addItem(QListWidgetItem(line))
+        if lines:
+            self.problems_dock.setVisible(True)
+            self.resizeDocks([self.problems_dock], [120], Qt.Orientation.Vertical)
 
     # scanning
     def choose_folder(self) -> None:
@@ -338,14 +350,12 @@ class MainWindow(QMainWindow):
         self.reload()
         problems = [(p["path"], p.get("error") or p.get("reason") or "")
                     for p in summary.errors + summary.issues + summary.ignored]
-        self.problems.clear()
-        for path, reason in problems:
-            self.problems.addItem(QListWidgetItem(f"{path} — {reason}"))
-        if problems:
-            self.problems_dock.setVisible(True)
+        unusable = len(summary.errors) + len(summary.issues)
+        self._show_problems([f"{path} — {reason}" for path, reason in problems])
         self.statusBar().showMessage(
             f"Scanned {summary.files_seen:,} audio file(s): {summary.added:,} added, {summary.updated:,} updated, "
-            f"{summary.unchanged:,} unchanged, {summary.missing:,} missing; {len(problems):,} could not be used"
+            f"{summary.unchanged:,} unchanged, {summary.missing:,} missing; {unusable:,} could not be read, "
+            f"{len(summary.ignored):,} other file(s) are not audio (see Problems)"
             + (" (cancelled)" if summary.status == "cancelled" else ""))
 
     # analysis and imputation
@@ -364,10 +374,7 @@ class MainWindow(QMainWindow):
                                      f"{summary.elapsed_s:.0f} s" + (f"; {errors} could not be analysed" if errors
                                                                      else ""))
         if errors:
-            self.problems.clear()
-            for error in summary.errors:
-                self.problems.addItem(f"{error.get('path', '')} — {error.get('error', '')}")
-            self.problems_dock.setVisible(True)
+            self._show_problems([f"{e.get('path', '')} — {e.get('error', '')}" for e in summary.errors])
 
     def run_impute(self) -> None:
         from jamcaps_desktop.impute.job import impute
@@ -494,11 +501,7 @@ class MainWindow(QMainWindow):
             (f"; {summary.count('unchanged'):,} already held the values" if summary.count("unchanged") else "")
         self.statusBar().showMessage(message)
         if failed:
-            self.problems.clear()
-            for item in summary.files:
-                if item.status == "failed":
-                    self.problems.addItem(f"{item.path} — {item.error}")
-            self.problems_dock.setVisible(True)
+            self._show_problems([f"{f.path} — {f.error}" for f in summary.files if f.status == "failed"])
         if written and self.show_dialogs:
             box = QMessageBox(self)
             box.setWindowTitle("Tags written")
@@ -529,11 +532,7 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage(f"Restored {summary.count('written'):,} file(s)"
                                      + (f"; {failed:,} could not be restored (see Problems)" if failed else ""))
         if failed:
-            self.problems.clear()
-            for item in summary.files:
-                if item.status == "failed":
-                    self.problems.addItem(f"{item.path} — {item.error}")
-            self.problems_dock.setVisible(True)
+            self._show_problems([f"{f.path} — {f.error}" for f in summary.files if f.status == "failed"])
 
     # -- similar ------------------------------------------------------------------------------
     def find_similar(self) -> None:

@@ -42,6 +42,25 @@ def _duration(seconds: float | None) -> str:
     return f"{minutes}:{rest:02d}"
 
 
+def _track_names(library: Library, track_ids: set[int]) -> dict[int, str]:
+    """'Title — Artist' (or the file name) of each track."""
+    if not track_ids:
+        return {}
+    ids = sorted(track_ids)
+    marks = ", ".join("?" for _ in ids)
+    names = {t: os.path.basename(p) for t, p in library.conn.execute(
+        f"SELECT id, path FROM tracks WHERE id IN ({marks})", ids)}
+    found: dict[int, dict[str, str]] = {}
+    for track_id, name, value in library.conn.execute(
+            "SELECT track_id, field, value FROM track_tags WHERE field IN ('title', 'artist') "
+            f"AND track_id IN ({marks}) ORDER BY position DESC", ids):
+        found.setdefault(track_id, {})[name] = value
+    for track_id, tags in found.items():
+        if "title" in tags:
+            names[track_id] = f"{tags['title']} — {tags['artist']}" if "artist" in tags else tags["title"]
+    return names
+
+
 class TrackPanel(QWidget):
     accept_requested = Signal(int, list)         # track id, fields
     reject_requested = Signal(int, list)
@@ -51,6 +70,7 @@ class TrackPanel(QWidget):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.track_id: int | None = None
+        self._names: dict[int, str] = {}
         self._proposals: dict[str, dict[str, Any]] = {}
         self._filling = False
         self.title = QLabel("Select a track")
@@ -138,6 +158,7 @@ class TrackPanel(QWidget):
         self.error.setText(f"{row['status']}: {row['error']}" if row["error"] else "")
         self.error.setVisible(bool(row["error"]))
         proposals = track_proposals(library, track_id)
+        self._names = _track_names(library, {int(n[0]) for p in proposals for n in p["neighbours"]})
         self._fill_diff(fields, proposals)
         features = track_features(library, track_id) or {}
         analyses = track_analyses(library, track_id)
@@ -189,8 +210,10 @@ class TrackPanel(QWidget):
     def _fill_labels(self, labels: list[tuple[str, float]]) -> None:
         while self.labels.count():
             item = self.labels.takeAt(0)
-            if item.widget():
-                item.widget().deleteLater()
+            widget = item.widget()
+            if widget is not None:
+                widget.hide()  # at once: deleteLater waits for the event loop
+                widget.deleteLater()
         for index, (label, probability) in enumerate(labels):
             bar = QProgressBar()
             bar.setRange(0, 100)
@@ -227,7 +250,9 @@ class TrackPanel(QWidget):
             if not proposal["neighbours"]:
                 self.neighbours.addItem(f"{name}: from the track itself ({proposal['method']})")
             for track_id, score, values in proposal["neighbours"]:
-                item = QListWidgetItem(f"#{track_id}  similarity {score:.2f}  —  {'; '.join(values)}")
+                name = self._names.get(int(track_id), f"track #{track_id}")
+                item = QListWidgetItem(f"{score:.2f}  {name}  —  {'; '.join(values)}")
+                item.setToolTip(f"Track #{track_id}, similarity {score:.3f}; double-click to go to it")
                 item.setData(Qt.ItemDataRole.UserRole, int(track_id))
                 self.neighbours.addItem(item)
 

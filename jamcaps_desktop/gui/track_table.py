@@ -6,6 +6,7 @@ go through a proxy that compares precomputed keys, so both stay quick at 100,000
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, QSortFilterProxyModel, Qt
@@ -19,6 +20,7 @@ HEADERS = {"status": "", "bpm": "BPM", "proposals": "Proposals", "path": "File"}
 PROPOSED_COLOUR = QColor(25, 110, 190)
 ACCEPTED_COLOUR = QColor(30, 140, 60)
 ERROR_COLOUR = QColor(190, 40, 40)
+UNTITLED_COLOUR = QColor(128, 128, 128)
 TRACK_ID_ROLE = Qt.ItemDataRole.UserRole + 1
 SORT_ROLE = Qt.ItemDataRole.UserRole + 2
 
@@ -106,6 +108,8 @@ class TrackTableModel(QAbstractTableModel):
             values = row.tags.get(name)
             if values:
                 return "; ".join(values)
+            if name == "title":  # no title: the file's name stands in, greyed
+                return os.path.basename(row.path)
             if shows_proposal and proposal is not None:
                 text = "; ".join(proposal.values)
                 return text if role == SORT_ROLE else f"{text}  ({proposal.confidence:.2f})"
@@ -113,6 +117,8 @@ class TrackTableModel(QAbstractTableModel):
         if role == Qt.ItemDataRole.ForegroundRole:
             if name == "status" and row.status != "ok":
                 return QBrush(ERROR_COLOUR)
+            if name == "title" and not row.tags.get("title"):
+                return QBrush(UNTITLED_COLOUR)
             if shows_proposal and proposal is not None:
                 return QBrush(ACCEPTED_COLOUR if proposal.status == "accepted" else PROPOSED_COLOUR)
         accepted = shows_proposal and proposal is not None and proposal.status == "accepted"

@@ -127,7 +127,9 @@ def evaluate(tsv: str | Path, encoder: Any, *, k: int = 10, tune_split: str = "t
              cancel: CancelToken | None = None, cache: str | Path | None = None,
              encoder_identity: str = "", complete: Any = None, llm_limit: int = 100) -> dict[str, Any]:
     """Scores of the vote and the most-frequent baseline per field (see the module's docstring)."""
-    from usearch.index import Index
+    from jamcaps_desktop.similar.index import usearch_index_class
+
+    Index = usearch_index_class()
 
     progress = progress or no_progress
     cancel = cancel or CancelToken()

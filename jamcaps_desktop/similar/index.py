@@ -26,6 +26,15 @@ log = logging.getLogger(__name__)
 SPACES = ("audio", "meta")
 
 
+def usearch_index_class() -> Any:
+    """USearch's Index class, imported after ONNX Runtime: some USearch builds (2.26.2 and newer) make a
+    later ``import onnxruntime`` crash the process, and the app loads models after searching."""
+    import onnxruntime  # noqa: F401 - loaded first on purpose
+    from usearch.index import Index
+
+    return Index
+
+
 @dataclass
 class Vectors:
     ids: np.ndarray  # uint64 track ids
@@ -100,7 +109,7 @@ class VectorIndex:
                                               (self.space,)).fetchall())
 
     def _open(self, dims: int):  # -> usearch.index.Index | None
-        from usearch.index import Index
+        Index = usearch_index_class()
 
         entries = self._entries()
         if self.path.is_file() and entries:
@@ -116,7 +125,7 @@ class VectorIndex:
 
     def sync(self) -> dict[str, int]:
         """Bring the index file in line with the library; returns how many vectors were added and removed."""
-        from usearch.index import Index
+        Index = usearch_index_class()
 
         vectors = self.vectors = load_vectors(self.library, self.space)
         if not len(vectors.ids):
