@@ -34,7 +34,6 @@ def main() -> int:
 
     from jamcaps_desktop.gui.main_window import MainWindow
     from jamcaps_desktop.gui.settings import AppSettings
-    from jamcaps_desktop.gui.track_table import TRACK_ID_ROLE
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
     work = Path(tempfile.mkdtemp(prefix="jamcaps-screenshot-"))
@@ -60,14 +59,13 @@ def main() -> int:
     if args.impute:
         window.run_impute()
         settle()
-    rows = [window.proxy.index(r, 0) for r in range(window.proxy.rowCount())]
+    rows = window.model.rows
     chosen = None
     if args.select:
         wanted = args.select.casefold()
-        chosen = next((i.data(TRACK_ID_ROLE) for i in rows
-                       if wanted in window.model.rows[window.proxy.mapToSource(i).row()].path.casefold()), None)
+        chosen = next((row.id for row in rows if wanted in row.path.casefold()), None)
     if chosen is None and rows:
-        chosen = rows[0].data(TRACK_ID_ROLE)
+        chosen = rows[0].id
     if chosen is not None:
         window.go_to_track(int(chosen))
     message = window.statusBar().currentMessage()

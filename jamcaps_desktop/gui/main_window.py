@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +41,21 @@ from PySide6.QtWidgets import (
 from jamcaps_desktop.gui.jobs import JobBar, JobFunction, JobRunner, JobState
 from jamcaps_desktop.gui.settings import AppSettings, SettingsDialog
 from jamcaps_desktop.gui.track_panel import TrackPanel
-from jamcaps_desktop.gui.track_table import COLUMNS, FILTERS, TRACK_ID_ROLE, TrackFilterProxy, TrackTableModel
+from jamcaps_desktop.gui.track_table import COLUMNS, FILTERS, TRACK_ID_ROLE, TrackTableModel
 from jamcaps_desktop.impute.vocabulary import FIELDS as IMPUTABLE_FIELDS
 from jamcaps_desktop.jobs.base import CancelToken, ProgressCallback
-from jamcaps_desktop.library.browse import browse_rows
+from jamcaps_desktop.library.browse import TrackRow, browse_rows
 from jamcaps_desktop.library.database import Library, LibraryError
 
 Done = Callable[[Any], None]
+
+
+@dataclass
+class _WithRows:
+    """A job's result, with the table's rows as the job left the library."""
+
+    result: Any
+    rows: list[TrackRow]
 
 
 class MainWindow(QMainWindow):
@@ -60,13 +69,12 @@ class MainWindow(QMainWindow):
         self.runner: JobRunner | None = None
         self.queue: list[tuple[str, JobFunction, Done | None]] = []
         self.last_result: Any = None
+        self._fresh_rows: list[TrackRow] | None = None
         self.show_dialogs = True  # off in tests and scripted runs: outcomes go to the status line alone
 
         self.model = TrackTableModel(self)
-        self.proxy = TrackFilterProxy(self)
-        self.proxy.setSourceModel(self.model)
         self.table = QTableView()
-        self.table.setModel(self.proxy)
+        self.table.setModel(self.model)
         self.table.setSortingEnabled(True)
         self.table.sortByColumn(COLUMNS.index("path"), Qt.SortOrder.AscendingOrder)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
@@ -87,10 +95,15 @@ class MainWindow(QMainWindow):
         self.filter_text = QLineEdit()
         self.filter_text.setPlaceholderText("Filter: words in titles, tags, proposals or paths")
         self.filter_text.setClearButtonEnabled(True)
-        self.filter_text.textChanged.connect(self.proxy.set_text)
+        # typing refilters once it pauses, not at every key (100,000 rows take a moment)
+        self._filter_timer = QTimer(self)
+        self._filter_timer.setSingleShot(True)
+        self._filter_timer.setInterval(200)
+        self._filter_timer.timeout.connect(lambda: self.model.set_text(self.filter_text.text()))
+        self.filter_text.textChanged.connect(lambda _text: self._filter_timer.start())
         self.filter_choice = QComboBox()
         self.filter_choice.addItems(list(FILTERS))
-        self.filter_choice.currentTextChanged.connect(self.proxy.set_filter)
+        self.filter_choice.currentTextChanged.connect(self.model.set_filter)
         self.count_label = QLabel("")
         filters = QHBoxLayout()
         filters.addWidget(self.filter_text, 1)
@@ -128,10 +141,10 @@ class MainWindow(QMainWindow):
         self.setAcceptDrops(True)
         self._restore_state()
         self.reload()
-        self.model.modelReset.connect(self._update_count)
-        self.proxy.layoutChanged.connect(self._update_count)
-        self.proxy.rowsInserted.connect(self._update_count)
-        self.proxy.rowsRemoved.connect(self._update_count)
+        self._kept_id: int | None = None
+        self.model.modelAboutToBeReset.connect(self._keep_current)
+        self.model.modelReset.connect(self._restore_current)
+        self.model.rowsInserted.connect(self._update_count)
         self._update_count()
 
     # -- actions ------------------------------------------------------------------------------
@@ -195,17 +208,31 @@ class MainWindow(QMainWindow):
         """Re-read the table from the library (only ``track_ids`` when given)."""
         if track_ids is None:
             current = self.current_track_id()
-            self.model.set_rows(browse_rows(self.library))
+            rows, self._fresh_rows = self._fresh_rows, None  # read by the job that just ended, if any
+            self.model.set_rows(rows if rows is not None else browse_rows(self.library))
             if current is not None:
                 self.go_to_track(current)
         else:
             self.model.update_rows(browse_rows(self.library, track_ids))
-            self.proxy.refilter()
         self._selection_changed()
         self._update_count()
 
+    def _keep_current(self) -> None:
+        self._kept_id = self.current_track_id()
+
+    def _restore_current(self) -> None:
+        """After the shown rows changed (filter, sort, reload), keep the track that was current."""
+        if self._kept_id is not None:
+            row = self.model.row_of(self._kept_id)
+            if row is not None:
+                index = self.model.index(row, 0)
+                self.table.selectionModel().setCurrentIndex(
+                    index, QItemSelectionModel.SelectionFlag.ClearAndSelect | QItemSelectionModel.SelectionFlag.Rows)
+                self.table.scrollTo(index)
+        self._update_count()
+
     def _update_count(self) -> None:
-        shown, total = self.proxy.rowCount(), self.model.rowCount()
+        shown, total = self.model.rowCount(), self.model.total()
         self.count_label.setText(f"{shown:,} of {total:,} tracks" if shown != total else f"{total:,} tracks")
 
     def selected_track_ids(self) -> list[int]:
@@ -213,7 +240,7 @@ class MainWindow(QMainWindow):
         return [int(index.data(TRACK_ID_ROLE)) for index in rows]
 
     def shown_track_ids(self) -> list[int]:
-        return [int(self.proxy.index(row, 0).data(TRACK_ID_ROLE)) for row in range(self.proxy.rowCount())]
+        return [row.id for row in self.model.rows]
 
     def current_track_id(self) -> int | None:
         index = self.table.currentIndex()
@@ -230,13 +257,15 @@ class MainWindow(QMainWindow):
 
     def go_to_track(self, track_id: int) -> None:
         row = self.model.row_of(track_id)
+        if row is None and self.model.filtered():  # filtered out: show everything so that it can be shown
+            self._filter_timer.stop()
+            self.filter_text.clear()
+            self.model.set_text("")
+            self.filter_choice.setCurrentText("All tracks")
+            row = self.model.row_of(track_id)
         if row is None:
             return
-        index = self.proxy.mapFromSource(self.model.index(row, 0))
-        if not index.isValid():  # filtered out: show everything so that it can be shown
-            self.filter_text.clear()
-            self.filter_choice.setCurrentText("All tracks")
-            index = self.proxy.mapFromSource(self.model.index(row, 0))
+        index = self.model.index(row, 0)
         self.table.selectionModel().setCurrentIndex(
             index, QItemSelectionModel.SelectionFlag.ClearAndSelect | QItemSelectionModel.SelectionFlag.Rows)
         self.table.scrollTo(index)
@@ -245,8 +274,8 @@ class MainWindow(QMainWindow):
     def next_track(self) -> None:
         index = self.table.currentIndex()
         row = index.row() + 1 if index.isValid() else 0
-        if row < self.proxy.rowCount():
-            self.go_to_track(int(self.proxy.index(row, 0).data(TRACK_ID_ROLE)))
+        if row < self.model.rowCount():
+            self.go_to_track(self.model.track_id(row))
 
     # -- jobs ---------------------------------------------------------------------------------
     def run_job(self, name: str, fn: JobFunction, done: Done | None = None) -> None:
@@ -277,9 +306,12 @@ class MainWindow(QMainWindow):
         self.job_bar.show_state(state)
 
     def _job_succeeded(self, name: str, result: Any, done: Done | None) -> None:
+        if isinstance(result, _WithRows):
+            self._fresh_rows, result = result.rows, result.result
         self.last_result = result
         if done is not None:
             done(result)
+        self._fresh_rows = None
 
     def _job_failed(self, name: str, message: str) -> None:
         self.statusBar().showMessage(f"{name.capitalize()} failed: {message}")
@@ -302,14 +334,18 @@ class MainWindow(QMainWindow):
     def busy(self) -> bool:
         return self.runner is not None or bool(self.queue)
 
-    def _in_library(self, work: Callable[[Library, ProgressCallback, CancelToken], Any]) -> JobFunction:
-        """A job function that opens its own library connection in the job's thread."""
+    def _in_library(self, work: Callable[[Library, ProgressCallback, CancelToken], Any], *,
+                    rows: bool = True) -> JobFunction:
+        """A job function that opens its own library connection in the job's thread, and reads the
+        table's rows there afterwards: at 100,000 tracks that read takes seconds the window must not
+        spend frozen."""
         path = self.library_path
 
         def job(progress: ProgressCallback, cancel: CancelToken) -> Any:
             library = Library(path)
             try:
-                return work(library, progress, cancel)
+                result = work(library, progress, cancel)
+                return _WithRows(result, browse_rows(library)) if rows else result
             finally:
                 library.close()
         return job
@@ -545,7 +581,8 @@ class MainWindow(QMainWindow):
         def work(lib: Library, progress: ProgressCallback, cancel: CancelToken) -> Any:
             return Searcher(lib, by="both").neighbours(track_id, 10)
 
-        self.run_job("find similar", self._in_library(work), lambda matches: self._show_similar(track_id, matches))
+        self.run_job("find similar", self._in_library(work, rows=False),
+                     lambda matches: self._show_similar(track_id, matches))
 
     def _show_similar(self, track_id: int, matches: list[Any]) -> None:
         paths = {row.id: row.path for row in self.model.rows}
@@ -647,6 +684,6 @@ class MainWindow(QMainWindow):
 
 def select_first(window: MainWindow) -> None:
     """Select the first track shown (used when the window opens on a folder)."""
-    if window.proxy.rowCount():
-        QTimer.singleShot(0, lambda: window.go_to_track(int(window.proxy.index(0, 0).data(TRACK_ID_ROLE))))
+    if window.model.rowCount():
+        QTimer.singleShot(0, lambda: window.go_to_track(window.model.track_id(0)))
 
