@@ -271,3 +271,15 @@ def test_impute_proposes_vocals_sound_and_speed_and_they_are_written(library, ma
     assert summary.count("written") == 1
     tags = mutagen.File(paths[4])
     assert str(tags["TXXX:SOUND"]) == "Electric" and str(tags["TXXX:SPEED"]) == "Fast"
+
+
+def test_audioset_labels_map_onto_the_vocabulary():
+    vocabulary = load_vocabulary()
+    expected = {("genre", "Rock music"): "rock", ("genre", "Hip hop music"): "hiphop", ("genre", "Drum and bass"):
+                "drumnbass", ("genre", "Music of Latin America"): "latin", ("mood", "Happy music"): "happy",
+                ("mood", "Tender music"): "soft", ("instruments", "Violin, fiddle"): "violin",
+                ("instruments", "Drum kit"): "drums", ("instruments", "Bass guitar"): "bass",
+                ("vocals", "Female singing"): "vocal", ("sound", "Electronic music"): "electric"}
+    for (field, label), value in expected.items():
+        assert vocabulary.canonical(field, label) == value, label
+    assert vocabulary.canonical("genre", "Dog") is None and vocabulary.canonical("genre", "Music") is None

@@ -92,6 +92,7 @@ class _Loaded:
     input_name: str
     label_output: str | None
     embedding_output: str | None
+    mask_input: str | None = None  # a padding mask the model takes beside its features (BEATs)
 
     @property
     def group(self) -> _Group:
@@ -233,8 +234,14 @@ def _load(name: str, device: str) -> _Loaded:
     except frontends.UnknownFrontEnd as exc:
         raise registry.ModelError(f"{name}: {exc}") from exc
     outputs = spec.get("outputs", {})
-    return _Loaded(name, model.version, model.labels, make_session(model.onnx_path, device), input_spec,
-                   spec["input"]["name"], outputs.get("labels"), outputs.get("embedding"))
+    session = None
+    if model.fp16_path is not None and device != "cpu":  # the float16 graph, where it runs on CUDA
+        session = make_session(model.fp16_path, device)
+        if session.get_providers()[0] != "CUDAExecutionProvider":
+            session = None
+    session = session or make_session(model.onnx_path, device)
+    return _Loaded(name, model.version, model.labels, session, input_spec, spec["input"]["name"],
+                   outputs.get("labels"), outputs.get("embedding"), spec["input"].get("mask"))
 
 
 @dataclass
@@ -301,7 +308,10 @@ class _Batcher:
 
 def _run_model(model: _Loaded, batch: np.ndarray, owners: list[tuple[_TrackWork, int]]) -> None:
     names = [n for n in (model.label_output, model.embedding_output) if n]
-    results = dict(zip(names, model.session.run(names, {model.input_name: batch}), strict=True))
+    feeds = {model.input_name: batch}
+    if model.mask_input:  # whole windows: nothing is padding (a short tail is zero-filled, as a recording's silence)
+        feeds[model.mask_input] = np.zeros(batch.shape[:2], dtype=bool)
+    results = dict(zip(names, model.session.run(names, feeds), strict=True))
     offset = 0
     for work, take in owners:
         sums = work.sums[model.name]

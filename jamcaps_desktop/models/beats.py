@@ -1,0 +1,263 @@
+"""BEATs (Microsoft's audio pre-training with acoustic tokenizers, MIT licence) as an ONNX graph built
+from an official checkpoint's weights, with numpy and ``onnx.helper`` alone (no torch).
+
+The network, as the official code computes it in evaluation:
+
+1. the normalised 128-bin Kaldi fbank (``audio.features.beats_fbank``), [B, T, 128], goes through a
+   bias-free 16×16 convolution with stride 16; leftover frames are dropped and the tokens are
+   flattened time-major (token = t·8 + f), then LayerNorm and a projection to the encoder's width;
+2. padded tokens are zeroed; a grouped convolution over time (weight-normalised: g·v/‖v‖ per kernel
+   tap, its last step dropped when the kernel is even, exact GELU) is added; then LayerNorm;
+3. each layer is post-LayerNorm with deep-norm scaling (x·α + f(x), α = (2·layers)^¼): self-attention
+   with a relative-position bias (a bucketed table shared by all layers, computed in layer 0) that
+   each layer gates per query (``grep_linear`` on the unscaled query, ``grep_a``), padded keys
+   excluded; then a GELU feed-forward block;
+4. a fine-tuned checkpoint's ``predictor`` gives per-token logits, averaged over the unpadded tokens,
+   then a sigmoid: the 527 AudioSet probabilities.
+
+Padding: a frame mask (True = padded) comes in with the fbank; it is reduced to tokens the way the
+official code does it, by reshaping (``m[:, :T − T % N].view(B, N, −1).all(−1)``), which does not
+follow patch boundaries. Outputs: ``probs`` (fine-tuned only), ``embedding`` (the mean of the last
+layer over the unpadded tokens), ``tokens`` and ``token_mask``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from jamcaps_desktop.models.onnx_graph import GraphBuilder
+
+if TYPE_CHECKING:
+    import onnx
+
+OPSET = 18
+LAYER_NORM_EPS = 1e-5   # torch.nn.LayerNorm's default, which BEATs uses throughout
+MAX_TOKENS = 30000      # relative positions are looked up in a table this long (about 10 min at once)
+FRAME_SAMPLES, FRAME_HOP = 400, 160  # 25 ms / 10 ms at 16 kHz
+
+# BEATsConfig's defaults, for checkpoints whose cfg lacks a key
+CONFIG_DEFAULTS: dict[str, Any] = {
+    "input_patch_size": -1, "embed_dim": 512, "conv_bias": False, "encoder_layers": 12,
+    "encoder_embed_dim": 768, "encoder_ffn_embed_dim": 3072, "encoder_attention_heads": 12,
+    "activation_fn": "gelu", "layer_norm_first": False, "deep_norm": False, "conv_pos": 128,
+    "conv_pos_groups": 16, "relative_position_embedding": False, "num_buckets": 320, "max_distance": 1280,
+    "gru_rel_pos": False, "finetuned_model": False, "predictor_class": 527,
+}
+
+
+def relative_buckets(offsets: np.ndarray, num_buckets: int, max_distance: int) -> np.ndarray:
+    """The bucket of each key − query offset, computed as the official code does (in float32)."""
+    half = num_buckets // 2
+    buckets = (offsets > 0).astype(np.int64) * half
+    distance = np.abs(offsets)
+    max_exact = half // 2
+    safe = np.maximum(distance, 1).astype(np.float32)
+    large = max_exact + (np.log(safe / np.float32(max_exact)) / np.float32(math.log(max_distance / max_exact))
+                         * np.float32(half - max_exact)).astype(np.int64)
+    large = np.minimum(large, half - 1)
+    return buckets + np.where(distance < max_exact, distance, large)
+
+
+def frame_padding_mask(sample_mask: np.ndarray, frames: int) -> np.ndarray:
+    """A per-sample padding mask (True = padded) reduced to ``frames`` frames the official way."""
+    sample_mask = np.asarray(sample_mask, dtype=bool)
+    length = sample_mask.shape[1]
+    kept = sample_mask[:, : length - length % frames]
+    return kept.reshape(sample_mask.shape[0], frames, -1).all(axis=-1)
+
+
+def frame_count(samples: int) -> int:
+    return 0 if samples < FRAME_SAMPLES else 1 + (samples - FRAME_SAMPLES) // FRAME_HOP
+
+
+def config_of(cfg: dict[str, Any]) -> dict[str, Any]:
+    merged = {**CONFIG_DEFAULTS, **cfg}
+    if merged["activation_fn"] != "gelu":
+        raise ValueError(f"activation {merged['activation_fn']!r} is not the GELU this graph uses")
+    if merged["layer_norm_first"]:
+        raise ValueError("pre-LayerNorm BEATs variants (layer_norm_first) are not supported")
+    if merged["input_patch_size"] != 16:
+        raise ValueError(f"patch size {merged['input_patch_size']} is not the 16 of the published checkpoints")
+    return merged
+
+
+def build_onnx(weights: dict[str, np.ndarray], cfg: dict[str, Any], name: str = "beats",
+               half: bool = False) -> onnx.ModelProto:
+    """The ONNX model of a BEATs checkpoint (``weights``: its ``model`` state dict as numpy arrays,
+    ``cfg``: its ``cfg``). ``half`` stores weights and computes in float16 (inputs and outputs stay
+    float32). KeyError names a missing tensor; ValueError an architecture this graph does not build."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    cfg = config_of(cfg)
+    dim = int(cfg["encoder_embed_dim"])
+    heads = int(cfg["encoder_attention_heads"])
+    layers = int(cfg["encoder_layers"])
+    embed = int(cfg["embed_dim"])
+    if dim % heads:
+        raise ValueError(f"width {dim} is not a multiple of {heads} heads")
+    head_dim = dim // heads
+    finetuned = bool(cfg["finetuned_model"]) and "predictor.weight" in weights
+    dtype = np.float16 if half else np.float32
+    onnx_dtype = TensorProto.FLOAT16 if half else TensorProto.FLOAT
+
+    builder = GraphBuilder()
+    const, node = builder.const, builder.node
+
+    def w(key: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
+        array = np.asarray(weights[key], dtype=np.float32)
+        if shape is not None and array.shape != shape:
+            raise ValueError(f"{key} has shape {array.shape}, expected {shape}")
+        return array
+
+    def c(array: np.ndarray, label: str) -> str:
+        return const(np.asarray(array, dtype=np.float32).astype(dtype), label)
+
+    def ints(*values: int) -> str:
+        return const(np.array(values, dtype=np.int64), "ints")
+
+    def scalar(value: float) -> str:
+        return c(np.array(value), "scalar")
+
+    def linear(x: str, key: str, size_in: int, size_out: int) -> str:
+        kernel = w(key + ".weight", (size_out, size_in)).T
+        out = node("MatMul", [x, c(kernel, "kernel")])
+        return node("Add", [out, c(w(key + ".bias", (size_out,)), "bias")]) if key + ".bias" in weights else out
+
+    def layer_norm(x: str, key: str, size: int) -> str:
+        return node("LayerNormalization", [x, c(w(key + ".weight", (size,)), "gamma"),
+                                           c(w(key + ".bias", (size,)), "beta")], axis=-1, epsilon=LAYER_NORM_EPS)
+
+    def gelu(x: str) -> str:  # exact (erf) GELU, as the official modules compute it
+        erf = node("Erf", [node("Div", [x, scalar(math.sqrt(2.0))])])
+        return node("Mul", [x, node("Mul", [node("Add", [erf, scalar(1.0)]), scalar(0.5)])])
+
+    # 1. patches: [B, T, 128] -> [B, 1, T, 128] -> conv -> [B, E, T/16, 8] -> [B, N, E], time-major
+    fbank = node("Cast", ["fbank"], to=onnx_dtype)
+    x = node("Unsqueeze", [fbank, ints(1)])
+    conv_inputs = [x, c(w("patch_embedding.weight", (embed, 1, 16, 16)), "patch_kernel")]
+    if "patch_embedding.bias" in weights:
+        conv_inputs.append(c(w("patch_embedding.bias", (embed,)), "patch_bias"))
+    x = node("Conv", conv_inputs, kernel_shape=[16, 16], strides=[16, 16])
+    x = node("Transpose", [node("Reshape", [x, ints(0, embed, -1)])], perm=[0, 2, 1])
+    x = layer_norm(x, "layer_norm", embed)
+    if "post_extract_proj.weight" in weights:
+        x = linear(x, "post_extract_proj", embed, dim)
+    elif embed != dim:
+        raise KeyError("post_extract_proj.weight")
+
+    # 2. token mask, by reshaping the frame mask as the official code does
+    tokens = node("Shape", [x], start=1, end=2)                                       # [1]
+    frames = node("Shape", ["padding_mask"], start=1, end=2)
+    kept = node("Sub", [frames, node("Mod", [frames, tokens])])
+    mask = node("Slice", ["padding_mask", ints(0), kept, ints(1)])
+    mask = node("Reshape", [node("Cast", [mask], to=TensorProto.FLOAT), node("Concat", [ints(0), tokens, ints(-1)],
+                                                                               axis=0)])
+    token_padded = node("ReduceMin", [mask, ints(-1)], keepdims=0)                     # [B, N] 1 = padded
+    keep = node("Cast", [node("Sub", [const(np.array(1.0, dtype=np.float32), "one"), token_padded])],
+                to=onnx_dtype)                                                        # [B, N] 1 = real
+    x = node("Mul", [x, node("Unsqueeze", [keep, ints(2)])])
+
+    # pos_conv: weight norm over dims 0 and 1 for each kernel tap
+    groups = int(cfg["conv_pos_groups"])
+    width = int(cfg["conv_pos"])
+    v = w("encoder.pos_conv.0.weight_v", (dim, dim // groups, width))
+    g = w("encoder.pos_conv.0.weight_g")
+    effective = g.reshape(1, 1, width) * v / np.sqrt((v.astype(np.float64) ** 2).sum(axis=(0, 1), keepdims=True)
+                                                       ).astype(np.float32)
+    conv = node("Conv", [node("Transpose", [x], perm=[0, 2, 1]), c(effective, "pos_kernel"),
+                         c(w("encoder.pos_conv.0.bias", (dim,)), "pos_bias")],
+                kernel_shape=[width], pads=[width // 2, width // 2], group=groups)
+    if width % 2 == 0:
+        conv = node("Slice", [conv, ints(0), ints(-1), ints(2)])
+    x = node("Add", [x, node("Transpose", [gelu(conv)], perm=[0, 2, 1])])
+    x = layer_norm(x, "encoder.layer_norm", dim)
+
+    # 3. relative-position bias [H, N, N] from a per-offset table, shared by every layer
+    position_bias = None
+    if cfg["relative_position_embedding"]:
+        table_keys = sorted((k for k in weights if k.endswith("self_attn.relative_attention_bias.weight")),
+                            key=lambda k: int(k.split(".")[2]))
+        if not table_keys:
+            raise KeyError("encoder.layers.0.self_attn.relative_attention_bias.weight")
+        table = w(table_keys[-1], (int(cfg["num_buckets"]), heads))  # the official loader's last copy wins
+        offsets = np.arange(-MAX_TOKENS, MAX_TOKENS + 1)
+        per_offset = table[relative_buckets(offsets, int(cfg["num_buckets"]), int(cfg["max_distance"]))]
+        positions = node("Range", [const(np.array(0, dtype=np.int64), "zero"),
+                                   node("Squeeze", [tokens, ints(0)]), const(np.array(1, dtype=np.int64), "step")])
+        offset_index = node("Add", [node("Sub", [node("Unsqueeze", [positions, ints(0)]),
+                                                 node("Unsqueeze", [positions, ints(1)])]),
+                                    const(np.array(MAX_TOKENS, dtype=np.int64), "centre")])   # [N(q), N(k)]
+        bias = node("Gather", [c(per_offset, "relative_bias"), offset_index], axis=0)        # [N, N, H]
+        position_bias = node("Transpose", [bias], perm=[2, 0, 1])                           # [H, N, N]
+
+    blocked = node("Mul", [node("Unsqueeze", [token_padded, ints(1, 2)]),
+                           const(np.array(-1e4 if half else np.finfo(np.float32).min / 2, dtype=np.float32),
+                                 "blocked")])
+    blocked = node("Cast", [blocked], to=onnx_dtype)                                   # [B, 1, 1, N]
+    alpha = math.pow(2 * layers, 0.25) if cfg["deep_norm"] else 1.0
+    split = ints(0, 0, heads, head_dim)
+    merged = ints(0, 0, dim)
+    ffn = int(cfg["encoder_ffn_embed_dim"])
+    for index in range(layers):
+        key = f"encoder.layers.{index}."
+        q = linear(x, key + "self_attn.q_proj", dim, dim)
+        k = linear(x, key + "self_attn.k_proj", dim, dim)
+        value = linear(x, key + "self_attn.v_proj", dim, dim)
+        q = node("Transpose", [node("Reshape", [q, split])], perm=[0, 2, 1, 3])        # [B, H, N, d] unscaled
+        k = node("Transpose", [node("Reshape", [k, split])], perm=[0, 2, 3, 1])        # [B, H, d, N]
+        value = node("Transpose", [node("Reshape", [value, split])], perm=[0, 2, 1, 3])
+        scores = node("MatMul", [node("Mul", [q, scalar(head_dim ** -0.5)]), k])      # [B, H, N, N]
+        if position_bias is not None:
+            bias = position_bias
+            if cfg["gru_rel_pos"]:
+                gate = node("Sigmoid", [node("ReduceSum", [
+                    node("Reshape", [linear(q, key + "self_attn.grep_linear", head_dim, 8), ints(0, 0, 0, 2, 4)]),
+                    ints(-1)], keepdims=0)])                                           # [B, H, N, 2]
+                gate_a = node("Slice", [gate, ints(0), ints(1), ints(3)])
+                gate_b = node("Slice", [gate, ints(1), ints(2), ints(3)])
+                grep_a = c(w(key + "self_attn.grep_a", (1, heads, 1, 1)), "grep_a")
+                factor = node("Add", [node("Mul", [gate_a, node("Sub", [node("Mul", [gate_b, grep_a]),
+                                                                       scalar(1.0)])]), scalar(2.0)])
+                bias = node("Mul", [factor, position_bias])                            # [B, H, N, N]
+            scores = node("Add", [scores, bias])
+        scores = node("Add", [scores, blocked])
+        context = node("MatMul", [node("Softmax", [scores], axis=-1), value])
+        context = node("Reshape", [node("Transpose", [context], perm=[0, 2, 1, 3]), merged])
+        attended = linear(context, key + "self_attn.out_proj", dim, dim)
+        x = layer_norm(node("Add", [node("Mul", [x, scalar(alpha)]), attended]), key + "self_attn_layer_norm", dim)
+        inner = gelu(linear(x, key + "fc1", dim, ffn))
+        x = layer_norm(node("Add", [node("Mul", [x, scalar(alpha)]), linear(inner, key + "fc2", ffn, dim)]),
+                       key + "final_layer_norm", dim)
+
+    # 4. outputs: the mean over unpadded tokens, and the fine-tuned head's probabilities
+    weight = node("Unsqueeze", [keep, ints(2)])                                        # [B, N, 1]
+    count = node("Max", [node("ReduceSum", [weight, ints(1)], keepdims=0), scalar(1.0)])  # [B, 1]
+    features = node("Cast", [x], to=TensorProto.FLOAT)
+    builder.nodes.append(helper.make_node("Identity", [features], ["tokens"]))
+    builder.nodes.append(helper.make_node("Cast", [token_padded], ["token_mask"], to=TensorProto.BOOL))
+    pooled = node("Div", [node("ReduceSum", [node("Mul", [x, weight]), ints(1)], keepdims=0), count])
+    builder.nodes.append(helper.make_node("Cast", [pooled], ["embedding"], to=TensorProto.FLOAT))
+    outputs = [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", dim]),
+               helper.make_tensor_value_info("tokens", TensorProto.FLOAT, ["batch", "tokens", dim]),
+               helper.make_tensor_value_info("token_mask", TensorProto.BOOL, ["batch", "tokens"])]
+    if finetuned:
+        classes = int(cfg["predictor_class"])
+        logits = node("Mul", [linear(x, "predictor", dim, classes), weight])          # padded tokens count 0
+        mean = node("Div", [node("ReduceSum", [logits, ints(1)], keepdims=0), count])
+        builder.nodes.append(helper.make_node("Cast", [node("Sigmoid", [mean])], ["probs"], to=TensorProto.FLOAT))
+        outputs.insert(0, helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", classes]))
+
+    graph = helper.make_graph(
+        builder.nodes, name,
+        [helper.make_tensor_value_info("fbank", TensorProto.FLOAT, ["batch", "frames", 128]),
+         helper.make_tensor_value_info("padding_mask", TensorProto.BOOL, ["batch", "frames"])],
+        outputs, builder.initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="jamcaps-desktop")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model

@@ -1,0 +1,231 @@
+"""BEATs: the checkpoint reader (no torch), the ONNX graph against the official implementation's numbers,
+the installer (from a local checkpoint file, with a recorded checksum) and the analysis with it."""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import zipfile
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from jamcaps_desktop.models.beats import build_onnx, frame_count, frame_padding_mask, relative_buckets
+from jamcaps_desktop.models.torch_checkpoint import CheckpointError, read_checkpoint
+
+TINY = {"encoder_layers": 2, "encoder_embed_dim": 32, "encoder_ffn_embed_dim": 64, "encoder_attention_heads": 4,
+        "conv_pos": 8, "conv_pos_groups": 4, "relative_position_embedding": True, "num_buckets": 320,
+        "max_distance": 800, "gru_rel_pos": True, "deep_norm": True, "input_patch_size": 16, "embed_dim": 16,
+        "finetuned_model": True, "predictor_class": 5}
+
+
+def _random_weights(cfg, rng):
+    d, e = cfg["encoder_embed_dim"], cfg["embed_dim"]
+    f, h = cfg["encoder_ffn_embed_dim"], cfg["encoder_attention_heads"]
+    shapes = {"patch_embedding.weight": (e, 1, 16, 16), "layer_norm.weight": (e,), "layer_norm.bias": (e,),
+              "post_extract_proj.weight": (d, e), "post_extract_proj.bias": (d,),
+              "encoder.pos_conv.0.weight_v": (d, d // cfg["conv_pos_groups"], cfg["conv_pos"]),
+              "encoder.pos_conv.0.weight_g": (1, 1, cfg["conv_pos"]), "encoder.pos_conv.0.bias": (d,),
+              "encoder.layer_norm.weight": (d,), "encoder.layer_norm.bias": (d,),
+              "predictor.weight": (cfg["predictor_class"], d), "predictor.bias": (cfg["predictor_class"],)}
+    for i in range(cfg["encoder_layers"]):
+        k = f"encoder.layers.{i}."
+        for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            shapes[k + f"self_attn.{proj}.weight"], shapes[k + f"self_attn.{proj}.bias"] = (d, d), (d,)
+        shapes[k + "self_attn.grep_linear.weight"], shapes[k + "self_attn.grep_linear.bias"] = (8, d // h), (8,)
+        shapes[k + "self_attn.grep_a"] = (1, h, 1, 1)
+        shapes[k + "self_attn.relative_attention_bias.weight"] = (cfg["num_buckets"], h)
+        for norm in ("self_attn_layer_norm", "final_layer_norm"):
+            shapes[k + f"{norm}.weight"], shapes[k + f"{norm}.bias"] = (d,), (d,)
+        shapes[k + "fc1.weight"], shapes[k + "fc1.bias"] = (f, d), (f,)
+        shapes[k + "fc2.weight"], shapes[k + "fc2.bias"] = (d, f), (d,)
+    weights = {key: (rng.standard_normal(shape) * 0.2).astype(np.float32) for key, shape in shapes.items()}
+    for key in weights:
+        if key.endswith("norm.weight"):
+            weights[key] += 1.0
+    return weights
+
+
+def _session(model):
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def test_the_graph_runs_with_padding_and_gives_probabilities():
+    rng = np.random.default_rng(7)
+    model = build_onnx(_random_weights(TINY, rng), TINY)
+    session = _session(model)
+    fbank = rng.standard_normal((2, 300, 128)).astype(np.float32)
+    mask = np.zeros((2, 300), dtype=bool)
+    mask[1, 180:] = True
+    probs, embedding, tokens, token_mask = session.run(["probs", "embedding", "tokens", "token_mask"],
+                                                       {"fbank": fbank, "padding_mask": mask})
+    n = 300 // 16 * 8
+    assert probs.shape == (2, 5) and np.all((probs > 0) & (probs < 1))
+    assert tokens.shape == (2, n, 32) and embedding.shape == (2, 32)
+    # the token mask comes from the frame mask by reshaping, as the official code does
+    expected = mask[:, : 300 - 300 % n].reshape(2, n, -1).all(-1)
+    assert np.array_equal(token_mask, expected)
+    # the embedding is the mean of the unpadded tokens
+    assert np.allclose(embedding[1], tokens[1][~expected[1]].mean(axis=0), atol=1e-5)
+    # everything padded: still finite numbers, not NaN
+    everything = session.run(["probs"], {"fbank": fbank, "padding_mask": np.ones((2, 300), dtype=bool)})[0]
+    assert np.all(np.isfinite(everything))
+    # float16 for CUDA: the same answers to a few thousandths
+    half = _session(build_onnx(_random_weights(TINY, np.random.default_rng(7)), TINY, half=True))
+    assert np.abs(half.run(["probs"], {"fbank": fbank, "padding_mask": mask})[0] - probs).max() < 5e-3
+
+
+def test_relative_buckets_follow_the_official_rule():
+    offsets = np.arange(-3000, 3001)
+    buckets = relative_buckets(offsets, 320, 800)
+    assert buckets[3000] == 0 and buckets[3001] == 161 and buckets[2999] == 1
+    assert buckets.min() == 0 and buckets.max() == 319
+    assert np.all(np.diff(buckets[3001:]) >= 0)  # further keys, same or later buckets
+
+
+def test_frames_and_their_mask():
+    assert frame_count(160000) == 998 and frame_count(100800) == 628 and frame_count(399) == 0
+    mask = np.zeros((1, 160000), dtype=bool)
+    mask[0, 100800:] = True
+    frames = frame_padding_mask(mask, 998)
+    assert frames.shape == (1, 998) and frames[0, 630:].all() and not frames[0, :629].any()
+
+
+def _zip_checkpoint(payload: bytes) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        archive.writestr("ck/data.pkl", payload)
+        archive.writestr("ck/byteorder", "little")
+    return out.getvalue()
+
+
+def test_a_checkpoint_cannot_run_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            import os
+            return (os.system, ("echo owned > " + str(tmp_path / "owned"),))
+
+    path = tmp_path / "evil.pt"
+    path.write_bytes(_zip_checkpoint(pickle.dumps({"cfg": {}, "model": Evil()}, protocol=2)))
+    with pytest.raises(CheckpointError, match="does not load"):
+        read_checkpoint(path)
+    assert not (tmp_path / "owned").exists()
+    (tmp_path / "plain.pt").write_bytes(b"not a zip at all")
+    with pytest.raises(CheckpointError, match="zip format"):
+        read_checkpoint(tmp_path / "plain.pt")
+
+
+# -- against the official implementation (the oracle in ../shared/reference/beats) ----------------
+def _oracle(shared_reference):
+    return np.load(shared_reference / "beats" / "reference_outputs.npz")
+
+
+def test_checkpoints_in_the_official_format_are_read_without_torch(shared_reference):
+    checkpoint = read_checkpoint(shared_reference / "beats" / "tiny_finetuned.pt")
+    assert checkpoint["cfg"]["encoder_layers"] == 2 and len(checkpoint["label_dict"]) == 527
+    weights = checkpoint["model"]
+    assert weights["encoder.pos_conv.0.weight_v"].shape == (64, 16, 16)
+    data = _oracle(shared_reference)
+    v, g = weights["encoder.pos_conv.0.weight_v"], weights["encoder.pos_conv.0.weight_g"]
+    effective = g * v / np.sqrt((v.astype(np.float64) ** 2).sum(axis=(0, 1), keepdims=True))
+    assert np.allclose(effective, data["pos_conv_weight_effective"], atol=1e-6)
+    assert np.array_equal(relative_buckets(data["rel_pos_offsets"], 320, 800), data["rel_pos_bucket"])
+
+
+@pytest.mark.parametrize("half", [False, True])
+def test_the_onnx_graph_reproduces_the_official_numbers(shared_reference, half):
+    data = _oracle(shared_reference)
+    finetuned = read_checkpoint(shared_reference / "beats" / "tiny_finetuned.pt")
+    pretrained = read_checkpoint(shared_reference / "beats" / "tiny_pretrained.pt")
+    ft = _session(build_onnx(finetuned["model"], finetuned["cfg"], half=half))
+    pre = _session(build_onnx(pretrained["model"], pretrained["cfg"], half=half))
+    prob_tol, feature_tol = (2e-5, 3e-4) if not half else (3e-3, 2e-2)
+    for name in ("synth", "clip", "short"):
+        frames = frame_padding_mask(data[f"{name}_padding_mask"], data[f"{name}_fbank"].shape[1])
+        assert np.array_equal(frames, data[f"{name}_frame_padding_mask"])
+        feeds = {"fbank": data[f"{name}_fbank"], "padding_mask": frames}
+        probs, mask = ft.run(["probs", "token_mask"], feeds)
+        assert np.abs(probs - data[f"{name}_ft_probs"]).max() < prob_tol
+        assert np.array_equal(mask, data[f"{name}_ft_padding_mask"])
+        if not half:
+            top5 = np.argsort(-probs, axis=1)[:, :5]
+            assert np.array_equal(top5, data[f"{name}_ft_top5_idx"])
+        tokens, mask = pre.run(["tokens", "token_mask"], feeds)
+        unpadded = ~data[f"{name}_pre_padding_mask"]
+        assert np.abs(tokens - data[f"{name}_pre_features"])[unpadded].max() < feature_tol
+        assert np.abs(tokens - data[f"{name}_pre_features"]).max() < feature_tol
+        assert np.array_equal(mask, data[f"{name}_pre_padding_mask"])
+
+
+def test_the_fbank_front_end_matches_the_official_preprocessing(shared_reference):
+    from jamcaps_desktop.audio.features import beats_fbank
+
+    data = _oracle(shared_reference)
+    for name in ("synth", "clip", "short"):
+        for waveform, expected in zip(data[f"{name}_waveform"], data[f"{name}_fbank"], strict=True):
+            assert np.abs(beats_fbank(waveform) - expected).max() < 1e-3
+
+
+def _install_manifest(models_dir, tmp_path, monkeypatch, finetuned=True):
+    from jamcaps_desktop.models import registry
+
+    manifests = tmp_path / "manifests"
+    manifests.mkdir(exist_ok=True)
+    spec = json.loads((registry.manifest_dirs()[-1] / "beats.json").read_text())
+    spec.update(name="beats-test", finetuned=finetuned)
+    spec["source"]["url"] = "https://example.invalid/never-fetched.pt"
+    if not finetuned:
+        spec["outputs"] = {"embedding": "embedding"}
+    (manifests / "beats-test.json").write_text(json.dumps(spec))
+    monkeypatch.setenv("JAMCAPS_MODEL_MANIFESTS", str(manifests))
+    return registry
+
+
+def test_installing_a_checkpoint_file_converts_it_and_records_its_checksum(shared_reference, models_dir, tmp_path,
+                                                                          monkeypatch):
+    registry = _install_manifest(models_dir, tmp_path, monkeypatch)
+    source = shared_reference / "beats" / "tiny_finetuned.pt"
+    model = registry.install("beats-test", local=source)
+    assert model.fp16_path is not None and model.fp16_path.is_file()
+    label_dict = read_checkpoint(source)["label_dict"]
+    names = json.loads((shared_reference / "beats" / "label_dict.json").read_text())
+    by_mid = {row["mid"]: row["display_name"] for row in names["labels"]}
+    # each predictor index is named through the checkpoint's own label_dict (a permutation here)
+    assert model.labels == [by_mid[label_dict[i]] for i in range(527)]
+    assert model.labels[:3] != [row["display_name"] for row in names["labels"][:3]]
+    pins = json.loads((models_dir / "checksums.json").read_text())
+    assert pins["beats-test"] == registry.file_sha256(source)
+    # another file for the same model is refused, and the installed model stays
+    other = tmp_path / "other.pt"
+    other.write_bytes(source.read_bytes() + b"\0")
+    with pytest.raises(registry.ModelError, match="not the checkpoint installed before"):
+        registry.install("beats-test", local=other)
+    assert registry.is_installed("beats-test")
+    # a pre-trained checkpoint where a fine-tuned one is expected: a clear error
+    (models_dir / "checksums.json").unlink()
+    with pytest.raises(registry.ModelError, match="pre-trained checkpoint"):
+        registry.install("beats-test", local=shared_reference / "beats" / "tiny_pretrained.pt")
+
+
+def test_analysis_with_beats_stores_audioset_labels_and_an_embedding(shared_reference, models_dir, tmp_path,
+                                                                     monkeypatch, library):
+    from audio_fixtures import make_audio
+
+    from jamcaps_desktop.analysis.analyze import analyze, track_analyses
+    from jamcaps_desktop.library.queries import find_track
+    from jamcaps_desktop.scan.scanner import scan
+
+    registry = _install_manifest(models_dir, tmp_path, monkeypatch)
+    registry.install("beats-test", local=shared_reference / "beats" / "tiny_finetuned.pt")
+    path = make_audio(tmp_path / "tone.flac", "flac", seconds=12.0, freq=330.0)
+    scan(library, [path])
+    summary = analyze(library, models=["beats-test"], device="cpu")
+    assert summary.analysed == 1
+    (analysis,) = track_analyses(library, find_track(library, str(path))["id"])
+    assert analysis["status"] == "ok" and analysis["windows"] == 1  # 10 s; a 2 s tail (under half a window) is dropped
+    labels = dict(analysis["labels"])
+    assert len(labels) > 0 and all(0 < p < 1 for p in labels.values())
+    (blob,) = library.conn.execute("SELECT embedding FROM analyses").fetchone()
+    assert np.frombuffer(blob, dtype=np.float32).shape == (64,)
