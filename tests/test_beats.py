@@ -229,3 +229,43 @@ def test_analysis_with_beats_stores_audioset_labels_and_an_embedding(shared_refe
     assert len(labels) > 0 and all(0 < p < 1 for p in labels.values())
     (blob,) = library.conn.execute("SELECT embedding FROM analyses").fetchone()
     assert np.frombuffer(blob, dtype=np.float32).shape == (64,)
+
+
+# -- the PyTorch port (the optional export extra) -----------------------------------------------
+def test_the_pytorch_port_reproduces_the_official_numbers(shared_reference):
+    torch = pytest.importorskip("torch")
+    from jamcaps_desktop.export.beats_torch import BEATsPort
+
+    data = _oracle(shared_reference)
+    for kind in ("finetuned", "pretrained"):
+        model = BEATsPort.from_checkpoint(torch.load(shared_reference / "beats" / f"tiny_{kind}.pt",
+                                                     weights_only=True))
+        for name in ("synth", "clip", "short"):
+            with torch.no_grad():
+                out = model(torch.from_numpy(data[f"{name}_fbank"]),
+                            torch.from_numpy(data[f"{name}_frame_padding_mask"]))
+            prefix = "ft" if kind == "finetuned" else "pre"
+            assert np.array_equal(out["token_mask"].numpy(), data[f"{name}_{prefix}_padding_mask"])
+            if kind == "finetuned":
+                assert np.abs(out["probs"].numpy() - data[f"{name}_ft_probs"]).max() < 2e-5
+            else:
+                assert np.abs(out["tokens"].numpy() - data[f"{name}_pre_features"]).max() < 3e-4
+
+
+def test_the_onnx_graph_and_the_pytorch_port_agree_on_other_lengths():
+    torch = pytest.importorskip("torch")
+    from jamcaps_desktop.export.beats_torch import BEATsPort
+
+    weights = _random_weights(TINY, np.random.default_rng(11))
+    port = BEATsPort.from_checkpoint({"cfg": TINY, "model": weights})
+    session = _session(build_onnx(weights, TINY))
+    rng = np.random.default_rng(12)
+    for frames in (160, 517, 1500):
+        fbank = rng.standard_normal((3, frames, 128)).astype(np.float32)
+        mask = np.zeros((3, frames), dtype=bool)
+        mask[1, frames // 2:] = True
+        probs, embedding = session.run(["probs", "embedding"], {"fbank": fbank, "padding_mask": mask})
+        with torch.no_grad():
+            out = port(torch.from_numpy(fbank), torch.from_numpy(mask))
+        assert np.abs(probs - out["probs"].numpy()).max() < 2e-5
+        assert np.abs(embedding - out["embedding"].numpy()).max() < 3e-4

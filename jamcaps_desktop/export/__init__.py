@@ -1,0 +1,1 @@
+"""Model code for exporting and comparing: needs the optional export extra (torch)."""
