@@ -75,14 +75,15 @@ def _decode_all(paths: list[str], workers: int) -> float:
     return time.perf_counter() - start
 
 
-def _measure(folder: Path, workdir: Path, device: str, workers: int) -> dict[str, float]:
+def _measure(folder: Path, workdir: Path, device: str, workers: int, models: list[str] | None = None
+             ) -> dict[str, float]:
     library = Library(workdir / f"{folder.name}.sqlite")
     scan(library, [folder])
     rows = library.conn.execute("SELECT path, duration FROM tracks WHERE status = 'ok'").fetchall()
     paths, seconds = [r[0] for r in rows], sum(r[1] for r in rows)
     decode_s = _decode_all(paths, workers)
     start = time.perf_counter()
-    summary = analyze(library, device=device, workers=workers)
+    summary = analyze(library, device=device, workers=workers, models=models)
     analysis_s = time.perf_counter() - start
     library.close()
     return {
@@ -96,14 +97,16 @@ def _measure(folder: Path, workdir: Path, device: str, workers: int) -> dict[str
     }
 
 
-def _model_throughput(device: str, batches: list[int]) -> dict[str, dict[str, float | str]]:
+def _model_throughput(device: str, batches: list[int], models: list[str] | None = None
+                      ) -> dict[str, dict[str, float | str]]:
     """Windows per second through each default model alone, by batch size (median of timed runs)."""
     from jamcaps_desktop.models import registry
     from jamcaps_desktop.models.engine import make_session
 
     out: dict[str, dict[str, float | str]] = {}
     rng = np.random.default_rng(0)
-    for name in [m for m in registry.default_models() if registry.manifest(m).get("kind") != "text-encoder"]:
+    names = models or [m for m in registry.default_models() if registry.manifest(m).get("kind") != "text-encoder"]
+    for name in names:
         model = registry.verify(name)
         session = make_session(model.onnx_path, device)
         spec = model.manifest["input"]
@@ -147,15 +150,19 @@ def main() -> None:
     parser.add_argument("--batches", default="1,8,64,256")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--copies", type=int, default=1, help="repeat the generated tracks this many times")
+    parser.add_argument("--models", help="Comma-separated models to analyse with (default: the default ones).")
+    parser.add_argument("--skip-throughput", action="store_true", help="Do not time the models alone.")
     args = parser.parse_args()
     results: dict[str, object] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        results.update(_model_throughput(args.device, [int(b) for b in args.batches.split(",")]))
+        models = args.models.split(",") if args.models else None
+        if not args.skip_throughput:
+            results.update(_model_throughput(args.device, [int(b) for b in args.batches.split(",")], models))
         for folder in args.audio:
-            results[str(folder)] = _measure(folder, work, args.device, args.workers)
+            results[str(folder)] = _measure(folder, work, args.device, args.workers, models)
         generated = _generated_hour(args.cache / "hour-of-music", args.minutes, args.copies)
-        results["generated"] = _measure(generated, work, args.device, args.workers)
+        results["generated"] = _measure(generated, work, args.device, args.workers, models)
         if not args.skip_memory:
             long_file = args.cache / "two-hours.flac"
             if not long_file.exists():

@@ -12,7 +12,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from jamcaps_desktop.models.beats import build_onnx, frame_count, frame_padding_mask, relative_buckets
+from jamcaps_desktop.models.beats import build_onnx, frame_count, frame_padding_mask, random_weights, relative_buckets
 from jamcaps_desktop.models.torch_checkpoint import CheckpointError, read_checkpoint
 
 TINY = {"encoder_layers": 2, "encoder_embed_dim": 32, "encoder_ffn_embed_dim": 64, "encoder_attention_heads": 4,
@@ -21,40 +21,13 @@ TINY = {"encoder_layers": 2, "encoder_embed_dim": 32, "encoder_ffn_embed_dim": 6
         "finetuned_model": True, "predictor_class": 5}
 
 
-def _random_weights(cfg, rng):
-    d, e = cfg["encoder_embed_dim"], cfg["embed_dim"]
-    f, h = cfg["encoder_ffn_embed_dim"], cfg["encoder_attention_heads"]
-    shapes = {"patch_embedding.weight": (e, 1, 16, 16), "layer_norm.weight": (e,), "layer_norm.bias": (e,),
-              "post_extract_proj.weight": (d, e), "post_extract_proj.bias": (d,),
-              "encoder.pos_conv.0.weight_v": (d, d // cfg["conv_pos_groups"], cfg["conv_pos"]),
-              "encoder.pos_conv.0.weight_g": (1, 1, cfg["conv_pos"]), "encoder.pos_conv.0.bias": (d,),
-              "encoder.layer_norm.weight": (d,), "encoder.layer_norm.bias": (d,),
-              "predictor.weight": (cfg["predictor_class"], d), "predictor.bias": (cfg["predictor_class"],)}
-    for i in range(cfg["encoder_layers"]):
-        k = f"encoder.layers.{i}."
-        for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
-            shapes[k + f"self_attn.{proj}.weight"], shapes[k + f"self_attn.{proj}.bias"] = (d, d), (d,)
-        shapes[k + "self_attn.grep_linear.weight"], shapes[k + "self_attn.grep_linear.bias"] = (8, d // h), (8,)
-        shapes[k + "self_attn.grep_a"] = (1, h, 1, 1)
-        shapes[k + "self_attn.relative_attention_bias.weight"] = (cfg["num_buckets"], h)
-        for norm in ("self_attn_layer_norm", "final_layer_norm"):
-            shapes[k + f"{norm}.weight"], shapes[k + f"{norm}.bias"] = (d,), (d,)
-        shapes[k + "fc1.weight"], shapes[k + "fc1.bias"] = (f, d), (f,)
-        shapes[k + "fc2.weight"], shapes[k + "fc2.bias"] = (d, f), (d,)
-    weights = {key: (rng.standard_normal(shape) * 0.2).astype(np.float32) for key, shape in shapes.items()}
-    for key in weights:
-        if key.endswith("norm.weight"):
-            weights[key] += 1.0
-    return weights
-
-
 def _session(model):
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
 def test_the_graph_runs_with_padding_and_gives_probabilities():
     rng = np.random.default_rng(7)
-    model = build_onnx(_random_weights(TINY, rng), TINY)
+    model = build_onnx(random_weights(TINY, rng), TINY)
     session = _session(model)
     fbank = rng.standard_normal((2, 300, 128)).astype(np.float32)
     mask = np.zeros((2, 300), dtype=bool)
@@ -73,7 +46,7 @@ def test_the_graph_runs_with_padding_and_gives_probabilities():
     everything = session.run(["probs"], {"fbank": fbank, "padding_mask": np.ones((2, 300), dtype=bool)})[0]
     assert np.all(np.isfinite(everything))
     # float16 for CUDA: the same answers to a few thousandths
-    half = _session(build_onnx(_random_weights(TINY, np.random.default_rng(7)), TINY, half=True))
+    half = _session(build_onnx(random_weights(TINY, np.random.default_rng(7)), TINY, half=True))
     assert np.abs(half.run(["probs"], {"fbank": fbank, "padding_mask": mask})[0] - probs).max() < 5e-3
 
 
@@ -256,7 +229,7 @@ def test_the_onnx_graph_and_the_pytorch_port_agree_on_other_lengths():
     torch = pytest.importorskip("torch")
     from jamcaps_desktop.export.beats_torch import BEATsPort
 
-    weights = _random_weights(TINY, np.random.default_rng(11))
+    weights = random_weights(TINY, np.random.default_rng(11))
     port = BEATsPort.from_checkpoint({"cfg": TINY, "model": weights})
     session = _session(build_onnx(weights, TINY))
     rng = np.random.default_rng(12)

@@ -84,6 +84,39 @@ def config_of(cfg: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def random_weights(cfg: dict[str, Any], rng: np.random.Generator, scale: float = 0.2) -> dict[str, np.ndarray]:
+    """Random weights in the official checkpoint's names and shapes (for tests and speed measurements):
+    N(0, scale), LayerNorm gains around 1."""
+    cfg = config_of(cfg)
+    d, e = int(cfg["encoder_embed_dim"]), int(cfg["embed_dim"])
+    f, h = int(cfg["encoder_ffn_embed_dim"]), int(cfg["encoder_attention_heads"])
+    shapes: dict[str, tuple[int, ...]] = {
+        "patch_embedding.weight": (e, 1, 16, 16), "layer_norm.weight": (e,), "layer_norm.bias": (e,),
+        "post_extract_proj.weight": (d, e), "post_extract_proj.bias": (d,),
+        "encoder.pos_conv.0.weight_v": (d, d // int(cfg["conv_pos_groups"]), int(cfg["conv_pos"])),
+        "encoder.pos_conv.0.weight_g": (1, 1, int(cfg["conv_pos"])), "encoder.pos_conv.0.bias": (d,),
+        "encoder.layer_norm.weight": (d,), "encoder.layer_norm.bias": (d,)}
+    if cfg["finetuned_model"]:
+        classes = int(cfg["predictor_class"])
+        shapes["predictor.weight"], shapes["predictor.bias"] = (classes, d), (classes,)
+    for i in range(int(cfg["encoder_layers"])):
+        k = f"encoder.layers.{i}."
+        for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            shapes[k + f"self_attn.{proj}.weight"], shapes[k + f"self_attn.{proj}.bias"] = (d, d), (d,)
+        shapes[k + "self_attn.grep_linear.weight"], shapes[k + "self_attn.grep_linear.bias"] = (8, d // h), (8,)
+        shapes[k + "self_attn.grep_a"] = (1, h, 1, 1)
+        shapes[k + "self_attn.relative_attention_bias.weight"] = (int(cfg["num_buckets"]), h)
+        for norm in ("self_attn_layer_norm", "final_layer_norm"):
+            shapes[k + f"{norm}.weight"], shapes[k + f"{norm}.bias"] = (d,), (d,)
+        shapes[k + "fc1.weight"], shapes[k + "fc1.bias"] = (f, d), (f,)
+        shapes[k + "fc2.weight"], shapes[k + "fc2.bias"] = (d, f), (d,)
+    weights = {key: (rng.standard_normal(shape) * scale).astype(np.float32) for key, shape in shapes.items()}
+    for key in weights:
+        if key.endswith("norm.weight"):
+            weights[key] += np.float32(1.0)
+    return weights
+
+
 def build_onnx(weights: dict[str, np.ndarray], cfg: dict[str, Any], name: str = "beats",
                half: bool = False) -> onnx.ModelProto:
     """The ONNX model of a BEATs checkpoint (``weights``: its ``model`` state dict as numpy arrays,
