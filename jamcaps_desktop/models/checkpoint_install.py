@@ -5,7 +5,8 @@ The official BEATs checkpoints are shared through OneDrive links with no publish
 first file installed for a manifest has its sha256 recorded (``checksums.json`` in the models folder)
 and shown; every later install of that manifest, downloaded or brought, must match it (or the
 manifest's own sha256, where one is given). The checkpoint is read without torch, converted to ONNX
-(float32, and float16 for CUDA) and the conversion checked on a random clip before anything is kept.
+(float32, and float16 for CUDA) and the conversion checked on a random clip before anything is kept
+(against the PyTorch port too, where the export extra is installed).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 PINS_FILE = "checksums.json"
 DOWNLOAD_TIMEOUT_S = 60
+PORT_TOLERANCE = 1e-3  # float32 graph against the PyTorch port (they agree to ~1e-6 on real weights)
 FP16_TOLERANCE = 0.05  # float16 against float32 probabilities on a random clip: a wrong graph is far off
 
 
@@ -86,8 +88,9 @@ def _labels(checkpoint: dict[str, Any], classes: int) -> list[str]:
     return [names.get(str(label_dict[index]), str(label_dict[index])) for index in range(classes)]
 
 
-def _check_conversion(fp32: Any, fp16: Any, finetuned: bool) -> None:
-    """Both graphs run on a random clip and agree (a broken graph or checkpoint shows here)."""
+def _check_conversion(fp32: Any, fp16: Any, finetuned: bool, checkpoint: dict[str, Any] | None = None) -> None:
+    """Both graphs run on a random clip and agree (a broken graph or checkpoint shows here); where torch
+    is installed (the export extra), the float32 graph must also agree with the PyTorch port."""
     import onnxruntime as ort
 
     from jamcaps_desktop.audio.features import beats_fbank
@@ -106,6 +109,19 @@ def _check_conversion(fp32: Any, fp16: Any, finetuned: bool) -> None:
     scale = 1.0 if finetuned else float(np.abs(results[0]).max()) or 1.0
     if float(np.abs(results[0] - results[1]).max()) / scale > FP16_TOLERANCE:
         raise ModelError("the float16 conversion disagrees with the float32 one on a test clip")
+    if checkpoint is None:
+        return
+    try:
+        import torch
+
+        from jamcaps_desktop.export.beats_torch import BEATsPort
+    except ImportError:
+        return
+    with torch.no_grad():
+        port = BEATsPort.from_checkpoint(checkpoint)(torch.from_numpy(fbank), torch.from_numpy(feeds["padding_mask"]))
+    eager = port[output].numpy()
+    if float(np.abs(results[0] - eager).max()) / scale > PORT_TOLERANCE:
+        raise ModelError("the ONNX conversion disagrees with the PyTorch port on a test clip")
 
 
 def install_checkpoint(name: str, spec: dict[str, Any], local: str | os.PathLike[str] | None):  # -> InstalledModel
@@ -142,7 +158,7 @@ def install_checkpoint(name: str, spec: dict[str, Any], local: str | os.PathLike
         except (CheckpointError, KeyError, ValueError) as exc:
             raise registry.ModelError(f"{name}: {checkpoint_path.name} cannot be converted ({exc})") from exc
         labels = _labels(checkpoint, int(cfg["predictor_class"])) if finetuned else []
-        _check_conversion(fp32, fp16, finetuned)
+        _check_conversion(fp32, fp16, finetuned, checkpoint)
         with registry.staged_install(models / name) as staging:
             (staging / "model.onnx").write_bytes(fp32.SerializeToString())
             (staging / "model.fp16.onnx").write_bytes(fp16.SerializeToString())
