@@ -259,3 +259,18 @@ def test_sorting_and_filtering_keep_the_current_track(qtbot, window, make_track,
     window.model.set_text("zebra")
     window.go_to_track(mango)  # filtered out: the filter is cleared to show it
     assert window.current_track_id() == mango and window.model.rowCount() == 4
+
+
+def test_captions_from_the_window_are_shown_and_searchable(qtbot, window, make_track, tmp_path):
+    music = tmp_path / "music"
+    _tag(make_track(music, "mp3", name="a"), title="Nocturne", genre="Classical")
+    _tag(make_track(music, "mp3", name="b"), title="Rave", genre="Techno")
+    window.scan_paths([str(music)])
+    _wait_idle(qtbot, window)
+    window.run_caption()
+    _wait_idle(qtbot, window)
+    assert "Captioned 2 track(s)" in window.statusBar().currentMessage()
+    window.model.set_text("acoustic")  # a word of the caption only
+    assert window.model.rowCount() == 1 and window.model.rows[0].tags["title"] == ["Nocturne"]
+    window.go_to_track(window.model.rows[0].id)
+    assert "classical" in window.panel.caption.text()

@@ -224,10 +224,12 @@ def show(obj: Context, track: str, as_json: bool, raw: bool) -> None:
     fields = canonical_tags(tags)
     if as_json:
         from jamcaps_desktop.analysis.analyze import track_analyses, track_features
+        from jamcaps_desktop.caption.job import track_caption
         from jamcaps_desktop.impute.job import track_proposals
 
         _emit_json({**row, "tags": fields, "raw_tags": tags, "analyses": track_analyses(library, row["id"]),
-                    "features": track_features(library, row["id"]), "proposals": track_proposals(library, row["id"])})
+                    "features": track_features(library, row["id"]), "proposals": track_proposals(library, row["id"]),
+                    "caption": track_caption(library, row["id"])})
         return
     out.print(f"[bold]{row['path']}")
     facts = [
@@ -270,6 +272,11 @@ def show(obj: Context, track: str, as_json: bool, raw: bool) -> None:
             continue
         top = ", ".join(f"{label} {p:.2f}" for label, p in analysis["labels"][:6])
         out.print(f"  [dim]{analysis['model']:<26}[/] {top}")
+    from jamcaps_desktop.caption.job import track_caption
+
+    caption_row = track_caption(library, row["id"])
+    if caption_row:
+        out.print(f"[bold]Caption[/] [dim]({caption_row['model']})[/]\n  {caption_row['text']}")
     from jamcaps_desktop.impute.job import track_proposals
 
     proposals = track_proposals(library, row["id"])
@@ -798,6 +805,88 @@ def reject(obj: Context, target: str, fields: str) -> None:
     changed = reject_proposals(library, _targets(library, target), fields=[f.strip() for f in fields.split(",")
                                                                            if f.strip()])
     out.print(f"Rejected {changed} proposal(s).")
+
+
+# -- captions, search, export ----------------------------------------------------------------------
+@cli.command(name="caption")
+@click.option("--model", "writer", type=click.Choice(["template", "llm"]), default="template", show_default=True,
+              help="template: sentences composed from what is known of each track; llm: written by the local "
+                   "language model from the same facts, kept only where it names nothing else.")
+@click.option("--llm-model", default="gemma3-270m", show_default=True, metavar="MODEL_OR_GGUF")
+@click.option("--overwrite", is_flag=True, help="Write every caption again, even where nothing changed.")
+@click.option("--stage", is_flag=True, help="Also stage each caption as the file's description ('jamcaps write').")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.pass_obj
+def caption_command(obj: Context, writer: str, llm_model: str, overwrite: bool, stage: bool, as_json: bool) -> None:
+    """Write a caption for every track that has none, or whose facts changed."""
+    from jamcaps_desktop.caption.job import caption
+    from jamcaps_desktop.cli.progress import TerminalProgress, ctrl_c_cancels
+
+    library = obj.library()
+    token = CancelToken()
+    complete = _language_model(llm_model) if writer == "llm" else None
+    with TerminalProgress(err, enabled=not as_json and err.is_terminal) as bar, ctrl_c_cancels(token, err):
+        summary = caption(library, writer=writer, complete=complete, model_name=llm_model, overwrite=overwrite,
+                          progress=bar, cancel=token)
+    if stage:
+        from jamcaps_desktop.write.batch import stage as stage_values
+
+        rows = library.conn.execute("SELECT track_id, text FROM captions WHERE start_s = 0").fetchall()
+        for track_id, text in rows:
+            stage_values(library, [track_id], {"description": [text]}, origin="caption")
+    if as_json:
+        _emit_json(summary.to_dict())
+    else:
+        out.print(f"Captioned {summary.written} track(s) ({summary.writer}); {summary.unchanged} unchanged, "
+                  f"{summary.without_evidence} with nothing known to say, in {summary.elapsed_s:.1f} s"
+                  + (f"; {summary.fell_back} written by the template instead of the model" if summary.fell_back
+                     else "") + ("; staged as descriptions ('jamcaps write' writes them)" if stage else "") + ".")
+    if summary.status == "cancelled":
+        sys.exit(130)
+
+
+@cli.command(name="search")
+@click.argument("query", nargs=-1, required=True)
+@click.option("-n", "limit", type=click.IntRange(1, 1000), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the hits as JSON.")
+@click.pass_obj
+def search_command(obj: Context, query: tuple[str, ...], limit: int, as_json: bool) -> None:
+    """Find tracks by words in their captions, tags and paths ("calm piano in a minor key")."""
+    from jamcaps_desktop.caption.search import SearchUnavailable, search
+
+    try:
+        hits = search(obj.library(), " ".join(query), limit)
+    except SearchUnavailable as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        _emit_json([hit.__dict__ for hit in hits])
+        return
+    for hit in hits:
+        out.print(f"  {hit.score:6.2f}  #{hit.track_id:<6} {hit.path}")
+        if hit.caption:
+            out.print(f"          [dim]{hit.caption}")
+    if not hits:
+        out.print("[dim]No track matches.")
+
+
+@cli.command(name="export")
+@click.option("--jsonl", type=click.Path(dir_okay=False), help="Write JSON Lines here.")
+@click.option("--parquet", type=click.Path(dir_okay=False), help="Write Parquet here (needs pyarrow).")
+@click.pass_obj
+def export_command(obj: Context, jsonl: str | None, parquet: str | None) -> None:
+    """Export the library as a dataset shaped like JamendoMaxCaps (captions, metadata, imputed metadata)."""
+    from jamcaps_desktop.caption.export import export_jsonl, export_parquet
+
+    if not jsonl and not parquet:
+        raise click.UsageError("give --jsonl FILE and/or --parquet FILE")
+    library = obj.library()
+    if jsonl:
+        out.print(f"Wrote {export_jsonl(library, jsonl)} track(s) to {jsonl}.")
+    if parquet:
+        try:
+            out.print(f"Wrote {export_parquet(library, parquet)} track(s) to {parquet}.")
+        except RuntimeError as exc:
+            raise click.ClickException(str(exc)) from exc
 
 
 @cli.group(name="eval")

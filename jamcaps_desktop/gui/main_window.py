@@ -168,6 +168,8 @@ class MainWindow(QMainWindow):
                                            "Listen to the tracks not analysed yet")
         self.impute_action = self._action("Propose tags", self.run_impute, "Ctrl+Shift+P",
                                           "Propose the values tracks lack, from their neighbours")
+        self.caption_action = self._action("Write captions", self.run_caption, "Ctrl+Shift+C",
+                                           "Describe each track in a sentence, from what is known of it")
         self.write_action = self._action("Write tags", self.write_selection, "Ctrl+W",
                                          "Write the accepted values of the selected tracks into their files")
         self.undo_action = self._action("Undo last write", self.undo_last, "Ctrl+Z",
@@ -187,7 +189,7 @@ class MainWindow(QMainWindow):
         for action in (self.add_folder_action, self.rescan_action, self.settings_action, quit_action):
             file_menu.addAction(action)
         library_menu = menu.addMenu("&Library")
-        for action in (self.analyze_action, self.impute_action, self.similar_action):
+        for action in (self.analyze_action, self.impute_action, self.caption_action, self.similar_action):
             library_menu.addAction(action)
         review_menu = menu.addMenu("&Review")
         for action in (self.accept_action, self.reject_action, self.bulk_action, self.next_action,
@@ -200,8 +202,8 @@ class MainWindow(QMainWindow):
         for action in (self.add_folder_action, self.analyze_action, self.impute_action, self.bulk_action,
                        self.write_action, self.undo_action, self.similar_action):
             toolbar.addAction(action)
-        self.job_actions = [self.rescan_action, self.analyze_action, self.impute_action, self.write_action,
-                            self.undo_action, self.similar_action]
+        self.job_actions = [self.rescan_action, self.analyze_action, self.impute_action, self.caption_action,
+                            self.write_action, self.undo_action, self.similar_action]
 
     # -- library view -------------------------------------------------------------------------
     def reload(self, track_ids: list[int] | None = None) -> None:
@@ -441,6 +443,17 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage(f"Looked at {summary.tracks:,} track(s): {summary.proposals:,} proposal(s) "
                                      f"({per_field}) in {summary.elapsed_s:.1f} s")
         self.filter_choice.setCurrentText("Has proposals")
+
+    def run_caption(self) -> None:
+        from jamcaps_desktop.caption.job import caption
+
+        self.run_job("caption", self._in_library(
+            lambda lib, progress, cancel: caption(lib, progress=progress, cancel=cancel)), self._captioned)
+
+    def _captioned(self, summary: Any) -> None:
+        self.reload()
+        self.statusBar().showMessage(f"Captioned {summary.written:,} track(s); {summary.unchanged:,} unchanged, "
+                                     f"{summary.without_evidence:,} with nothing known to say")
 
     # -- review -------------------------------------------------------------------------------
     def _review_targets(self) -> list[int]:

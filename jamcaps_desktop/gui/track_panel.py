@@ -81,6 +81,10 @@ class TrackPanel(QWidget):
         self.path.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.facts = QLabel("")
         self.facts.setWordWrap(True)
+        self.caption = QLabel("")
+        self.caption.setWordWrap(True)
+        self.caption.setStyleSheet("font-style: italic;")
+        self.caption.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.error = QLabel("")
         self.error.setWordWrap(True)
         self.error.setStyleSheet("color: #be2828;")
@@ -127,7 +131,7 @@ class TrackPanel(QWidget):
         heard_layout.addLayout(self.labels)
 
         layout = QVBoxLayout(self)
-        for widget in (self.title, self.path, self.facts, self.error):
+        for widget in (self.title, self.path, self.facts, self.caption, self.error):
             layout.addWidget(widget)
         layout.addWidget(review, 3)
         layout.addWidget(neighbours_box, 1)
@@ -140,7 +144,7 @@ class TrackPanel(QWidget):
         if row is None:
             self.track_id = None
             self.title.setText("Select a track")
-            for label in (self.path, self.facts, self.analysis):
+            for label in (self.path, self.facts, self.analysis, self.caption):
                 label.setText("")
             self.error.setVisible(False)
             self._fill_diff({}, [])
@@ -155,6 +159,11 @@ class TrackPanel(QWidget):
         self.path.setText(row["path"])
         self.facts.setText(f"{row['container'] or '?'} / {row['codec'] or '?'} · {_duration(row['duration'])} · "
                            f"{row['sample_rate'] or '?'} Hz · track #{row['id']}")
+        from jamcaps_desktop.caption.job import track_caption
+
+        caption = track_caption(library, track_id)
+        self.caption.setText(f"“{caption['text']}” ({caption['model']})" if caption else "")
+        self.caption.setVisible(caption is not None)
         self.error.setText(f"{row['status']}: {row['error']}" if row["error"] else "")
         self.error.setVisible(bool(row["error"]))
         proposals = track_proposals(library, track_id)

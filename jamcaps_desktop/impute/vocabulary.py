@@ -28,7 +28,7 @@ FIELDS = ("genre", "mood", "instruments", "vocals", "sound", "speed")
 Implied = dict[str, dict[str, dict[str, frozenset[str]]]]  # field -> value -> source field -> source values
 
 
-def _loose(text: str) -> str:
+def loose(text: str) -> str:
     """Lower case, accents and everything but letters, digits and '&' removed."""
     text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii").lower()
     return re.sub(r"[^a-z0-9&]+", "", text)
@@ -43,15 +43,15 @@ class FieldVocabulary:
     def __post_init__(self) -> None:
         self._lookup = {}
         for value, name in self.values.items():
-            self._lookup[_loose(value)] = value
-            self._lookup[_loose(name)] = value
+            self._lookup[loose(value)] = value
+            self._lookup[loose(name)] = value
         for synonym, value in self.synonyms.items():
             if value in self.values:
-                self._lookup[_loose(synonym)] = value
+                self._lookup[loose(synonym)] = value
 
     def canonical(self, text: str) -> str | None:
         """The canonical id ``text`` stands for, or None when the vocabulary does not know it."""
-        key = _loose(text)
+        key = loose(text)
         if not key:
             return None
         found = self._lookup.get(key) or self._lookup.get(key.replace("&", "and"))

@@ -31,7 +31,8 @@ class TrackRow:
     tags: dict[str, list[str]] = field(default_factory=dict)
     proposals: dict[str, Proposed] = field(default_factory=dict)
     staged: set[str] = field(default_factory=set)  # fields with values waiting to be written
-    search: str = ""         # path, tag and proposed values, lower case
+    caption: str | None = None
+    search: str = ""         # path, tag and proposed values and the caption, lower case
 
     def pending(self) -> int:
         return sum(1 for p in self.proposals.values() if p.status == "proposed")
@@ -73,10 +74,17 @@ def browse_rows(library: Library, track_ids: list[int] | None = None) -> list[Tr
                 row = rows.get(track_id)
                 if row is not None:
                     row.staged.add(name)
+            for track_id, text in conn.execute(f"SELECT track_id, text FROM captions WHERE start_s = 0{scope}",
+                                               group or []):
+                row = rows.get(track_id)
+                if row is not None:
+                    row.caption = text
     for row in rows.values():
         words = [row.path, *(v for values in row.tags.values() for v in values),
                  *(v for p in row.proposals.values() for v in p.values)]
         if row.error:
             words.append(row.error)
+        if row.caption:
+            words.append(row.caption)
         row.search = "\n".join(words).casefold()
     return sorted(rows.values(), key=lambda r: r.path)

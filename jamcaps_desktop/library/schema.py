@@ -203,6 +203,24 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (track_id, field)
     );
     """,
+    # 7: captions (a track's caption, or one per chunk with its times) and the full-text search index.
+    """
+    CREATE TABLE captions (
+        track_id INTEGER NOT NULL REFERENCES tracks(id) ON DELETE CASCADE,
+        start_s REAL NOT NULL DEFAULT 0,  -- the chunk's times; 0 and the duration for a whole-track caption
+        end_s REAL,
+        text TEXT NOT NULL,
+        model TEXT NOT NULL,              -- template, llm:<model>, or a captioning model's name
+        evidence TEXT NOT NULL,           -- JSON: what the caption was written from
+        evidence_hash TEXT NOT NULL,      -- a caption is redone when its evidence changes
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (track_id, start_s)
+    );
+    CREATE TABLE search_state (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        stamp TEXT NOT NULL               -- what the search index was built from
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
