@@ -62,3 +62,52 @@ def test_tracks_are_cut_into_chunks_as_the_original_loader_does():
     assert lpmc.chunks_of(np.ones(50000)).shape == (1, 160000)
     assert lpmc.chunks_of(np.ones(50000))[0, 50000:].max() == 0
     assert lpmc.chunks_of(np.ones(479999)).shape == (2, 160000)  # the trailing part is dropped
+
+
+def _tiny_tokenizer(folder):
+    """A byte-level BPE tokenizer with BART's special ids (<s> 0, <pad> 1, </s> 2, <unk> 3) and under 512
+    tokens, like the tiny checkpoint's vocabulary."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    tokenizer = ByteLevelBPETokenizer()
+    tokenizer.train_from_iterator(["a calm piano piece with soft strings", "an energetic rock song with drums"] * 20,
+                                  vocab_size=300, min_frequency=1, special_tokens=["<s>", "<pad>", "</s>", "<unk>"])
+    tokenizer.save_model(str(folder))
+
+
+def test_the_captioner_installs_with_consent_and_captions_a_track(shared_reference, models_dir, tmp_path,
+                                                                  monkeypatch, library):
+    from audio_fixtures import make_audio
+
+    from jamcaps_desktop.caption.job import caption, track_caption
+    from jamcaps_desktop.models import registry
+    from jamcaps_desktop.models.captioner_install import Captioner
+    from jamcaps_desktop.scan.scanner import scan
+
+    folder = shared_reference / "lp-music-caps"
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "transfer.pth").write_bytes((folder / "tiny_checkpoint.pth").read_bytes())
+    _tiny_tokenizer(bundle)
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    spec = json.loads((registry.manifest_dirs()[-1] / "lp-musiccaps.json").read_text())
+    spec["config"] = json.loads((folder / "tiny_config.json").read_text())["bart_config"]
+    spec["generation"] = {"num_beams": 3, "max_length": 12, "min_length": 2}
+    (manifests / "lp-musiccaps.json").write_text(json.dumps(spec))
+    monkeypatch.setenv("JAMCAPS_MODEL_MANIFESTS", str(manifests))
+    with pytest.raises(registry.ModelError, match="accept-licence"):
+        registry.install("lp-musiccaps", local=bundle)
+    assert not registry.is_installed("lp-musiccaps")
+    registry.install("lp-musiccaps", local=bundle, accept_licence=True)
+    captioner = Captioner.installed("lp-musiccaps", device="cpu")
+
+    path = make_audio(tmp_path / "tone.flac", "flac", seconds=25.0, freq=330.0)
+    scan(library, [path])
+    summary = caption(library, writer="lp-musiccaps", captioner=captioner)
+    assert summary.written == 1
+    (track_id,) = [t for (t,) in library.conn.execute("SELECT id FROM tracks")]
+    stored = track_caption(library, track_id)
+    # two whole 10-s chunks (the last 5 s are dropped, as the original loader does), each captioned
+    assert [(c["start_s"], c["end_s"]) for c in stored["chunks"]] == [(0.0, 10.0), (10.0, 20.0)]
+    assert stored["model"] == "lp-musiccaps" and stored["text"] in [c["text"] for c in stored["chunks"]]

@@ -26,6 +26,8 @@ def test_manifests_state_source_checksum_and_licence():
             assert len(spec["source"]["sha256"]) == 64
         if spec.get("kind") == "text-encoder":
             assert spec["input"]["max_tokens"] > 0
+        elif spec.get("kind") == "captioner":  # unclear licence: installed only with explicit consent
+            assert spec["consent"] and spec["config"]["d_model"] > 0 and not spec.get("default")
         elif spec.get("kind") == "llm":
             assert len(spec["source"]["parts"]) >= 1 and not spec.get("default")
         else:
@@ -87,8 +89,8 @@ def test_models_cli(models_dir, musicnn_wheel_file):
     runner = CliRunner()
     listed = json.loads(runner.invoke(cli, ["models", "list", "--json"]).output)
     assert {row["name"]: row["installed"] for row in listed} == {
-        "beats": False, "beats-pretrained": False, "gemma3-270m": False, "minilm-l6": False, "musicnn-msd": False,
-        "musicnn-mtt": False}
+        "beats": False, "beats-pretrained": False, "gemma3-270m": False, "lp-musiccaps": False, "minilm-l6": False,
+        "musicnn-msd": False, "musicnn-mtt": False}
     result = runner.invoke(cli, ["models", "install", "--default", "--from", str(musicnn_wheel_file)])
     assert result.exit_code == 0, result.output
     assert "musicnn-mtt 0.1.0: installed (ISC licence)" in result.output

@@ -17,9 +17,13 @@ from jamcaps_desktop.library.queries import canonical_tags, track_tags
 def records(library: Library) -> Iterator[dict[str, Any]]:
     rows = library.conn.execute("SELECT id, path, duration FROM tracks WHERE status = 'ok' ORDER BY id").fetchall()
     for track_id, path, duration in rows:
-        captions = [{"start_s": s, "end_s": e, "text": text, "model": model} for s, e, text, model in
-                    library.conn.execute("SELECT start_s, end_s, text, model FROM captions WHERE track_id = ? "
-                                         "ORDER BY start_s", (track_id,))]
+        captions = [{"start_s": 0.0, "end_s": duration, "text": text, "model": model, "scope": "track"}
+                    for text, model in library.conn.execute("SELECT text, model FROM captions WHERE track_id = ?",
+                                                            (track_id,))]
+        captions += [{"start_s": s, "end_s": e, "text": text, "model": model, "scope": "chunk"}
+                     for s, e, text, model in library.conn.execute(
+                         "SELECT start_s, end_s, text, model FROM caption_chunks WHERE track_id = ? ORDER BY start_s",
+                         (track_id,))]
         imputed = {name: {"values": json.loads(vals), "confidence": confidence, "method": method, "status": status,
                           "neighbours": [[n[0], n[1]] for n in json.loads(neighbours)], "models": json.loads(models)}
                    for name, vals, confidence, method, status, neighbours, models in library.conn.execute(

@@ -15,7 +15,7 @@ from jamcaps_desktop.impute.vocabulary import load_vocabulary
 from jamcaps_desktop.jobs.base import CancelToken, Progress, ProgressCallback, no_progress
 from jamcaps_desktop.library.database import Library, utc_now
 
-WRITERS = ("template", "llm")
+WRITERS = ("template", "llm", "lp-musiccaps")
 
 
 @dataclass
@@ -36,22 +36,25 @@ class CaptionSummary:
 
 def caption(library: Library, *, writer: str = "template", complete: Any = None, model_name: str | None = None,
             overwrite: bool = False, track_ids: list[int] | None = None, progress: ProgressCallback | None = None,
-            cancel: CancelToken | None = None) -> CaptionSummary:
-    """Write captions with ``writer`` ('template', or 'llm' with ``complete``, a language model)."""
+            cancel: CancelToken | None = None, captioner: Any = None) -> CaptionSummary:
+    """Write captions with ``writer``: 'template'; 'llm' with ``complete``, a language model; or
+    'lp-musiccaps' with ``captioner`` (``models.captioner_install.Captioner``), which listens to the audio."""
     if writer not in WRITERS:
         raise ValueError(f"no caption writer {writer!r} (available: {', '.join(WRITERS)})")
     if writer == "llm" and complete is None:
         raise ValueError("the llm caption writer needs a language model")
+    if writer == "lp-musiccaps" and captioner is None:
+        raise ValueError("the lp-musiccaps caption writer needs the installed captioner")
     progress, cancel = progress or no_progress, cancel or CancelToken()
     started = time.monotonic()
-    label = writer if writer == "template" else f"llm:{model_name or 'model'}"
+    label = {"template": "template", "llm": f"llm:{model_name or 'model'}"}.get(writer, writer)
     summary = CaptionSummary("running", label)
     vocabulary = load_vocabulary()
     with library.job_lock("caption"):
         ids = track_ids if track_ids is not None else [
             t for (t,) in library.conn.execute("SELECT id FROM tracks WHERE status = 'ok' ORDER BY id")]
         done = {t: (m, h) for t, m, h in library.conn.execute(
-            "SELECT track_id, model, evidence_hash FROM captions WHERE start_s = 0")}
+            "SELECT track_id, model, evidence_hash FROM captions")}
         progress(Progress("caption", 0, len(ids)))
         changed: list[int] = []
         for index, track_id in enumerate(ids, start=1):
@@ -64,6 +67,11 @@ def caption(library: Library, *, writer: str = "template", complete: Any = None,
             digest = evidence.digest()
             if not overwrite and done.get(track_id) in ((label, digest), (_fallback(label), digest)):
                 summary.unchanged += 1
+                progress(Progress("caption", index, len(ids)))
+                continue
+            if writer == "lp-musiccaps":
+                if _caption_audio(library, captioner, track_id, label, evidence, digest, summary):
+                    changed.append(track_id)
                 progress(Progress("caption", index, len(ids)))
                 continue
             written_by = label
@@ -81,13 +89,14 @@ def caption(library: Library, *, writer: str = "template", complete: Any = None,
                 if track_id in done:  # what it was written from is gone (tags removed): so is the caption
                     with library.transaction() as conn:
                         conn.execute("DELETE FROM captions WHERE track_id = ?", (track_id,))
+                        conn.execute("DELETE FROM caption_chunks WHERE track_id = ?", (track_id,))
                 progress(Progress("caption", index, len(ids)))
                 continue
             with library.transaction() as conn:
-                conn.execute("DELETE FROM captions WHERE track_id = ?", (track_id,))
-                conn.execute("INSERT INTO captions (track_id, start_s, end_s, text, model, evidence, evidence_hash, "
-                             "created_at) VALUES (?, 0, ?, ?, ?, ?, ?, ?)",
-                             (track_id, evidence.duration_s, text, written_by, evidence.to_json(), digest, utc_now()))
+                conn.execute("DELETE FROM caption_chunks WHERE track_id = ?", (track_id,))
+                conn.execute("INSERT OR REPLACE INTO captions (track_id, text, model, evidence, evidence_hash, "
+                             "created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                             (track_id, text, written_by, evidence.to_json(), digest, utc_now()))
             summary.written += 1
             changed.append(track_id)
             progress(Progress("caption", index, len(ids), current=text[:60]))
@@ -97,13 +106,44 @@ def caption(library: Library, *, writer: str = "template", complete: Any = None,
     return summary
 
 
+def _caption_audio(library: Library, captioner: Any, track_id: int, label: str, evidence: Any, digest: str,
+                   summary: CaptionSummary) -> bool:
+    """Caption each 10-s chunk of the track's audio; the track's caption is the chunk caption most like
+    the others. False (with a reason) when the audio cannot be decoded."""
+    import numpy as np
+
+    from jamcaps_desktop.audio.decode import DecodeError, iter_samples
+    from jamcaps_desktop.library.paths import fs_path
+    from jamcaps_desktop.models.captioner_install import track_caption_from_chunks
+
+    (key,) = library.conn.execute("SELECT path_key FROM tracks WHERE id = ?", (track_id,)).fetchone()
+    try:
+        samples = np.concatenate(list(iter_samples(fs_path(bytes(key)), 16000)))
+    except (DecodeError, ValueError) as exc:
+        summary.reasons.append(f"track {track_id}: {exc}")
+        return False
+    chunks = captioner.caption_chunks(samples)
+    whole = track_caption_from_chunks([text for _s, _e, text in chunks])
+    now = utc_now()
+    with library.transaction() as conn:
+        conn.execute("INSERT OR REPLACE INTO captions (track_id, text, model, evidence, evidence_hash, created_at) "
+                     "VALUES (?, ?, ?, ?, ?, ?)", (track_id, whole, label, evidence.to_json(), digest, now))
+        conn.execute("DELETE FROM caption_chunks WHERE track_id = ?", (track_id,))
+        conn.executemany("INSERT INTO caption_chunks (track_id, start_s, end_s, text, model) VALUES (?, ?, ?, ?, ?)",
+                         [(track_id, start, end, text, label) for start, end, text in chunks])
+    summary.written += 1
+    return True
+
+
 def _fallback(label: str) -> str:
     return f"template ({label} not grounded)"
 
 
 def track_caption(library: Library, track_id: int) -> dict[str, Any] | None:
-    row = library.conn.execute("SELECT text, model, start_s, end_s, created_at FROM captions WHERE track_id = ? "
-                               "ORDER BY start_s LIMIT 1", (track_id,)).fetchone()
+    row = library.conn.execute("SELECT text, model, created_at FROM captions WHERE track_id = ?",
+                               (track_id,)).fetchone()
     if row is None:
         return None
-    return {"text": row[0], "model": row[1], "start_s": row[2], "end_s": row[3], "created_at": row[4]}
+    chunks = [{"start_s": s, "end_s": e, "text": t} for s, e, t in library.conn.execute(
+        "SELECT start_s, end_s, text FROM caption_chunks WHERE track_id = ? ORDER BY start_s", (track_id,))]
+    return {"text": row[0], "model": row[1], "created_at": row[2], "chunks": chunks}

@@ -41,11 +41,11 @@ def _ensure(conn: sqlite3.Connection) -> None:
 
 
 def _stamp(library: Library) -> str:
-    # rows are replaced, never edited in place, so new row ids show every change (timestamps have
-    # whole seconds only)
+    # tag rows are replaced, never edited in place, so new row ids show every change (timestamps have
+    # whole seconds only; caption texts are summed by length too)
     tracks = library.conn.execute("SELECT COUNT(*), MAX(updated_at) FROM tracks").fetchone()
     tags = library.conn.execute("SELECT COUNT(*), MAX(rowid) FROM track_tags").fetchone()
-    captions = library.conn.execute("SELECT COUNT(*), MAX(rowid) FROM captions").fetchone()
+    captions = library.conn.execute("SELECT COUNT(*), MAX(created_at), SUM(length(text)) FROM captions").fetchone()
     features = library.conn.execute("SELECT COUNT(*), MAX(measured_at) FROM track_features").fetchone()
     return "|".join(str(v) for v in (*tracks, *tags, *captions, *features))
 
@@ -67,7 +67,10 @@ def refresh_search_index(library: Library, *, force: bool = False) -> bool:
                                                       "WHERE key IS NOT NULL"):
             if (confidence or 0) >= KEY_FLOOR:
                 tags.setdefault(track_id, []).append(describe_key(key))
-        captions = dict(conn.execute("SELECT track_id, group_concat(text, ' ') FROM captions GROUP BY track_id"))
+        captions = dict(conn.execute("SELECT track_id, text FROM captions"))
+        for track_id, text in conn.execute("SELECT track_id, group_concat(text, ' ') FROM caption_chunks "
+                                           "GROUP BY track_id"):
+            captions[track_id] = f"{captions.get(track_id, '')} {text}"
         conn.execute(f"DELETE FROM {TABLE}")
         conn.executemany(f"INSERT INTO {TABLE} (rowid, caption, tags, path) VALUES (?, ?, ?, ?)",
                          [(track_id, captions.get(track_id, ""), " ; ".join(tags.get(track_id, [])), path)
@@ -91,6 +94,6 @@ def search(library: Library, text: str, limit: int = 20) -> list[Hit]:
     expression = " OR ".join(f'"{term}"*' for term in terms)
     rows = library.conn.execute(
         f"SELECT s.rowid, bm25({TABLE}, ?, ?, ?) AS rank, t.path, c.text FROM {TABLE} s "
-        "JOIN tracks t ON t.id = s.rowid LEFT JOIN captions c ON c.track_id = s.rowid AND c.start_s = 0 "
+        "JOIN tracks t ON t.id = s.rowid LEFT JOIN captions c ON c.track_id = s.rowid "
         f"WHERE {TABLE} MATCH ? ORDER BY rank LIMIT ?", (*WEIGHTS, expression, limit)).fetchall()
     return [Hit(int(r[0]), round(-float(r[1]), 4), r[2], r[3]) for r in rows]

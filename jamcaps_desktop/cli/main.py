@@ -590,7 +590,10 @@ def models_list(as_json: bool) -> None:
 @click.option("--from", "local", type=click.Path(exists=True), metavar="PATH",
               help="Install from this file or folder (the model's published source) instead of downloading it.")
 @click.option("--force", is_flag=True, help="Install again even where the model is installed.")
-def models_install(names: tuple[str, ...], defaults: bool, local: str | None, force: bool) -> None:
+@click.option("--accept-licence", is_flag=True,
+              help="Install a model whose licence terms are unclear (its manifest says why), knowing that.")
+def models_install(names: tuple[str, ...], defaults: bool, local: str | None, force: bool,
+                   accept_licence: bool) -> None:
     """Install models (downloads their published weights once, checks them, converts them to ONNX)."""
     from jamcaps_desktop.models import registry
 
@@ -611,7 +614,7 @@ def models_install(names: tuple[str, ...], defaults: bool, local: str | None, fo
                 out.print(f"{name}: already installed")
                 continue
             with err.status(f"installing {name}…"):
-                model = registry.install(name, local=local)
+                model = registry.install(name, local=local, accept_licence=accept_licence)
         except registry.ModelError as exc:
             raise click.ClickException(str(exc)) from exc
         out.print(f"{name} {model.version}: installed ({model.manifest['licence']} licence)")
@@ -809,9 +812,11 @@ def reject(obj: Context, target: str, fields: str) -> None:
 
 # -- captions, search, export ----------------------------------------------------------------------
 @cli.command(name="caption")
-@click.option("--model", "writer", type=click.Choice(["template", "llm"]), default="template", show_default=True,
+@click.option("--model", "writer", type=click.Choice(["template", "llm", "lp-musiccaps"]), default="template",
+              show_default=True,
               help="template: sentences composed from what is known of each track; llm: written by the local "
-                   "language model from the same facts, kept only where it names nothing else.")
+                   "language model from the same facts, kept only where it names nothing else; lp-musiccaps: "
+                   "the LP-MusicCaps captioner listening to each 10-s chunk (install it first).")
 @click.option("--llm-model", default="gemma3-270m", show_default=True, metavar="MODEL_OR_GGUF")
 @click.option("--overwrite", is_flag=True, help="Write every caption again, even where nothing changed.")
 @click.option("--stage", is_flag=True, help="Also stage each caption as the file's description ('jamcaps write').")
@@ -825,13 +830,22 @@ def caption_command(obj: Context, writer: str, llm_model: str, overwrite: bool, 
     library = obj.library()
     token = CancelToken()
     complete = _language_model(llm_model) if writer == "llm" else None
+    captioner = None
+    if writer == "lp-musiccaps":
+        from jamcaps_desktop.models import registry
+        from jamcaps_desktop.models.captioner_install import Captioner
+
+        try:
+            captioner = Captioner.installed("lp-musiccaps")
+        except registry.ModelError as exc:
+            raise click.ClickException(str(exc)) from exc
     with TerminalProgress(err, enabled=not as_json and err.is_terminal) as bar, ctrl_c_cancels(token, err):
         summary = caption(library, writer=writer, complete=complete, model_name=llm_model, overwrite=overwrite,
-                          progress=bar, cancel=token)
+                          progress=bar, cancel=token, captioner=captioner)
     if stage:
         from jamcaps_desktop.write.batch import stage as stage_values
 
-        rows = library.conn.execute("SELECT track_id, text FROM captions WHERE start_s = 0").fetchall()
+        rows = library.conn.execute("SELECT track_id, text FROM captions").fetchall()
         for track_id, text in rows:
             stage_values(library, [track_id], {"description": [text]}, origin="caption")
     if as_json:

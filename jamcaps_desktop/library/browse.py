@@ -74,7 +74,7 @@ def browse_rows(library: Library, track_ids: list[int] | None = None) -> list[Tr
                 row = rows.get(track_id)
                 if row is not None:
                     row.staged.add(name)
-            for track_id, text in conn.execute(f"SELECT track_id, text FROM captions WHERE start_s = 0{scope}",
+            for track_id, text in conn.execute(f"SELECT track_id, text FROM captions WHERE 1 = 1{scope}",
                                                group or []):
                 row = rows.get(track_id)
                 if row is not None:

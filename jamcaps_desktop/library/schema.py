@@ -203,17 +203,23 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (track_id, field)
     );
     """,
-    # 7: captions (a track's caption, or one per chunk with its times) and the full-text search index.
+    # 7: captions (a track's caption, and each chunk's with its times where a captioner heard chunks) and
+    #    the full-text search index's state.
     """
     CREATE TABLE captions (
-        track_id INTEGER NOT NULL REFERENCES tracks(id) ON DELETE CASCADE,
-        start_s REAL NOT NULL DEFAULT 0,  -- the chunk's times; 0 and the duration for a whole-track caption
-        end_s REAL,
+        track_id INTEGER PRIMARY KEY REFERENCES tracks(id) ON DELETE CASCADE,
         text TEXT NOT NULL,
         model TEXT NOT NULL,              -- template, llm:<model>, or a captioning model's name
         evidence TEXT NOT NULL,           -- JSON: what the caption was written from
         evidence_hash TEXT NOT NULL,      -- a caption is redone when its evidence changes
-        created_at TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE caption_chunks (
+        track_id INTEGER NOT NULL REFERENCES tracks(id) ON DELETE CASCADE,
+        start_s REAL NOT NULL,
+        end_s REAL NOT NULL,
+        text TEXT NOT NULL,
+        model TEXT NOT NULL,
         PRIMARY KEY (track_id, start_s)
     );
     CREATE TABLE search_state (

