@@ -111,3 +111,18 @@ def test_the_captioner_installs_with_consent_and_captions_a_track(shared_referen
     # two whole 10-s chunks (the last 5 s are dropped, as the original loader does), each captioned
     assert [(c["start_s"], c["end_s"]) for c in stored["chunks"]] == [(0.0, 10.0), (10.0, 20.0)]
     assert stored["model"] == "lp-musiccaps" and stored["text"] in [c["text"] for c in stored["chunks"]]
+
+
+def test_the_cached_decoder_gives_the_same_search(oracle):
+    cfg, weights, data, _encoder, _decoder = oracle
+    step = ort.InferenceSession(lpmc.build_decoder_step(weights, cfg).SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+    cached = lpmc.CachedDecoder(step, cfg)
+    greedy = lpmc.greedy(cached, data["encoder_hidden"], cfg, max_length=21, min_length=2)
+    assert np.array_equal(np.array(greedy), data["greedy_ids"])
+    ids, scores = lpmc.beam_search(lpmc.CachedDecoder(step, cfg), data["encoder_hidden"], cfg, num_beams=5,
+                                   max_length=128)
+    expected = data["default_beam5_ids"]
+    padded = [row + [cfg["pad_token_id"]] * (expected.shape[1] - len(row)) for row in ids]
+    assert np.array_equal(np.array(padded), expected)
+    assert np.allclose(scores, data["default_beam5_sequence_scores"], atol=1e-4)

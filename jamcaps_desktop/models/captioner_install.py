@@ -71,17 +71,19 @@ def install_captioner(name: str, spec: dict[str, Any], local: str | os.PathLike[
             weights = {k.removeprefix("module."): v for k, v in weights.items()}
             encoder = lpmc.build_encoder(weights, spec["config"])
             decoder = lpmc.build_decoder(weights, spec["config"])
+            step = lpmc.build_decoder_step(weights, spec["config"])
         except (CheckpointError, KeyError, ValueError) as exc:
             raise registry.ModelError(f"{name}: {checkpoint_path.name} cannot be converted ({exc})") from exc
         _check(encoder, decoder, np.asarray(weights[MEL_KEY], dtype=np.float32))
         with registry.staged_install(models / name) as staging:
             (staging / "encoder.onnx").write_bytes(encoder.SerializeToString())
             (staging / "decoder.onnx").write_bytes(decoder.SerializeToString())
+            (staging / "decoder_step.onnx").write_bytes(step.SerializeToString())
             np.save(staging / "mel_filters.npy", np.asarray(weights[MEL_KEY], dtype=np.float32))
             for file_name in TOKENIZER_FILES:
                 shutil.copyfile(folder / file_name, staging / file_name)
             files = {f: registry.file_sha256(staging / f)
-                     for f in ("decoder.onnx", "mel_filters.npy", *TOKENIZER_FILES)}
+                     for f in ("decoder.onnx", "decoder_step.onnx", "mel_filters.npy", *TOKENIZER_FILES)}
             registry.write_record(staging, {"manifest": spec, "file": "encoder.onnx", "labels": [], "files": files,
                                             "sha256": registry.file_sha256(staging / "encoder.onnx"),
                                             "checkpoint_sha256": digest})
@@ -117,8 +119,12 @@ class Captioner:
         self.name = model.name
         self.config = model.manifest["config"]
         self.generation = model.manifest.get("generation", {"num_beams": 5, "max_length": 128, "min_length": 2})
+        from jamcaps_desktop.models.lpmc import CachedDecoder
+
         self.encoder = make_session(model.folder / "encoder.onnx", device)
-        self.decoder = make_session(model.folder / "decoder.onnx", device)
+        # one token's work per step, with the key/value cache (the whole-prefix decoder is kept as the
+        # reference the cache is tested against)
+        self.decoder = CachedDecoder(make_session(model.folder / "decoder_step.onnx", device), self.config)
         self.mel_filters = np.load(model.folder / "mel_filters.npy")
         self.tokenizer = ByteLevelBPETokenizer(str(model.folder / "vocab.json"), str(model.folder / "merges.txt"))
 
