@@ -126,3 +126,19 @@ def test_the_cached_decoder_gives_the_same_search(oracle):
     padded = [row + [cfg["pad_token_id"]] * (expected.shape[1] - len(row)) for row in ids]
     assert np.array_equal(np.array(padded), expected)
     assert np.allclose(scores, data["default_beam5_sequence_scores"], atol=1e-4)
+
+
+def test_the_pytorch_port_matches_the_official_numbers(oracle):
+    torch = pytest.importorskip("torch")
+    from jamcaps_desktop.export.lpmc_torch import LPMCPort, StepSession
+
+    cfg, weights, data, _encoder, _decoder = oracle
+    port = LPMCPort(weights, cfg)
+    with torch.no_grad():
+        mel = port.log_mel(torch.from_numpy(data["audio"])).numpy()
+        hidden = port.encode(torch.from_numpy(data["log_mel"])).numpy()
+    assert np.abs(mel - data["log_mel"]).max() < 0.05
+    assert np.abs(hidden - data["encoder_hidden"]).max() < 1e-4
+    cached = lpmc.CachedDecoder(StepSession(port), cfg)
+    assert np.array_equal(np.array(lpmc.greedy(cached, data["encoder_hidden"], cfg, max_length=21)),
+                          data["greedy_ids"])
