@@ -62,16 +62,30 @@ def chunks_of(samples: np.ndarray) -> np.ndarray:
 
 
 class _Builder:
-    def __init__(self, weights: dict[str, np.ndarray], cfg: dict[str, Any]) -> None:
+    def __init__(self, weights: dict[str, np.ndarray], cfg: dict[str, Any], half: bool = False) -> None:
         self.weights, self.cfg = weights, cfg
         self.g = GraphBuilder()
         self.d = int(cfg["d_model"])
+        self.half = half
+        self.dtype = np.float16 if half else np.float32
+
+    def inside(self, name: str) -> str:
+        """A float32 graph input in the graph's own precision."""
+        from onnx import TensorProto
+
+        return self.node("Cast", [name], to=TensorProto.FLOAT16) if self.half else name
+
+    def output(self, tensor: str, name: str) -> None:
+        """A tensor as a float32 graph output called ``name``."""
+        from onnx import TensorProto, helper
+
+        self.g.nodes.append(helper.make_node("Cast", [tensor], [name], to=TensorProto.FLOAT))
 
     def w(self, key: str) -> np.ndarray:
         return np.asarray(self.weights[key], dtype=np.float32)
 
     def c(self, array: np.ndarray, label: str) -> str:
-        return self.g.const(np.asarray(array, dtype=np.float32), label)
+        return self.g.const(np.asarray(array, dtype=np.float32).astype(self.dtype), label)
 
     def ints(self, *values: int) -> str:
         return self.g.const(np.array(values, dtype=np.int64), "ints")
@@ -129,12 +143,12 @@ class _Builder:
         return model
 
 
-def build_encoder(weights: dict[str, np.ndarray], cfg: dict[str, Any]) -> onnx.ModelProto:
-    """``log_mel`` [B, 128, frames] → ``encoder_hidden`` [B, 32, d]."""
+def build_encoder(weights: dict[str, np.ndarray], cfg: dict[str, Any], half: bool = False) -> onnx.ModelProto:
+    """``log_mel`` [B, 128, frames] → ``encoder_hidden`` [B, 32, d] (float16 inside with ``half``)."""
     from onnx import TensorProto, helper
 
-    b = _Builder(weights, cfg)
-    x = "log_mel"
+    b = _Builder(weights, cfg, half)
+    x = b.inside("log_mel")
     x = b.gelu(b.node("Conv", [x, b.c(b.w("audio_encoder.conv1.weight"), "conv"),
                                b.c(b.w("audio_encoder.conv1.bias"), "bias")], kernel_shape=[3], pads=[1, 1]))
     index = 0
@@ -154,7 +168,7 @@ def build_encoder(weights: dict[str, np.ndarray], cfg: dict[str, Any]) -> onnx.M
                          key + ".self_attn_layer_norm")
         inner = b.linear(b.gelu(b.linear(x, key + ".fc1")), key + ".fc2")
         x = b.layer_norm(b.node("Add", [x, inner]), key + ".final_layer_norm")
-    b.g.nodes.append(helper.make_node("Identity", [x], ["encoder_hidden"]))
+    b.output(x, "encoder_hidden")
     return b.model([helper.make_tensor_value_info("log_mel", TensorProto.FLOAT, ["batch", 128, "frames"])],
                    [helper.make_tensor_value_info("encoder_hidden", TensorProto.FLOAT, ["batch", "positions", b.d])],
                    "lpmc-encoder")
@@ -319,14 +333,16 @@ def _add_hypothesis(hypotheses: list[tuple[float, list[int]]], keep: int, score:
             hypotheses.remove(min(hypotheses, key=lambda h: h[0]))
 
 
-def build_decoder_step(weights: dict[str, np.ndarray], cfg: dict[str, Any]) -> onnx.ModelProto:
+def build_decoder_step(weights: dict[str, np.ndarray], cfg: dict[str, Any], half: bool = False) -> onnx.ModelProto:
     """One decoding step with a key/value cache: ``decoder_input_ids`` [B, 1] (the newest token),
     ``encoder_hidden`` [B, S, d] and, per layer, ``past_key_i`` / ``past_value_i`` [B, H, P, d/H] (P = the
     tokens before, 0 at the start) → ``logits`` [B, 1, vocabulary] and ``present_key_i`` /
-    ``present_value_i`` [B, H, P + 1, d/H]. Each step costs one token's work instead of the whole prefix."""
+    ``present_value_i`` [B, H, P + 1, d/H]. Each step costs one token's work instead of the whole prefix.
+    Inputs and outputs are float32; ``half`` computes in float16 inside."""
     from onnx import TensorProto, helper
 
-    b = _Builder(weights, cfg)
+    b = _Builder(weights, cfg, half)
+    encoder_hidden = b.inside("encoder_hidden")
     heads = int(cfg["decoder_attention_heads"])
     head_dim = b.d // heads
     layers = int(cfg["decoder_layers"])
@@ -350,16 +366,18 @@ def build_decoder_step(weights: dict[str, np.ndarray], cfg: dict[str, Any]) -> o
     for layer in range(layers):
         key = f"{PREFIX}decoder.layers.{layer}"
         q = heads_of(b.node("Mul", [b.linear(x, key + ".self_attn.q_proj"), b.scalar(head_dim ** -0.5)]))
-        k = b.node("Concat", [f"past_key_{layer}", heads_of(b.linear(x, key + ".self_attn.k_proj"))], axis=2)
-        v = b.node("Concat", [f"past_value_{layer}", heads_of(b.linear(x, key + ".self_attn.v_proj"))], axis=2)
-        b.g.nodes.append(helper.make_node("Identity", [k], [f"present_key_{layer}"]))
-        b.g.nodes.append(helper.make_node("Identity", [v], [f"present_value_{layer}"]))
+        k = b.node("Concat", [b.inside(f"past_key_{layer}"), heads_of(b.linear(x, key + ".self_attn.k_proj"))],
+                   axis=2)
+        v = b.node("Concat", [b.inside(f"past_value_{layer}"), heads_of(b.linear(x, key + ".self_attn.v_proj"))],
+                   axis=2)
+        b.output(k, f"present_key_{layer}")
+        b.output(v, f"present_value_{layer}")
         scores = b.node("MatMul", [q, b.node("Transpose", [k], perm=[0, 1, 3, 2])])          # [B, H, 1, P+1]
         context = b.node("MatMul", [b.node("Softmax", [scores], axis=-1), v])
         attended = b.linear(b.node("Reshape", [b.node("Transpose", [context], perm=[0, 2, 1, 3]), merged]),
                             key + ".self_attn.out_proj")
         x = b.layer_norm(b.node("Add", [x, attended]), key + ".self_attn_layer_norm")
-        x = b.layer_norm(b.node("Add", [x, b.attention(x, "encoder_hidden", key + ".encoder_attn", heads)]),
+        x = b.layer_norm(b.node("Add", [x, b.attention(x, encoder_hidden, key + ".encoder_attn", heads)]),
                          key + ".encoder_attn_layer_norm")
         inner = b.linear(b.gelu(b.linear(x, key + ".fc1")), key + ".fc2")
         x = b.layer_norm(b.node("Add", [x, inner]), key + ".final_layer_norm")
@@ -367,7 +385,7 @@ def build_decoder_step(weights: dict[str, np.ndarray], cfg: dict[str, Any]) -> o
                                                   ["batch", heads, "total", head_dim]) for kind in ("key", "value")]
     logits = b.node("MatMul", [x, b.c(table.T, "lm_head")])
     bias = np.asarray(weights.get("bart.final_logits_bias", np.zeros((1, table.shape[0]))), dtype=np.float32)
-    b.g.nodes.append(helper.make_node("Add", [logits, b.c(bias.reshape(-1), "final_logits_bias")], ["logits"]))
+    b.output(b.node("Add", [logits, b.c(bias.reshape(-1), "final_logits_bias")]), "logits")
     inputs = [helper.make_tensor_value_info("decoder_input_ids", TensorProto.INT64, ["batch", 1]),
               helper.make_tensor_value_info("encoder_hidden", TensorProto.FLOAT, ["batch", "positions", b.d])]
     for layer in range(layers):

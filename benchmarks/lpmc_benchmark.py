@@ -1,0 +1,160 @@
+"""LP-MusicCaps speed: the app's ONNX graphs (float32, float16) against the PyTorch eager port.
+
+    python benchmarks/lpmc_benchmark.py [--device cuda|cpu] [--batches 1,8,32] [--tokens 32]
+
+Full-size model (bart-base sizes, the real front end's shapes) with random weights; 10-s chunks;
+beam search with 5 beams as captioning runs it, every caption made exactly ``--tokens`` long (end of
+sequence is held back until then) so that every variant does the same work. Reported: captions per
+second end to end (front end, encoder, search), and the share of that time spent in the model calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+
+CONFIG = {"d_model": 768, "encoder_layers": 6, "decoder_layers": 6, "encoder_attention_heads": 12,
+          "decoder_attention_heads": 12, "encoder_ffn_dim": 3072, "decoder_ffn_dim": 3072, "vocab_size": 50265,
+          "max_position_embeddings": 1024, "scale_embedding": False, "bos_token_id": 0, "pad_token_id": 1,
+          "eos_token_id": 2, "decoder_start_token_id": 2, "forced_bos_token_id": 0, "forced_eos_token_id": 2,
+          "no_repeat_ngram_size": 3}
+
+
+def random_weights(seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    d, f, v = CONFIG["d_model"], CONFIG["encoder_ffn_dim"], CONFIG["vocab_size"]
+
+    def n(*shape: int, scale: float = 0.02) -> np.ndarray:
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    w = {"audio_encoder.conv1.weight": n(d, 128, 3), "audio_encoder.conv1.bias": n(d),
+         "audio_encoder.positional_embedding": n(32, d, scale=1.0),
+         "audio_encoder.mel_encoder.mel_scale.fb": np.abs(n(513, 128, scale=0.1)),
+         "bart.final_logits_bias": np.zeros((1, v), np.float32), "bart.model.shared.weight": n(v, d)}
+    for i in range(5):
+        w[f"audio_encoder.conv_stack.{i}.weight"], w[f"audio_encoder.conv_stack.{i}.bias"] = n(d, d, 3), n(d)
+    for side in ("encoder", "decoder"):
+        w[f"bart.model.{side}.embed_positions.weight"] = n(1026, d)
+        w[f"bart.model.{side}.layernorm_embedding.weight"] = 1 + n(d)
+        w[f"bart.model.{side}.layernorm_embedding.bias"] = n(d)
+        for layer in range(6):
+            key = f"bart.model.{side}.layers.{layer}"
+            blocks = ["self_attn"] + (["encoder_attn"] if side == "decoder" else [])
+            for block in blocks:
+                for proj in "qkvo":
+                    name = f"{key}.{block}.{'out' if proj == 'o' else proj}_proj"
+                    w[name + ".weight"], w[name + ".bias"] = n(d, d), n(d)
+                w[f"{key}.{block}_layer_norm.weight"], w[f"{key}.{block}_layer_norm.bias"] = 1 + n(d), n(d)
+            w[f"{key}.fc1.weight"], w[f"{key}.fc1.bias"] = n(f, d), n(f)
+            w[f"{key}.fc2.weight"], w[f"{key}.fc2.bias"] = n(d, f), n(d)
+            w[f"{key}.final_layer_norm.weight"], w[f"{key}.final_layer_norm.bias"] = 1 + n(d), n(d)
+    return w
+
+
+class _Timed:
+    """A session whose run() time is added up (the model's share of the whole)."""
+
+    def __init__(self, session, clock: list[float]) -> None:
+        self.session, self.clock = session, clock
+
+    def run(self, names, feeds):
+        start = time.perf_counter()
+        try:
+            return self.session.run(names, feeds)
+        finally:
+            self.clock[0] += time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    parser.add_argument("--batches", default="1,8,32")
+    parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--skip-eager", action="store_true")
+    args = parser.parse_args()
+
+    from jamcaps_desktop.models import lpmc
+    from jamcaps_desktop.models.engine import make_session
+
+    weights = random_weights()
+    work = Path(os.environ.get("TMPDIR", "/tmp")) / "jamcaps-lpmc-bench"
+    work.mkdir(parents=True, exist_ok=True)
+    variants = {}
+    for label, half in (("onnx fp32", False), ("onnx fp16", True)):
+        if half and args.device == "cpu":
+            continue
+        encoder, step = work / f"encoder-{label[-4:]}.onnx", work / f"step-{label[-4:]}.onnx"
+        encoder.write_bytes(lpmc.build_encoder(weights, CONFIG, half=half).SerializeToString())
+        step.write_bytes(lpmc.build_decoder_step(weights, CONFIG, half=half).SerializeToString())
+        variants[label] = (make_session(encoder, args.device), make_session(step, args.device))
+    if not args.skip_eager:
+        import torch
+
+        from jamcaps_desktop.export.lpmc_torch import LPMCPort, StepSession
+
+        torch.backends.cuda.matmul.allow_tf32 = False
+        port = LPMCPort(weights, CONFIG).to(args.device)
+
+        class _EagerEncoder:
+            def __init__(self, half: bool) -> None:
+                self.half = half
+
+            def run(self, _names, feeds):
+                with torch.inference_mode(), torch.autocast(args.device, dtype=torch.float16, enabled=self.half):
+                    out = port.encode(torch.from_numpy(feeds["log_mel"]).to(args.device))
+                    return [out.float().cpu().numpy()]
+
+        variants["pytorch eager fp32"] = (_EagerEncoder(False), StepSession(port, args.device))
+        if args.device == "cuda":
+            variants["pytorch eager fp16 autocast"] = (_EagerEncoder(True), StepSession(port, args.device, half=True))
+    mel_filters = weights["audio_encoder.mel_encoder.mel_scale.fb"]
+    rng = np.random.default_rng(1)
+    results: dict[str, dict[str, object]] = {}
+    for batch in (int(b) for b in args.batches.split(",")):
+        audio = (rng.standard_normal((batch, lpmc.CHUNK_SAMPLES)) * 0.1).astype(np.float32)
+        for label, (encoder, step) in variants.items():
+            clock = [0.0]
+
+            def once(encoder=encoder, step=step, clock=clock, audio=audio) -> list[list[int]]:
+                hidden = _Timed(encoder, clock).run(None, {"log_mel": lpmc.log_mel(audio, mel_filters)})[0]
+                decoder = lpmc.CachedDecoder(_Timed(step, clock), CONFIG)
+                ids, _ = lpmc.beam_search(decoder, hidden, CONFIG, num_beams=5, max_length=args.tokens + 1,
+                                          min_length=args.tokens)
+                return ids
+
+            once()  # warm-up
+            times, shares = [], []
+            for _ in range(3):
+                clock[0] = 0.0
+                start = time.perf_counter()
+                once()
+                elapsed = time.perf_counter() - start
+                times.append(elapsed)
+                shares.append(clock[0] / elapsed)
+            results.setdefault(label, {})[str(batch)] = {
+                "captions_per_s": round(batch / statistics.median(times), 2),
+                "model_share": round(statistics.median(shares), 2)}
+    report = {f"captions/s (10-s chunks, beam 5, {args.tokens} tokens each) by batch": results,
+              "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, {_gpu()}"}
+    print(json.dumps(report, indent=2))
+
+
+def _gpu() -> str:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=20)
+        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else "no GPU"
+    except (OSError, subprocess.SubprocessError):
+        return "no GPU"
+
+
+if __name__ == "__main__":
+    main()
