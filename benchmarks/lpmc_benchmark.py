@@ -16,6 +16,7 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -142,6 +143,7 @@ def main() -> None:
             results.setdefault(label, {})[str(batch)] = {
                 "captions_per_s": round(batch / statistics.median(times), 2),
                 "model_share": round(statistics.median(shares), 2)}
+            print(f"{label}, batch {batch}: {results[label][str(batch)]}", file=sys.stderr, flush=True)
     report = {f"captions/s (10-s chunks, beam 5, {args.tokens} tokens each) by batch": results,
               "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, {_gpu()}"}
     print(json.dumps(report, indent=2))
