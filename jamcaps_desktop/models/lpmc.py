@@ -218,10 +218,19 @@ def _banned_by_ngrams(tokens: list[int], size: int) -> set[int]:
     return {tokens[i + size - 1] for i in range(len(tokens) - size + 1) if tuple(tokens[i:i + size - 1]) == prefix}
 
 
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Log-probabilities of every row at once (float64)."""
+    values = logits.astype(np.float64)
+    peak = values.max(axis=-1, keepdims=True)
+    return values - peak - np.log(np.exp(values - peak).sum(axis=-1, keepdims=True))
+
+
 def process_logits(logits: np.ndarray, sequence: list[int], *, max_length: int, min_length: int, bos: int, eos: int,
-                   forced_bos: int | None, forced_eos: int | None, no_repeat: int) -> np.ndarray:
-    """The generation rules applied to one step's log-probabilities (as the original's generate does)."""
-    scores = logits.astype(np.float64) - _logsumexp(logits.astype(np.float64))
+                   forced_bos: int | None, forced_eos: int | None, no_repeat: int,
+                   normalised: bool = False) -> np.ndarray:
+    """The generation rules applied to one step's log-probabilities (as the original's generate does);
+    ``normalised``: ``logits`` are log-probabilities already (``log_softmax``), and are changed in place."""
+    scores = logits if normalised else logits.astype(np.float64) - _logsumexp(logits.astype(np.float64))
     length = len(sequence)
     if length < min_length:
         scores[eos] = -np.inf
@@ -255,11 +264,12 @@ def greedy(decoder: Any, encoder_hidden: np.ndarray, cfg: dict[str, Any], *, max
     while len(sequences[0]) < max_length and not all(finished):
         ids = np.array(sequences, dtype=np.int64)
         logits = decoder.run(["logits"], {"decoder_input_ids": ids, "encoder_hidden": encoder_hidden})[0][:, -1]
+        logprobs = log_softmax(logits)
         for row, sequence in enumerate(sequences):
             if finished[row]:
                 sequence.append(pad)
                 continue
-            scores = process_logits(logits[row], sequence, **rules)
+            scores = process_logits(logprobs[row], sequence, normalised=True, **rules)
             token = int(np.argmax(scores))
             sequence.append(token)
             finished[row] = token == eos
@@ -286,14 +296,15 @@ def beam_search(decoder: Any, encoder_hidden: np.ndarray, cfg: dict[str, Any], *
         logits = decoder.run(["logits"], {"decoder_input_ids": np.array(beams, dtype=np.int64),
                                           "encoder_hidden": hidden})[0][:, -1]
         vocabulary = logits.shape[-1]
+        logprobs = log_softmax(logits)
         next_beams, next_scores = [], np.zeros((batch, num_beams))
         for b in range(batch):
             if done[b]:
                 next_beams += [beams[b * num_beams] + [pad] for _ in range(num_beams)]
                 continue
-            step = np.stack([process_logits(logits[b * num_beams + i], beams[b * num_beams + i], **rules)
-                             + scores[b, i] for i in range(num_beams)]).reshape(-1)
-            order = np.argsort(-step, kind="stable")[: 2 * num_beams]
+            step = np.stack([process_logits(logprobs[b * num_beams + i], beams[b * num_beams + i], normalised=True,
+                                            **rules) + scores[b, i] for i in range(num_beams)]).reshape(-1)
+            order = _top(step, 2 * num_beams)
             chosen: list[tuple[float, list[int]]] = []
             for rank, flat in enumerate(order):
                 beam, token = divmod(int(flat), vocabulary)
@@ -323,6 +334,17 @@ def beam_search(decoder: Any, encoder_hidden: np.ndarray, cfg: dict[str, Any], *
         results.append([*best, eos] if len(best) < max_length else best)
         best_scores.append(score)
     return results, best_scores
+
+
+def _top(values: np.ndarray, count: int) -> np.ndarray:
+    """The indices of the ``count`` largest values, largest first, ties in index order (what a stable
+    sort of the whole array gives), without sorting the whole array."""
+    part = np.argpartition(-values, count - 1)[:count]
+    threshold = values[part].min()
+    above = np.flatnonzero(values > threshold)
+    tied = np.flatnonzero(values == threshold)[: count - len(above)]
+    chosen = np.concatenate([above, tied])
+    return chosen[np.lexsort((chosen, -values[chosen]))]
 
 
 def _add_hypothesis(hypotheses: list[tuple[float, list[int]]], keep: int, score: float, sequence: list[int]) -> None:
