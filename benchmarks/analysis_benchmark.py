@@ -17,7 +17,6 @@ import argparse
 import json
 import multiprocessing
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -33,6 +32,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from audio_fixtures import cadence, drum_pattern, encode_signal, make_audio
+from machine import machine_line
 
 from jamcaps_desktop.analysis.analyze import analyze
 from jamcaps_desktop.audio.decode import iter_samples
@@ -170,21 +170,10 @@ def main() -> None:
             child = subprocess.run([sys.executable, __file__, "--peak-child", str(long_file),
                                     str(work / "long.sqlite")], capture_output=True, text=True, check=True)
             results["two_hour_file_peak_rss_mb"] = round(int(child.stdout.strip().splitlines()[-1]) / 1024, 1)
-    results["machine"] = (f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_implementation()} "
-                          f"{platform.python_version()}, {platform.system()} {platform.release()}, "
-                          f"{_gpu_name() or 'no GPU'}")
+    results["machine"] = machine_line()
     print(json.dumps(results, indent=2))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
-
-
-def _gpu_name() -> str | None:
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=20)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
 
 
 if __name__ == "__main__":

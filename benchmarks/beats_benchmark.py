@@ -14,13 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
+from machine import machine_line
 
 FULL = {"encoder_layers": 12, "encoder_embed_dim": 768, "encoder_ffn_embed_dim": 3072, "encoder_attention_heads": 12,
         "conv_pos": 128, "conv_pos_groups": 16, "relative_position_embedding": True, "num_buckets": 320,
@@ -141,7 +140,7 @@ def main() -> None:
     if args.install:
         install_random(args.install, weights, graphs)
         report["installed"] = str(args.install / "beats")
-    report["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, {_gpu()}"
+    report["machine"] = machine_line()
     print(json.dumps(report, indent=2))
 
 
@@ -162,15 +161,6 @@ def install_random(models: Path, weights: dict[str, np.ndarray], graphs: dict) -
               "labels": list(audioset_names().values()), "fp16_file": "model.fp16.onnx",
               "files": {"model.fp16.onnx": digest(folder / "model.fp16.onnx")}}
     registry.write_record(folder, record)
-
-
-def _gpu() -> str:
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=20)
-        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else "no GPU"
-    except (OSError, subprocess.SubprocessError):
-        return "no GPU"
 
 
 if __name__ == "__main__":

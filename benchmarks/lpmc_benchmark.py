@@ -13,14 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from machine import machine_line
 
 CONFIG = {"d_model": 768, "encoder_layers": 6, "decoder_layers": 6, "encoder_attention_heads": 12,
           "decoder_attention_heads": 12, "encoder_ffn_dim": 3072, "decoder_ffn_dim": 3072, "vocab_size": 50265,
@@ -145,17 +144,8 @@ def main() -> None:
                 "model_share": round(statistics.median(shares), 2)}
             print(f"{label}, batch {batch}: {results[label][str(batch)]}", file=sys.stderr, flush=True)
     report = {f"captions/s (10-s chunks, beam 5, {args.tokens} tokens each) by batch": results,
-              "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, {_gpu()}"}
+              "machine": machine_line()}
     print(json.dumps(report, indent=2))
-
-
-def _gpu() -> str:
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=20)
-        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else "no GPU"
-    except (OSError, subprocess.SubprocessError):
-        return "no GPU"
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ def _locate(local: Path, source: dict[str, Any]) -> tuple[Path, Path]:
 def install_captioner(name: str, spec: dict[str, Any], local: str | os.PathLike[str] | None, *,
                       accept_licence: bool = False):  # -> InstalledModel
     from jamcaps_desktop.models import lpmc, registry
-    from jamcaps_desktop.models.checkpoint_install import _download, _pin, _pins
+    from jamcaps_desktop.models.checkpoint_install import _download, _pin, checked_digest
     from jamcaps_desktop.models.torch_checkpoint import CheckpointError, read_checkpoint
 
     if spec.get("consent") and not accept_licence:
@@ -58,11 +58,7 @@ def install_captioner(name: str, spec: dict[str, Any], local: str | os.PathLike[
             _download(source["url"], checkpoint_path)
             for file_name, url in source.get("files", {}).items():
                 _download(url, folder / file_name)
-        digest = registry.file_sha256(checkpoint_path)
-        expected = source.get("sha256") or _pins(models).get(name)
-        if expected and digest != expected:
-            raise registry.ModelError(f"{checkpoint_path.name} is not the checkpoint installed before for {name} "
-                                      f"(sha256 {digest[:12]}…, expected {expected[:12]}…); it was not installed")
+        digest, expected = checked_digest(name, source, checkpoint_path)
         try:
             saved = read_checkpoint(checkpoint_path)
             weights = saved.get("state_dict", saved) if isinstance(saved, dict) else None

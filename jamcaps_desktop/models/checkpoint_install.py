@@ -69,6 +69,19 @@ def _pin(models: Path, key: str, digest: str) -> None:
     os.replace(temp, models / PINS_FILE)
 
 
+def checked_digest(name: str, source: dict[str, Any], path: Path) -> tuple[str, str | None]:
+    """The file's sha256, and the one it must have (published, or recorded at the first install); raises
+    ModelError when they differ."""
+    from jamcaps_desktop.models import registry
+
+    digest = registry.file_sha256(path)
+    expected = source.get("sha256") or _pins(registry.models_dir()).get(name)
+    if expected and digest != expected:
+        raise registry.ModelError(f"{path.name} is not the checkpoint installed before for {name} "
+                                  f"(sha256 {digest[:12]}…, expected {expected[:12]}…); it was not installed")
+    return digest, expected
+
+
 def audioset_names() -> dict[str, str]:
     """AudioSet MID → display name (resources/audioset/class_labels_indices.csv, CC BY 4.0, Google)."""
     import csv
@@ -139,11 +152,7 @@ def install_checkpoint(name: str, spec: dict[str, Any], local: str | os.PathLike
         else:
             checkpoint_path = Path(tmp) / source["filename"]
             _download(source["url"], checkpoint_path)
-        digest = registry.file_sha256(checkpoint_path)
-        expected = source.get("sha256") or _pins(models).get(name)
-        if expected and digest != expected:
-            raise registry.ModelError(f"{checkpoint_path.name} is not the checkpoint installed before for {name} "
-                                      f"(sha256 {digest[:12]}…, expected {expected[:12]}…); it was not installed")
+        digest, expected = checked_digest(name, source, checkpoint_path)
         try:
             checkpoint = read_checkpoint(checkpoint_path)
             if not isinstance(checkpoint, dict) or "cfg" not in checkpoint or "model" not in checkpoint:

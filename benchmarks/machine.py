@@ -1,0 +1,21 @@
+"""The machine a benchmark ran on, in one line (its numbers are quoted with it)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+
+
+def gpu_name() -> str | None:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+
+
+def machine_line() -> str:
+    return (f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_implementation()} "
+            f"{platform.python_version()}, {platform.system()} {platform.release()}, {gpu_name() or 'no GPU'}")
