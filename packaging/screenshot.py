@@ -1,7 +1,7 @@
 """Render the main window on a real folder to a PNG (the README's picture).
 
     QT_QPA_PLATFORM=offscreen .venv/bin/python packaging/screenshot.py ~/Music --out window.png \\
-        [--analyze] [--impute] [--select WORD]
+        [--analyze] [--caption] [--impute] [--select WORD]
 
 It scans the folders into a fresh library (or ``--library``), optionally analyses them and proposes
 tags with the installed models, selects a track (one with proposals, or the first matching
@@ -25,6 +25,7 @@ def main() -> int:
     parser.add_argument("--library", type=Path, help="Library file (default: a new one in a temporary folder).")
     parser.add_argument("--analyze", action="store_true", help="Analyse the tracks with the installed models.")
     parser.add_argument("--impute", action="store_true", help="Propose tags the tracks lack.")
+    parser.add_argument("--caption", action="store_true", help="Write captions.")
     parser.add_argument("--select", help="Select the first track whose path contains this text.")
     parser.add_argument("--size", default="1560x900", help="Window size, WIDTHxHEIGHT.")
     args = parser.parse_args()
@@ -55,6 +56,9 @@ def main() -> int:
     settle()
     if args.analyze:
         window.run_analyze()
+        settle()
+    if args.caption:
+        window.run_caption()
         settle()
     if args.impute:
         window.run_impute()

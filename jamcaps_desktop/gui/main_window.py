@@ -93,7 +93,7 @@ class MainWindow(QMainWindow):
         self.table.selectionModel().selectionChanged.connect(lambda *_: self._selection_changed())
 
         self.filter_text = QLineEdit()
-        self.filter_text.setPlaceholderText("Filter: words in titles, tags, proposals or paths")
+        self.filter_text.setPlaceholderText("Filter: words in titles, tags, proposals, captions or paths")
         self.filter_text.setClearButtonEnabled(True)
         # typing refilters once it pauses, not at every key (100,000 rows take a moment)
         self._filter_timer = QTimer(self)
