@@ -48,7 +48,7 @@ from jamcaps_desktop.jobs.workers import init_worker, single_threaded_workers
 from jamcaps_desktop.library.database import Library, utc_now
 from jamcaps_desktop.library.paths import fs_path
 from jamcaps_desktop.models import registry
-from jamcaps_desktop.models.engine import make_session
+from jamcaps_desktop.models.engine import cuda_wanted, make_session
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +235,7 @@ def _load(name: str, device: str) -> _Loaded:
         raise registry.ModelError(f"{name}: {exc}") from exc
     outputs = spec.get("outputs", {})
     session = None
-    if model.fp16_path is not None and device != "cpu":  # the float16 graph, where it runs on CUDA
+    if model.fp16_path is not None and cuda_wanted(device):  # the float16 graph, where it runs on CUDA
         session = make_session(model.fp16_path, device)
         if session.get_providers()[0] != "CUDAExecutionProvider":
             session = None

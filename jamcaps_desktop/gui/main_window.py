@@ -498,18 +498,17 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage(message)
 
     def accept_current(self) -> None:
-        if self.panel.diff.hasFocus() and self.panel.track_id is not None:
-            fields = self.panel.selected_fields()
-            self.accept([self.panel.track_id], fields or None)
-        else:
-            self.accept(self._review_targets())
+        self._review_current(self.accept)
 
     def reject_current(self) -> None:
+        self._review_current(self.reject)
+
+    def _review_current(self, act: Callable[[list[int], list[str] | None], int]) -> None:
+        """The panel's selected proposals when it has the focus, else all of the selected tracks'."""
         if self.panel.diff.hasFocus() and self.panel.track_id is not None:
-            fields = self.panel.selected_fields()
-            self.reject([self.panel.track_id], fields or None)
+            act([self.panel.track_id], self.panel.selected_fields() or None)
         else:
-            self.reject(self._review_targets())
+            act(self._review_targets(), None)
 
     def bulk_accept(self) -> None:
         targets = self.selected_track_ids() or self.shown_track_ids()

@@ -66,20 +66,18 @@ def install_captioner(name: str, spec: dict[str, Any], local: str | os.PathLike[
                 raise CheckpointError("it holds no LP-MusicCaps state_dict")
             weights = {k.removeprefix("module."): v for k, v in weights.items()}
             encoder = lpmc.build_encoder(weights, spec["config"])
-            decoder = lpmc.build_decoder(weights, spec["config"])
             step = lpmc.build_decoder_step(weights, spec["config"])
         except (CheckpointError, KeyError, ValueError) as exc:
             raise registry.ModelError(f"{name}: {checkpoint_path.name} cannot be converted ({exc})") from exc
-        _check(encoder, decoder, np.asarray(weights[MEL_KEY], dtype=np.float32))
+        _check(encoder, step, spec["config"], np.asarray(weights[MEL_KEY], dtype=np.float32))
         with registry.staged_install(models / name) as staging:
             (staging / "encoder.onnx").write_bytes(encoder.SerializeToString())
-            (staging / "decoder.onnx").write_bytes(decoder.SerializeToString())
             (staging / "decoder_step.onnx").write_bytes(step.SerializeToString())
             np.save(staging / "mel_filters.npy", np.asarray(weights[MEL_KEY], dtype=np.float32))
             for file_name in TOKENIZER_FILES:
                 shutil.copyfile(folder / file_name, staging / file_name)
             files = {f: registry.file_sha256(staging / f)
-                     for f in ("decoder.onnx", "decoder_step.onnx", "mel_filters.npy", *TOKENIZER_FILES)}
+                     for f in ("decoder_step.onnx", "mel_filters.npy", *TOKENIZER_FILES)}
             registry.write_record(staging, {"manifest": spec, "file": "encoder.onnx", "labels": [], "files": files,
                                             "sha256": registry.file_sha256(staging / "encoder.onnx"),
                                             "checkpoint_sha256": digest})
@@ -88,7 +86,7 @@ def install_captioner(name: str, spec: dict[str, Any], local: str | os.PathLike[
     return registry.verify(name)
 
 
-def _check(encoder: Any, decoder: Any, mel_filters: np.ndarray) -> None:
+def _check(encoder: Any, step: Any, config: dict[str, Any], mel_filters: np.ndarray) -> None:
     import onnxruntime as ort
 
     from jamcaps_desktop.models import lpmc
@@ -96,10 +94,11 @@ def _check(encoder: Any, decoder: Any, mel_filters: np.ndarray) -> None:
 
     clip = (np.random.default_rng(0).standard_normal(lpmc.CHUNK_SAMPLES) * 0.1).astype(np.float32)
     encoder_session = ort.InferenceSession(encoder.SerializeToString(), providers=["CPUExecutionProvider"])
-    decoder_session = ort.InferenceSession(decoder.SerializeToString(), providers=["CPUExecutionProvider"])
+    decoder = lpmc.CachedDecoder(ort.InferenceSession(step.SerializeToString(), providers=["CPUExecutionProvider"]),
+                                 config)
     hidden = encoder_session.run(None, {"log_mel": lpmc.log_mel(clip[None], mel_filters)})[0]
-    logits = decoder_session.run(None, {"decoder_input_ids": np.array([[2, 0]], dtype=np.int64),
-                                        "encoder_hidden": hidden})[0]
+    logits = decoder.run(["logits"], {"decoder_input_ids": np.array([[2, 0]], dtype=np.int64),
+                                      "encoder_hidden": hidden})[0]
     if not (np.all(np.isfinite(hidden)) and np.all(np.isfinite(logits))):
         raise ModelError("the converted captioner gives non-finite values on a test clip")
 
@@ -118,8 +117,7 @@ class Captioner:
         from jamcaps_desktop.models.lpmc import CachedDecoder
 
         self.encoder = make_session(model.folder / "encoder.onnx", device)
-        # one token's work per step, with the key/value cache (the whole-prefix decoder is kept as the
-        # reference the cache is tested against)
+        # one token's work per step, with the key/value cache
         self.decoder = CachedDecoder(make_session(model.folder / "decoder_step.onnx", device), self.config)
         self.mel_filters = np.load(model.folder / "mel_filters.npy")
         self.tokenizer = ByteLevelBPETokenizer(str(model.folder / "vocab.json"), str(model.folder / "merges.txt"))

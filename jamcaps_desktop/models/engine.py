@@ -25,6 +25,18 @@ def _preload_cuda_libraries(ort: Any) -> None:
         log.debug("onnxruntime.preload_dlls: %s", exc)
 
 
+def cuda_available() -> bool:
+    """Whether this onnxruntime has a CUDA provider."""
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def cuda_wanted(device: str) -> bool:
+    """Whether a session for ``device`` will try CUDA (it may still fall back to the CPU)."""
+    return device == "cuda" or (device == "auto" and _nvidia_driver_present() and cuda_available())
+
+
 def make_session(model_path: str | os.PathLike[str], device: str = "auto"):  # -> onnxruntime.InferenceSession
     """A session on ``device`` ('auto', 'cpu' or 'cuda'). With 'auto', CUDA is tried only where an NVIDIA
     driver is present; which provider really runs is read from the session, not from the list of
@@ -33,7 +45,7 @@ def make_session(model_path: str | os.PathLike[str], device: str = "auto"):  # -
 
     wanted: list[Any] = ["CPUExecutionProvider"]
     if device == "cuda" or (device == "auto" and _nvidia_driver_present()):
-        if "CUDAExecutionProvider" in ort.get_available_providers():
+        if cuda_available():
             # no TF32: full float32 matrix arithmetic, so the GPU gives the CPU's numbers (to ~1e-6, not ~1e-4)
             wanted.insert(0, ("CUDAExecutionProvider", {"use_tf32": "0"}))
             _preload_cuda_libraries(ort)

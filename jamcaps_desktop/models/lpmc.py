@@ -225,12 +225,17 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return values - peak - np.log(np.exp(values - peak).sum(axis=-1, keepdims=True))
 
 
-def process_logits(logits: np.ndarray, sequence: list[int], *, max_length: int, min_length: int, bos: int, eos: int,
-                   forced_bos: int | None, forced_eos: int | None, no_repeat: int,
-                   normalised: bool = False) -> np.ndarray:
-    """The generation rules applied to one step's log-probabilities (as the original's generate does);
-    ``normalised``: ``logits`` are log-probabilities already (``log_softmax``), and are changed in place."""
-    scores = logits if normalised else logits.astype(np.float64) - _logsumexp(logits.astype(np.float64))
+def _rules(cfg: dict[str, Any], max_length: int, min_length: int) -> dict[str, Any]:
+    """The generation rules of ``process_logits``, from the model's configuration."""
+    return {"max_length": max_length, "min_length": min_length, "eos": int(cfg.get("eos_token_id", 2)),
+            "forced_bos": cfg.get("forced_bos_token_id"), "forced_eos": cfg.get("forced_eos_token_id"),
+            "no_repeat": int(cfg.get("no_repeat_ngram_size", 0) or 0)}
+
+
+def process_logits(scores: np.ndarray, sequence: list[int], *, max_length: int, min_length: int, eos: int,
+                   forced_bos: int | None, forced_eos: int | None, no_repeat: int) -> np.ndarray:
+    """The generation rules applied, in place, to one row of ``log_softmax`` (as the original's generate
+    does)."""
     length = len(sequence)
     if length < min_length:
         scores[eos] = -np.inf
@@ -245,19 +250,12 @@ def process_logits(logits: np.ndarray, sequence: list[int], *, max_length: int, 
     return scores
 
 
-def _logsumexp(values: np.ndarray) -> float:
-    peak = float(values.max())
-    return peak + math.log(float(np.exp(values - peak).sum()))
-
-
 def greedy(decoder: Any, encoder_hidden: np.ndarray, cfg: dict[str, Any], *, max_length: int = 128,
            min_length: int = 2) -> list[list[int]]:
     """Greedy decoding of every chunk of the batch (the decoder is an ONNX Runtime session)."""
     start = int(cfg.get("decoder_start_token_id", 2))
-    eos = int(cfg.get("eos_token_id", 2))
-    rules = {"max_length": max_length, "min_length": min_length, "bos": int(cfg.get("bos_token_id", 0)), "eos": eos,
-             "forced_bos": cfg.get("forced_bos_token_id"), "forced_eos": cfg.get("forced_eos_token_id"),
-             "no_repeat": int(cfg.get("no_repeat_ngram_size", 0) or 0)}
+    rules = _rules(cfg, max_length, min_length)
+    eos = rules["eos"]
     sequences = [[start] for _ in range(encoder_hidden.shape[0])]
     finished = [False] * len(sequences)
     pad = int(cfg.get("pad_token_id", 1))
@@ -269,7 +267,7 @@ def greedy(decoder: Any, encoder_hidden: np.ndarray, cfg: dict[str, Any], *, max
             if finished[row]:
                 sequence.append(pad)
                 continue
-            scores = process_logits(logprobs[row], sequence, normalised=True, **rules)
+            scores = process_logits(logprobs[row], sequence, **rules)
             token = int(np.argmax(scores))
             sequence.append(token)
             finished[row] = token == eos
@@ -281,10 +279,8 @@ def beam_search(decoder: Any, encoder_hidden: np.ndarray, cfg: dict[str, Any], *
     """Beam search as the original's ``generate`` runs it (early stopping, length penalty 1, the same
     rules as ``greedy``): the best sequence of each chunk, ending with ``</s>``, and its score."""
     start = int(cfg.get("decoder_start_token_id", 2))
-    eos, pad = int(cfg.get("eos_token_id", 2)), int(cfg.get("pad_token_id", 1))
-    rules = {"max_length": max_length, "min_length": min_length, "bos": int(cfg.get("bos_token_id", 0)), "eos": eos,
-             "forced_bos": cfg.get("forced_bos_token_id"), "forced_eos": cfg.get("forced_eos_token_id"),
-             "no_repeat": int(cfg.get("no_repeat_ngram_size", 0) or 0)}
+    rules = _rules(cfg, max_length, min_length)
+    eos, pad = rules["eos"], int(cfg.get("pad_token_id", 1))
     batch = encoder_hidden.shape[0]
     hidden = np.repeat(encoder_hidden, num_beams, axis=0)
     beams = [[start] for _ in range(batch * num_beams)]
@@ -302,8 +298,8 @@ def beam_search(decoder: Any, encoder_hidden: np.ndarray, cfg: dict[str, Any], *
             if done[b]:
                 next_beams += [beams[b * num_beams] + [pad] for _ in range(num_beams)]
                 continue
-            step = np.stack([process_logits(logprobs[b * num_beams + i], beams[b * num_beams + i], normalised=True,
-                                            **rules) + scores[b, i] for i in range(num_beams)]).reshape(-1)
+            step = np.stack([process_logits(logprobs[b * num_beams + i], beams[b * num_beams + i], **rules)
+                             + scores[b, i] for i in range(num_beams)]).reshape(-1)
             order = _top(step, 2 * num_beams)
             chosen: list[tuple[float, list[int]]] = []
             for rank, flat in enumerate(order):
@@ -430,6 +426,8 @@ class CachedDecoder:
         self.head_dim = int(cfg["d_model"]) // self.heads
         self._prefixes: list[tuple[bytes, tuple[int, ...]]] = []
         self._cache: list[np.ndarray] = []
+        self._hidden: np.ndarray | None = None
+        self._audio: list[bytes] = []
 
     def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         ids = feeds["decoder_input_ids"]
@@ -437,7 +435,11 @@ class CachedDecoder:
         batch, length = ids.shape
         # a cache belongs to a token prefix *and* the audio it attends to (rows with the same tokens but
         # different chunks have different caches)
-        audio = [hashlib.blake2b(np.ascontiguousarray(row).tobytes(), digest_size=8).digest() for row in hidden]
+        if hidden is not self._hidden:  # a search passes the same states at every step: hash them once
+            self._hidden = hidden
+            self._audio = [hashlib.blake2b(np.ascontiguousarray(row).tobytes(), digest_size=8).digest()
+                           for row in hidden]
+        audio = self._audio
         prefixes = [(audio[i], tuple(int(t) for t in row[:-1])) for i, row in enumerate(ids)]
         known = {prefix: index for index, prefix in enumerate(self._prefixes)}
         if length == 1 or any(p not in known for p in prefixes):
