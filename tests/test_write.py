@@ -198,8 +198,22 @@ def _no_temp_files(folder: Path) -> bool:
     return not [p for p in folder.iterdir() if p.name.startswith(atomic.TEMP_PREFIX)]
 
 
-@pytest.mark.parametrize("step", ["copy_file", "fsync_file", "replace_file", "verify", "save"])
-def test_a_failure_at_any_step_leaves_every_original_intact(tagged_library, monkeypatch, step):
+@pytest.fixture(params=["in-memory", "on-disk"])
+def edit_where(request, monkeypatch):
+    """Small files are edited in memory and written once; large ones are copied and edited on disk."""
+    if request.param == "on-disk":
+        monkeypatch.setattr(atomic, "IN_MEMORY_LIMIT", 0)
+    return request.param
+
+
+_STEPS = {"in-memory": ["read_original", "edit_buffer", "write_copy", "fsync_file", "replace_file", "verify", "save"],
+          "on-disk": ["copy_file", "fsync_file", "replace_file", "verify", "save"]}
+
+
+@pytest.mark.parametrize(("where", "step"), [(where, step) for where, steps in _STEPS.items() for step in steps])
+def test_a_failure_at_any_step_leaves_every_original_intact(tagged_library, monkeypatch, where, step):
+    if where == "on-disk":
+        monkeypatch.setattr(atomic, "IN_MEMORY_LIMIT", 0)
     library, paths, _ids = tagged_library
     before = _snapshot_files(paths)
 
@@ -223,17 +237,37 @@ def test_a_failure_at_any_step_leaves_every_original_intact(tagged_library, monk
     assert len(staged_changes(library)) == 3
 
 
-def test_a_full_disk_is_a_clear_error(tagged_library, monkeypatch):
+def test_a_full_disk_is_a_clear_error(tagged_library, monkeypatch, edit_where):
     library, paths, _ids = tagged_library
     before = _snapshot_files(paths)
 
     def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(atomic, "copy_file", disk_full)
+    in_memory = edit_where == "in-memory"
+    step, action = ("write_copy", "writing the copy") if in_memory else ("copy_file", "copying the file")
+    monkeypatch.setattr(atomic, step, disk_full)
     summary = write_changes(library, staged_changes(library))
-    assert {f.error for f in summary.files} == {"the disk is full (copying the file)"}
+    assert {f.error for f in summary.files} == {f"the disk is full ({action})"}
     assert _snapshot_files(paths) == before
+    assert _no_temp_files(paths[0].parent)
+
+
+def test_a_copy_cut_short_by_a_full_disk_is_removed(tagged_library, monkeypatch):
+    """The copy is created, then the disk fills up halfway through writing it."""
+    library, paths, _ids = tagged_library
+    before = _snapshot_files(paths)
+    real_write_copy = atomic.write_copy
+
+    def half_then_full(temp, data, flush):
+        real_write_copy(temp, data[:len(data) // 2], flush)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic, "write_copy", half_then_full)
+    summary = write_changes(library, staged_changes(library))
+    assert {f.error for f in summary.files} == {"the disk is full (writing the copy)"}
+    assert _snapshot_files(paths) == before
+    assert _no_temp_files(paths[0].parent)
 
 
 class FaultyFile:
@@ -275,13 +309,14 @@ class FaultyFile:
         return False
 
 
+@pytest.mark.parametrize("where", ["in-memory", "on-disk"])
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(fail_at=st.integers(min_value=0, max_value=400))
-def test_io_faults_inside_the_tag_save_never_touch_the_original(make_track, tmp_path_factory, fail_at):
+def test_io_faults_inside_the_tag_save_never_touch_the_original(make_track, tmp_path_factory, where, fail_at):
     folder = tmp_path_factory.mktemp("faults")
     path = make_track(folder / "music", "flac")
     original = path.read_bytes()
-    real_open = open
+    real_open, real_buffer = open, atomic.edit_buffer
 
     def faulty_open(file, mode="r", *args, **kwargs):
         handle = real_open(file, mode, *args, **kwargs)
@@ -292,11 +327,19 @@ def test_io_faults_inside_the_tag_save_never_touch_the_original(make_track, tmp_
     with Library(folder / "lib.sqlite") as library:
         scan(library, [folder / "music"])
         track_id = find_track(library, str(path))["id"]
-        atomic.open = faulty_open  # type: ignore[attr-defined]
+        saved = atomic.IN_MEMORY_LIMIT
+        if where == "on-disk":
+            atomic.open = faulty_open  # type: ignore[attr-defined]
+            atomic.IN_MEMORY_LIMIT = 0
+        else:
+            atomic.edit_buffer = lambda data: FaultyFile(real_buffer(data), fail_at)
         try:
             summary = write_changes(library, {track_id: CHANGES})
         finally:
-            del atomic.open  # type: ignore[attr-defined]
+            if where == "on-disk":
+                del atomic.open  # type: ignore[attr-defined]
+            atomic.IN_MEMORY_LIMIT = saved
+            atomic.edit_buffer = real_buffer
         outcome = summary.files[0]
         if outcome.status == "written":
             # the fault came after the last operation: the new file must be complete and correct
@@ -547,6 +590,8 @@ def test_private_frames_pictures_replaygain_chapters_and_lyrics_survive(tmp_path
 
 
 def test_a_full_disk_while_saving_the_tags_is_named_plainly(tagged_library, monkeypatch):
+    """A large file's copy is edited on disk, where the save itself can meet a full disk."""
+    monkeypatch.setattr(atomic, "IN_MEMORY_LIMIT", 0)
     library, paths, _ids = tagged_library
     before = _snapshot_files(paths)
     real_open = open

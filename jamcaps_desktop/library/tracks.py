@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from dataclasses import dataclass
 from typing import Any
 
 from jamcaps_desktop.library.paths import display_path, path_key
@@ -70,10 +71,26 @@ def store_record(conn: sqlite3.Connection, track_id: int, record: FileRecord, no
     replace_tags(conn, track_id, record)
 
 
-def store_written(conn: sqlite3.Connection, track_id: int, *, size: int, mtime_ns: int, ctime_ns: int | None,
-                  fingerprint: str, tags: list[TagValue], tag_formats: list[str], now: str) -> None:
-    """After the app wrote a file's tags: its new state and tags (the audio facts did not change)."""
-    conn.execute("UPDATE tracks SET size = ?, mtime_ns = ?, ctime_ns = ?, fingerprint = ?, tag_formats = ?, "
-                 "updated_at = ? WHERE id = ?",
-                 (size, mtime_ns, ctime_ns, fingerprint, json.dumps(tag_formats), now, track_id))
-    _replace_tag_rows(conn, track_id, tags)
+@dataclass(frozen=True)
+class WrittenState:
+    """A file's state and tags after the app wrote it (its audio facts did not change)."""
+
+    track_id: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int | None
+    fingerprint: str
+    tags: list[TagValue]
+    tag_formats: list[str]
+
+
+def store_written(conn: sqlite3.Connection, states: list[WrittenState], now: str) -> None:
+    """Record the new state and tags of files the app just wrote, a few statements for all of them."""
+    conn.executemany("UPDATE tracks SET size = ?, mtime_ns = ?, ctime_ns = ?, fingerprint = ?, tag_formats = ?, "
+                     "updated_at = ? WHERE id = ?",
+                     [(s.size, s.mtime_ns, s.ctime_ns, s.fingerprint, json.dumps(s.tag_formats), now, s.track_id)
+                      for s in states])
+    conn.executemany("DELETE FROM track_tags WHERE track_id = ?", [(s.track_id,) for s in states])
+    conn.executemany(
+        "INSERT INTO track_tags (track_id, position, field, raw_key, value) VALUES (?, ?, ?, ?, ?)",
+        [(s.track_id, i, t.field, t.raw_key, t.value) for s in states for i, t in enumerate(s.tags)])

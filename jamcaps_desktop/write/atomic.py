@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import io
 import logging
 import os
 import secrets
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 TEMP_PREFIX = ".jamcaps-"
 TEMP_SUFFIX = ".tmp"
+# Files up to this size are edited in memory and written once; larger ones are copied and edited on disk.
+IN_MEMORY_LIMIT = 64 << 20
 
 
 class WriteError(Exception):
@@ -80,6 +83,24 @@ def copy_file(source: str, target: str) -> None:
             src.seek(copied)
             dst.seek(copied)
             shutil.copyfileobj(src, dst, 1 << 20)
+
+
+def read_original(path: str) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+def edit_buffer(data: bytes) -> io.BytesIO:
+    """The in-memory file that the tags are edited in."""
+    return io.BytesIO(data)
+
+
+def write_copy(temp: str, data: memoryview, flush: bool) -> None:
+    """Create the temporary copy (never over an existing file) holding ``data``."""
+    with open(temp, "xb") as handle:
+        handle.write(data)
+        if flush:
+            fsync_file(handle)
 
 
 def fsync_file(handle: BinaryIO) -> None:
@@ -149,6 +170,57 @@ def _os_error_message(exc: OSError, action: str) -> WriteError:
     return WriteError(f"{action} failed: {exc.strerror or exc}")
 
 
+def _edit_in_memory(path: str, temp: str, st: os.stat_result, edit: Callable[[BinaryIO], T], flush: bool) -> T:
+    """Edit the file's bytes in memory, then write the copy once: one read, one write, no copying."""
+    try:
+        data = read_original(path)
+    except OSError as exc:
+        raise _os_error_message(exc, "reading the file") from exc
+    if len(data) != st.st_size:
+        raise FileChangedError("another program changed the file while it was being read")
+    try:
+        buffer = edit_buffer(data)
+        del data
+        result = edit(buffer)
+    except OSError as exc:
+        raise _os_error_message(exc, "writing the tags") from exc
+    try:
+        write_copy(temp, buffer.getbuffer(), flush)
+    except OSError as exc:
+        raise _os_error_message(exc, "writing the copy") from exc
+    return result
+
+
+def _edit_on_disk(path: str, temp: str, edit: Callable[[BinaryIO], T], flush: bool) -> T:
+    """Copy a large file beside itself and edit the copy in place (mutagen moves only what it must)."""
+    try:
+        copy_file(path, temp)
+    except OSError as exc:
+        raise _os_error_message(exc, "copying the file") from exc
+    try:
+        with open(temp, "r+b") as handle:
+            result = edit(handle)
+            if flush:
+                fsync_file(handle)
+            else:
+                handle.flush()
+    except OSError as exc:
+        raise _os_error_message(exc, "writing the tags") from exc
+    return result
+
+
+def _carry_over(path: str, temp: str, st: os.stat_result, keep_mtime: bool) -> None:
+    """The original's permissions, owner (where allowed), extended attributes and, if asked, mtime."""
+    os.chmod(temp, stat.S_IMODE(st.st_mode))
+    if hasattr(os, "chown"):
+        # only the owner or root can keep the owner; the mode is kept regardless
+        with contextlib.suppress(PermissionError):
+            os.chown(temp, st.st_uid, st.st_gid)
+    _copy_xattrs(path, temp)
+    if keep_mtime:
+        os.utime(temp, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
 @dataclass
 class PreparedCopy:
     """A verified, flushed copy of a file, waiting to replace it."""
@@ -201,28 +273,12 @@ def prepare_copy(path: str, edit: Callable[[BinaryIO], T], *, expected: FileStat
 
     temp = temp_path_for(path)
     try:
+        if st.st_size <= IN_MEMORY_LIMIT:
+            result = _edit_in_memory(path, temp, st, edit, flush)
+        else:
+            result = _edit_on_disk(path, temp, edit, flush)
         try:
-            copy_file(path, temp)
-        except OSError as exc:
-            raise _os_error_message(exc, "copying the file") from exc
-        try:
-            with open(temp, "r+b") as handle:
-                result = edit(handle)
-                if flush:
-                    fsync_file(handle)
-                else:
-                    handle.flush()
-        except OSError as exc:
-            raise _os_error_message(exc, "writing the tags") from exc
-        try:
-            os.chmod(temp, stat.S_IMODE(st.st_mode))
-            if hasattr(os, "chown"):
-                # only the owner or root can keep the owner; the mode is kept regardless
-                with contextlib.suppress(PermissionError):
-                    os.chown(temp, st.st_uid, st.st_gid)
-            _copy_xattrs(path, temp)
-            if keep_mtime:
-                os.utime(temp, ns=(st.st_atime_ns, st.st_mtime_ns))
+            _carry_over(path, temp, st, keep_mtime)
         except OSError as exc:
             raise _os_error_message(exc, "copying the file's permissions") from exc
     except BaseException:

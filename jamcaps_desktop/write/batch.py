@@ -32,12 +32,12 @@ from jamcaps_desktop.jobs.base import CancelToken, Progress, ProgressCallback, n
 from jamcaps_desktop.jobs.workers import init_worker
 from jamcaps_desktop.library.database import Library, utc_now
 from jamcaps_desktop.library.paths import fs_path
-from jamcaps_desktop.library.tracks import store_record, store_written
+from jamcaps_desktop.library.tracks import WrittenState, store_record, store_written
 from jamcaps_desktop.scan.reader import read_file
 from jamcaps_desktop.tags.values import normalise
 from jamcaps_desktop.write import atomic
 from jamcaps_desktop.write.atomic import FileState, WriteError
-from jamcaps_desktop.write.prepare import Changes, FileTask, Prepared, prepare
+from jamcaps_desktop.write.prepare import Changes, FileTask, Prepared, prepare, prepare_chunk
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,10 @@ PARALLEL_WRITE_THRESHOLD = 24   # fewer files than this are prepared in-process
 GROUP_FILES = 64                # files journaled, replaced and recorded together
 GROUP_SECONDS = 0.5
 FLUSH_THREADS = 8               # copies flushed to the disk at once
+CHUNK_FILES = 8                 # files handed to a worker process at a time
+CHUNK_BYTES = 32 << 20          # ... or fewer, where the files are large
+
+_json = json.JSONEncoder(ensure_ascii=False).encode
 
 
 @dataclass(frozen=True)
@@ -240,20 +244,23 @@ class _Flusher:
 
     def __init__(self) -> None:
         self._pool: ThreadPoolExecutor | None = None
-        self._pending: dict[str, Future[None]] = {}
+        self._pending: dict[str, Future[dict[str, WriteError]]] = {}
 
-    def start(self, temp: str) -> None:
+    def start(self, temps: list[str]) -> None:
+        if not temps:
+            return
         if self._pool is None:
             self._pool = ThreadPoolExecutor(FLUSH_THREADS, thread_name_prefix="jamcaps-flush")
-        self._pending[temp] = self._pool.submit(atomic.flush_path, temp)
+        future = self._pool.submit(_flush_all, temps)
+        for temp in temps:
+            self._pending[temp] = future
 
     def wait(self, temp: str) -> None:
         """Return once ``temp`` is on the disk; raise WriteError if it could not be flushed."""
         future = self._pending.pop(temp, None)
-        if future is None:
-            atomic.flush_path(temp)
-        else:
-            future.result()
+        error = _flush_all([temp]).get(temp) if future is None else future.result().get(temp)
+        if error is not None:
+            raise error
 
     def close(self) -> None:
         if self._pool is not None:
@@ -261,33 +268,66 @@ class _Flusher:
         self._pending.clear()
 
 
-def _prepared(tasks: list[FileTask], cancel: CancelToken, workers: int | None) -> Iterator[Prepared]:
-    """Prepared copies in the order of ``tasks``: in worker processes when there are many."""
+def _flush_all(temps: list[str]) -> dict[str, WriteError]:
+    """Flush each copy; the copies that could not be flushed, with the reason."""
+    errors: dict[str, WriteError] = {}
+    for temp in temps:
+        try:
+            atomic.flush_path(temp)
+        except WriteError as exc:
+            errors[temp] = exc
+    return errors
+
+
+def _chunks(tasks: list[FileTask]) -> list[list[FileTask]]:
+    """Consecutive tasks in chunks of a few files (one large file makes a chunk of its own)."""
+    chunks: list[list[FileTask]] = []
+    current: list[FileTask] = []
+    size = 0
+    for task in tasks:
+        task_size = task.expected.size if task.expected else 0
+        if current and (len(current) >= CHUNK_FILES or size + task_size > CHUNK_BYTES):
+            chunks.append(current)
+            current, size = [], 0
+        current.append(task)
+        size += task_size
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def _prepared(tasks: list[FileTask], cancel: CancelToken, workers: int | None) -> Iterator[list[Prepared]]:
+    """Prepared copies in the order of ``tasks``, a chunk at a time: in worker processes when there are many.
+
+    Handing a worker several files at once keeps the messages between processes few.
+    """
     count = workers if workers is not None else min(4, os.cpu_count() or 1)
     if count <= 1 or len(tasks) < PARALLEL_WRITE_THRESHOLD:
         for task in tasks:
             if cancel.cancelled:
                 return
-            yield prepare(task)
+            yield [prepare(task)]
         return
+    chunks = _chunks(tasks)
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=count, mp_context=context, initializer=init_worker) as pool:
-        window = max(count * 4, GROUP_FILES * 2)  # workers keep going while a group is committed
-        futures = [pool.submit(prepare, task) for task in tasks[:window]]
+        # workers keep going while a group is committed
+        window = max(count * 2, -(-GROUP_FILES * 2 // CHUNK_FILES))
+        futures = [pool.submit(prepare_chunk, chunk) for chunk in chunks[:window]]
         submitted = len(futures)
         handed_out = 0
         try:
-            for index in range(len(tasks)):
+            for index in range(len(chunks)):
                 if index >= len(futures):
                     return  # cancelled: nothing more was submitted
                 try:
                     result = futures[index].result()
                 except BrokenProcessPool:
-                    result = prepare(tasks[index])  # a worker died: do this one here
+                    result = [prepare(task) for task in chunks[index]]  # a worker died: do these here
                 handed_out = index + 1
                 yield result
-                if submitted < len(tasks) and not cancel.cancelled:
-                    futures.append(pool.submit(prepare, tasks[submitted]))
+                if submitted < len(chunks) and not cancel.cancelled:
+                    futures.append(pool.submit(prepare_chunk, chunks[submitted]))
                     submitted += 1
         finally:
             # copies prepared but never handed out must not stay on disk
@@ -297,11 +337,12 @@ def _prepared(tasks: list[FileTask], cancel: CancelToken, workers: int | None) -
                 if future.cancelled():
                     continue
                 try:
-                    ready = future.result()
+                    ready_chunk = future.result()
                 except Exception:  # cleaning up after a failure: nothing to discard
                     continue
-                if ready.copy is not None:
-                    atomic.discard(ready.copy.temp)
+                for ready in ready_chunk:
+                    if ready.copy is not None:
+                        atomic.discard(ready.copy.temp)
 
 
 def _run_tasks(library: Library, batch_id: int, tasks: list[FileTask], *, stage_name: str,
@@ -324,10 +365,9 @@ def _run_tasks(library: Library, batch_id: int, tasks: list[FileTask], *, stage_
 
     prepared = _prepared([dataclasses.replace(task, flush=False) for task in tasks], cancel, workers)
     try:
-        for ready in prepared:
-            if ready.copy is not None:
-                flusher.start(ready.copy.temp)
-            group.append(ready)
+        for chunk in prepared:
+            flusher.start([ready.copy.temp for ready in chunk if ready.copy is not None])
+            group.extend(chunk)
             if len(group) >= GROUP_FILES or time.monotonic() - last_flush > GROUP_SECONDS:
                 flush()
         if group:
@@ -345,26 +385,18 @@ def _run_tasks(library: Library, batch_id: int, tasks: list[FileTask], *, stage_
 def _commit_group(library: Library, batch_id: int, group: list[Prepared], clear_staged: bool, folders: _Folders,
                   flusher: _Flusher) -> list[FileOutcome]:
     """Journal a group as pending, replace each original by its copy, then record the outcome."""
-    now = utc_now()
-    file_ids: dict[int, int] = {}
+    diffs: list[dict[str, tuple[list[str], list[str]]]] = []
+    for ready in group:
+        old = ready.written.edit.old_values if ready.written else {}
+        diffs.append({name: (old.get(name, []), values) for name, values in ready.task.changes.items()})
     with library.transaction() as conn:
-        for position, ready in enumerate(group):
-            task = ready.task
-            written = ready.written
-            old = written.edit.old_values if written else {}
-            file_ids[position] = _insert_journal(
-                conn, batch_id, task, "pending" if ready.copy else "failed", error=ready.error,
-                tag_format=written.edit.tag_format if written else None,
-                backup=written.edit.backup if written else None,
-                changes={name: (old.get(name, []), values) for name, values in task.changes.items()}, now=now)
+        file_ids = _journal(conn, batch_id, group, diffs, utc_now())
     outcomes: list[FileOutcome] = []
     settled: list[tuple[int, Prepared, FileState]] = []
     failures: list[tuple[int, str]] = []
     try:
-        for position, ready in enumerate(group):
-            task, written = ready.task, ready.written
-            old = written.edit.old_values if written else {}
-            diff = {name: (old.get(name, []), values) for name, values in task.changes.items()}
+        for file_id, ready, diff in zip(file_ids, group, diffs, strict=True):
+            task = ready.task
             if ready.copy is None:
                 outcomes.append(FileOutcome(task.track_id, task.shown, "failed", diff, error=ready.error))
                 continue
@@ -376,62 +408,73 @@ def _commit_group(library: Library, batch_id: int, group: list[Prepared], clear_
                     raise
                 state = atomic.commit_copy(ready.copy, dir_fsync=False)
             except WriteError as exc:
-                failures.append((file_ids[position], str(exc)))
+                failures.append((file_id, str(exc)))
                 outcomes.append(FileOutcome(task.track_id, task.shown, "failed", diff, error=str(exc)))
                 continue
             folders.add(task.path)
-            settled.append((file_ids[position], ready, state))
+            settled.append((file_id, ready, state))
             outcomes.append(FileOutcome(task.track_id, task.shown, "written", diff))
     finally:
         _settle(library, settled, failures, clear_staged)
     return outcomes
 
 
-def _clear_staged(conn: Any, track_id: int, written: Changes) -> None:
+def _clear_staged(conn: Any, cleared: list[tuple[int, Changes]]) -> None:
     """Drop staged values that were written, but not values staged again meanwhile with other values."""
     conn.executemany("DELETE FROM staged_values WHERE track_id = ? AND field = ? AND vals = ?",
-                     [(track_id, name, json.dumps(vals, ensure_ascii=False)) for name, vals in written.items()])
+                     [(track_id, name, _json(vals)) for track_id, written in cleared for name, vals in written.items()])
 
 
-def _insert_journal(conn: Any, batch_id: int, task: FileTask, status: str, *, error: str | None,
-                    tag_format: str | None, backup: dict[str, Any] | None,
-                    changes: dict[str, tuple[list[str], list[str]]], now: str) -> int:
-    expected = task.expected
-    cursor = conn.execute(
-        "INSERT INTO write_files (batch_id, track_id, path, path_key, status, error, tag_format, backup, undoes, "
-        "before_size, before_mtime_ns, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (batch_id, task.track_id, task.shown, os.fsencode(task.path), status, error, tag_format,
-         json.dumps(backup) if backup is not None else None, task.undoes, expected.size if expected else None,
-         expected.mtime_ns if expected else None, None if status == "pending" else now))
-    file_id = int(cursor.lastrowid)
+def _journal(conn: Any, batch_id: int, group: list[Prepared], diffs: list[dict[str, tuple[list[str], list[str]]]],
+             now: str) -> list[int]:
+    """Journal rows for a group (``pending`` where a copy waits, ``failed`` where none could be made).
+
+    The rows get the ids SQLite would give them; the transaction holds the write lock, so they are free.
+    """
+    first = conn.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM write_files").fetchone()[0]
+    file_ids = list(range(first, first + len(group)))
+    rows, changes = [], []
+    for file_id, ready, diff in zip(file_ids, group, diffs, strict=True):
+        task, written = ready.task, ready.written
+        expected = task.expected
+        pending = ready.copy is not None
+        rows.append((file_id, batch_id, task.track_id, task.shown, os.fsencode(task.path),
+                     "pending" if pending else "failed", ready.error,
+                     written.edit.tag_format if written else None,
+                     json.dumps(written.edit.backup) if written else None, task.undoes,
+                     expected.size if expected else None, expected.mtime_ns if expected else None,
+                     None if pending else now))
+        changes += [(file_id, name, _json(old), _json(new)) for name, (old, new) in diff.items()]
     conn.executemany(
-        "INSERT INTO write_changes (write_file_id, field, old_values, new_values) VALUES (?, ?, ?, ?)",
-        [(file_id, name, json.dumps(old, ensure_ascii=False), json.dumps(new, ensure_ascii=False))
-         for name, (old, new) in changes.items()])
-    return file_id
+        "INSERT INTO write_files (id, batch_id, track_id, path, path_key, status, error, tag_format, backup, undoes, "
+        "before_size, before_mtime_ns, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    conn.executemany("INSERT INTO write_changes (write_file_id, field, old_values, new_values) VALUES (?, ?, ?, ?)",
+                     changes)
+    return file_ids
 
 
 def _settle(library: Library, settled: list[tuple[int, Prepared, FileState]], failures: list[tuple[int, str]],
             clear_staged: bool) -> None:
     """Record replaced files as written (new state, tags re-read from the verified copy) and failures."""
     now = utc_now()
+    states: list[WrittenState] = []
+    for _file_id, ready, state in settled:
+        written = ready.written
+        assert written is not None
+        states.append(WrittenState(ready.task.track_id, state.size, state.mtime_ns, state.ctime_ns,
+                                   written.fingerprint, written.tags.values, written.tags.formats))
     with library.transaction() as conn:
-        for file_id, ready, state in settled:
-            written, task = ready.written, ready.task
-            assert written is not None
-            conn.execute("UPDATE write_files SET status = 'written', after_size = ?, after_mtime_ns = ?, "
+        conn.executemany("UPDATE write_files SET status = 'written', after_size = ?, after_mtime_ns = ?, "
                          "after_fingerprint = ?, finished_at = ? WHERE id = ?",
-                         (state.size, state.mtime_ns, written.fingerprint, now, file_id))
-            store_written(conn, task.track_id, size=state.size, mtime_ns=state.mtime_ns, ctime_ns=state.ctime_ns,
-                          fingerprint=written.fingerprint, tags=written.tags.values,
-                          tag_formats=written.tags.formats, now=now)
-            if clear_staged:
-                _clear_staged(conn, task.track_id, task.changes)
-            if task.undoes is not None:
-                conn.execute("UPDATE write_files SET status = 'undone' WHERE id = ?", (task.undoes,))
-        for file_id, error in failures:
-            conn.execute("UPDATE write_files SET status = 'failed', error = ?, finished_at = ? WHERE id = ?",
-                         (error, now, file_id))
+                         [(state.size, state.mtime_ns, ready.written.fingerprint, now, file_id)
+                          for file_id, ready, state in settled if ready.written])
+        store_written(conn, states, now)
+        if clear_staged:
+            _clear_staged(conn, [(ready.task.track_id, ready.task.changes) for _id, ready, _state in settled])
+        conn.executemany("UPDATE write_files SET status = 'undone' WHERE id = ?",
+                         [(ready.task.undoes,) for _id, ready, _state in settled if ready.task.undoes is not None])
+        conn.executemany("UPDATE write_files SET status = 'failed', error = ?, finished_at = ? WHERE id = ?",
+                         [(error, now, file_id) for file_id, error in failures])
 
 
 def write_changes(library: Library, changes: dict[int, Changes], *, options: WriteOptions | None = None,
@@ -472,8 +515,7 @@ def write_changes(library: Library, changes: dict[int, Changes], *, options: Wri
                                   keep_mtime=options.keep_mtime))
         if clear_staged and unchanged_staged:
             with library.transaction() as conn:
-                for track_id, wanted in unchanged_staged:
-                    _clear_staged(conn, track_id, wanted)
+                _clear_staged(conn, unchanged_staged)
         return _execute(library, batch_id, "write", early, tasks, clear_staged=clear_staged, progress=progress,
                         cancel=cancel, workers=workers)
 

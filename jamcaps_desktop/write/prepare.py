@@ -76,3 +76,8 @@ def prepare(task: FileTask) -> Prepared:
     except (WriteError, TagEditError, UnsupportedFieldError) as exc:
         return Prepared(task, error=str(exc))
     return Prepared(task, copy, written)
+
+
+def prepare_chunk(tasks: list[FileTask]) -> list[Prepared]:
+    """Several files in one call (a worker process gets its files a chunk at a time)."""
+    return [prepare(task) for task in tasks]
