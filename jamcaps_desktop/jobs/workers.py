@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import threading
@@ -15,6 +16,26 @@ def _exit_with_parent(parent: int) -> None:
         time.sleep(1.0)
         if os.getppid() != parent:  # the job's process is gone (killed): do not linger
             os._exit(1)
+
+
+# Imported once by the fork server, so that its forks start with them loaded.
+_TAG_WORKER_MODULES = ["__main__", "jamcaps_desktop.scan.reader", "jamcaps_desktop.write.prepare"]
+
+
+def tag_worker_context() -> multiprocessing.context.BaseContext:
+    """How the scanner's and the writer's worker processes start: forked from a fork server where there is one.
+
+    A spawned worker is a fresh interpreter that imports the program again (the command line's or the
+    window's modules: about half a second of CPU per worker on a small machine, which a batch of a few
+    thousand files feels). A fork server pays that once per run, and each worker is then a fork of that
+    clean, single-threaded server, never of the job's own process with its threads. The analysis keeps
+    spawn: its workers must start with the thread settings of the moment (``single_threaded_workers``).
+    """
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(_TAG_WORKER_MODULES)
+        return context
+    return multiprocessing.get_context("spawn")
 
 
 def init_worker() -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -27,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from jamcaps_desktop.jobs.base import CancelToken, Progress, ProgressCallback, no_progress
-from jamcaps_desktop.jobs.workers import init_worker
+from jamcaps_desktop.jobs.workers import init_worker, tag_worker_context
 from jamcaps_desktop.library.database import Library, utc_now
 from jamcaps_desktop.library.paths import display_path, fs_path, key_range, path_key, real_path
 from jamcaps_desktop.library.tracks import insert_track, record_values, replace_tags, store_record
@@ -223,7 +222,7 @@ def _records(to_read: list[FoundFile], cancel: CancelToken, workers: int | None)
                 return
             yield _read_one(found)
         return
-    context = multiprocessing.get_context("spawn")  # safe beside threads and GUI toolkits
+    context = tag_worker_context()  # never a fork of this process: safe beside threads and GUI toolkits
     position = 0
     window = count * 8
     while position < len(to_read):

@@ -16,11 +16,12 @@ settles it as written or not. Each file is wholly old or wholly new at every mom
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import logging
-import multiprocessing
 import os
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -29,14 +30,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jamcaps_desktop.jobs.base import CancelToken, Progress, ProgressCallback, no_progress
-from jamcaps_desktop.jobs.workers import init_worker
+from jamcaps_desktop.jobs.workers import init_worker, tag_worker_context
 from jamcaps_desktop.library.database import Library, utc_now
 from jamcaps_desktop.library.paths import fs_path
 from jamcaps_desktop.library.tracks import WrittenState, store_record, store_written
 from jamcaps_desktop.scan.reader import read_file
 from jamcaps_desktop.tags.values import normalise
 from jamcaps_desktop.write import atomic
-from jamcaps_desktop.write.atomic import FileState, WriteError
+from jamcaps_desktop.write.atomic import FileState, PreparedCopy, WriteError
 from jamcaps_desktop.write.prepare import Changes, FileTask, Prepared, prepare, prepare_chunk
 
 log = logging.getLogger(__name__)
@@ -47,8 +48,18 @@ GROUP_SECONDS = 0.5
 FLUSH_THREADS = 8               # copies flushed to the disk at once
 CHUNK_FILES = 8                 # files handed to a worker process at a time
 CHUNK_BYTES = 32 << 20          # ... or fewer, where the files are large
+MAX_HELD_FILES = 256            # replaced files waiting to be closed
 
-_json = json.JSONEncoder(ensure_ascii=False).encode
+
+def values_json(values: list[str]) -> str:
+    """``json.dumps(values, ensure_ascii=False)`` for a list of strings, without building an encoder per call.
+
+    The staged values are matched by this text, so it must be exactly what ``json.dumps`` writes.
+    """
+    return "[" + ", ".join(map(_encode_string, values)) + "]"
+
+
+_encode_string = json.encoder.encode_basestring  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -104,7 +115,7 @@ def stage(library: Library, track_ids: Iterable[int], values: Changes, origin: s
             "INSERT INTO staged_values (track_id, field, vals, origin, staged_at) VALUES (?, ?, ?, ?, ?) "
             "ON CONFLICT (track_id, field) DO UPDATE SET vals = excluded.vals, origin = excluded.origin, "
             "staged_at = excluded.staged_at",
-            [(tid, name, json.dumps(vals, ensure_ascii=False), origin, now)
+            [(tid, name, values_json(vals), origin, now)
              for tid in ids for name, vals in normalised.items()])
     return len(ids)
 
@@ -235,15 +246,20 @@ class _Folders:
 
 
 class _Flusher:
-    """Flushes prepared copies to the disk in threads, as they arrive.
+    """Flushes prepared copies to the disk, and puts them in place, in threads.
 
     One fsync at a time costs a journal commit per file; concurrent ones are committed together,
     so a batch pays for a handful of disk flushes per group instead of one per file. Every copy is
-    flushed before it may replace its original.
+    flushed before it may replace its original. The replacements of a group run side by side too:
+    a rename over a file frees the old file's blocks, which waits on the file system's journal.
     """
 
     def __init__(self) -> None:
         self._pool: ThreadPoolExecutor | None = None
+        self._replacer: ThreadPoolExecutor | None = None
+        self._closer: ThreadPoolExecutor | None = None
+        self._closing: collections.deque[Future[None]] = collections.deque()
+        self._closing_lock = threading.Lock()
         self._pending: dict[str, Future[dict[str, WriteError]]] = {}
 
     def start(self, temps: list[str]) -> None:
@@ -262,10 +278,46 @@ class _Flusher:
         if error is not None:
             raise error
 
+    def replace_all(self, copies: list[PreparedCopy | None]) -> list[FileState | BaseException | None]:
+        """Put each copy in place of its original once it is flushed: the file's new state, or the error.
+
+        An error other than a WriteError (an interruption) is returned too, for the caller to raise once
+        the files that were replaced are recorded.
+        """
+        if self._replacer is None:
+            self._replacer = ThreadPoolExecutor(FLUSH_THREADS, thread_name_prefix="jamcaps-replace")
+            self._closer = ThreadPoolExecutor(1, thread_name_prefix="jamcaps-close")
+        futures = [self._replacer.submit(self._replace, copy) if copy is not None else None for copy in copies]
+        results: list[FileState | BaseException | None] = []
+        for future in futures:
+            try:
+                results.append(future.result() if future is not None else None)
+            except BaseException as exc:
+                results.append(exc)
+        return results
+
+    def _replace(self, copy: PreparedCopy) -> FileState:
+        try:
+            self.wait(copy.temp)
+        except WriteError:
+            atomic.discard(copy.temp)
+            raise
+        return atomic.commit_copy(copy, dir_fsync=False, release=self._release)
+
+    def _release(self, held: int) -> None:
+        """Close a replaced file in the background (its blocks are freed then), a bounded number at a time."""
+        assert self._closer is not None
+        with self._closing_lock:
+            while len(self._closing) >= MAX_HELD_FILES:
+                self._closing.popleft().result()
+            self._closing.append(self._closer.submit(os.close, held))
+
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
+        for pool in (self._pool, self._replacer, self._closer):
+            if pool is not None:
+                pool.shutdown(wait=True)
         self._pending.clear()
+        self._closing.clear()
 
 
 def _flush_all(temps: list[str]) -> dict[str, WriteError]:
@@ -309,7 +361,7 @@ def _prepared(tasks: list[FileTask], cancel: CancelToken, workers: int | None) -
             yield [prepare(task)]
         return
     chunks = _chunks(tasks)
-    context = multiprocessing.get_context("spawn")
+    context = tag_worker_context()  # never a fork of this process: safe beside threads and GUI toolkits
     with ProcessPoolExecutor(max_workers=count, mp_context=context, initializer=init_worker) as pool:
         # workers keep going while a group is committed
         window = max(count * 2, -(-GROUP_FILES * 2 // CHUNK_FILES))
@@ -394,35 +446,34 @@ def _commit_group(library: Library, batch_id: int, group: list[Prepared], clear_
     outcomes: list[FileOutcome] = []
     settled: list[tuple[int, Prepared, FileState]] = []
     failures: list[tuple[int, str]] = []
+    interrupted: BaseException | None = None
     try:
-        for file_id, ready, diff in zip(file_ids, group, diffs, strict=True):
+        results = flusher.replace_all([ready.copy for ready in group])
+        for file_id, ready, diff, result in zip(file_ids, group, diffs, results, strict=True):
             task = ready.task
             if ready.copy is None:
                 outcomes.append(FileOutcome(task.track_id, task.shown, "failed", diff, error=ready.error))
-                continue
-            try:
-                try:
-                    flusher.wait(ready.copy.temp)
-                except WriteError:
-                    atomic.discard(ready.copy.temp)
-                    raise
-                state = atomic.commit_copy(ready.copy, dir_fsync=False)
-            except WriteError as exc:
-                failures.append((file_id, str(exc)))
-                outcomes.append(FileOutcome(task.track_id, task.shown, "failed", diff, error=str(exc)))
-                continue
-            folders.add(task.path)
-            settled.append((file_id, ready, state))
-            outcomes.append(FileOutcome(task.track_id, task.shown, "written", diff))
+            elif isinstance(result, WriteError):
+                failures.append((file_id, str(result)))
+                outcomes.append(FileOutcome(task.track_id, task.shown, "failed", diff, error=str(result)))
+            elif isinstance(result, FileState):
+                folders.add(task.path)
+                settled.append((file_id, ready, result))
+                outcomes.append(FileOutcome(task.track_id, task.shown, "written", diff))
+            else:  # interrupted: the journal row stays pending, and the next write or undo settles it
+                interrupted = interrupted or result
     finally:
         _settle(library, settled, failures, clear_staged)
+    if interrupted is not None:
+        raise interrupted
     return outcomes
 
 
 def _clear_staged(conn: Any, cleared: list[tuple[int, Changes]]) -> None:
     """Drop staged values that were written, but not values staged again meanwhile with other values."""
     conn.executemany("DELETE FROM staged_values WHERE track_id = ? AND field = ? AND vals = ?",
-                     [(track_id, name, _json(vals)) for track_id, written in cleared for name, vals in written.items()])
+                     [(track_id, name, values_json(vals))
+                      for track_id, written in cleared for name, vals in written.items()])
 
 
 def _journal(conn: Any, batch_id: int, group: list[Prepared], diffs: list[dict[str, tuple[list[str], list[str]]]],
@@ -441,10 +492,10 @@ def _journal(conn: Any, batch_id: int, group: list[Prepared], diffs: list[dict[s
         rows.append((file_id, batch_id, task.track_id, task.shown, os.fsencode(task.path),
                      "pending" if pending else "failed", ready.error,
                      written.edit.tag_format if written else None,
-                     json.dumps(written.edit.backup) if written else None, task.undoes,
+                     written.backup_json if written else None, task.undoes,
                      expected.size if expected else None, expected.mtime_ns if expected else None,
                      None if pending else now))
-        changes += [(file_id, name, _json(old), _json(new)) for name, (old, new) in diff.items()]
+        changes += [(file_id, name, values_json(old), values_json(new)) for name, (old, new) in diff.items()]
     conn.executemany(
         "INSERT INTO write_files (id, batch_id, track_id, path, path_key, status, error, tag_format, backup, undoes, "
         "before_size, before_mtime_ns, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)

@@ -8,6 +8,7 @@ touched here; the batch writer replaces it once the journal has recorded the cha
 
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ class Written:
     edit: EditResult
     tags: TagReadResult
     fingerprint: str
+    backup_json: str                 # the raw items the change replaces, as the journal stores them
 
 
 @dataclass
@@ -64,9 +66,9 @@ def _edit(task: FileTask, handle: BinaryIO) -> Written:
     tags = verify_changes(handle, task.container, task.codec, result, task.changes)
     size = handle.seek(0, os.SEEK_END)
     # what the journal needs, without the snapshots used for verification (they can be large)
-    slim = EditResult(result.tag_format, result.old_values, result.backup, Counter(), {}, result.stream,
+    slim = EditResult(result.tag_format, result.old_values, {}, Counter(), {}, result.stream,
                       result.converted_id3)
-    return Written(slim, tags, fingerprint_fileobj(handle, size))
+    return Written(slim, tags, fingerprint_fileobj(handle, size), json.dumps(result.backup))
 
 
 def prepare(task: FileTask) -> Prepared:
