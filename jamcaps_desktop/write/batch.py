@@ -21,9 +21,8 @@ import dataclasses
 import json
 import logging
 import os
-import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -48,7 +47,8 @@ GROUP_SECONDS = 0.5
 FLUSH_THREADS = 8               # copies flushed to the disk at once
 CHUNK_FILES = 8                 # files handed to a worker process at a time
 CHUNK_BYTES = 32 << 20          # ... or fewer, where the files are large
-MAX_HELD_FILES = 256            # replaced files waiting to be closed
+AHEAD_GROUPS = 4                # groups of copies prepared ahead of the one being committed
+MAX_HELD_GROUPS = 4             # groups of replaced files waiting to be closed
 
 
 def values_json(values: list[str]) -> str:
@@ -250,16 +250,15 @@ class _Flusher:
 
     One fsync at a time costs a journal commit per file; concurrent ones are committed together,
     so a batch pays for a handful of disk flushes per group instead of one per file. Every copy is
-    flushed before it may replace its original. The replacements of a group run side by side too:
-    a rename over a file frees the old file's blocks, which waits on the file system's journal.
+    flushed before it may replace its original. A rename over a file would free the old file's blocks,
+    which waits on the file system's journal; the old files are held open across their renames and
+    closed in the background instead.
     """
 
     def __init__(self) -> None:
         self._pool: ThreadPoolExecutor | None = None
-        self._replacer: ThreadPoolExecutor | None = None
         self._closer: ThreadPoolExecutor | None = None
         self._closing: collections.deque[Future[None]] = collections.deque()
-        self._closing_lock = threading.Lock()
         self._pending: dict[str, Future[dict[str, WriteError]]] = {}
 
     def start(self, temps: list[str]) -> None:
@@ -281,43 +280,57 @@ class _Flusher:
     def replace_all(self, copies: list[PreparedCopy | None]) -> list[FileState | BaseException | None]:
         """Put each copy in place of its original once it is flushed: the file's new state, or the error.
 
-        An error other than a WriteError (an interruption) is returned too, for the caller to raise once
-        the files that were replaced are recorded.
+        An error other than a WriteError (an interruption) stops the group; it is returned for the copies
+        not put in place, for the caller to raise once the files that were replaced are recorded.
         """
-        if self._replacer is None:
-            self._replacer = ThreadPoolExecutor(FLUSH_THREADS, thread_name_prefix="jamcaps-replace")
-            self._closer = ThreadPoolExecutor(1, thread_name_prefix="jamcaps-close")
-        futures = [self._replacer.submit(self._replace, copy) if copy is not None else None for copy in copies]
+        held: list[int] = []
         results: list[FileState | BaseException | None] = []
-        for future in futures:
-            try:
-                results.append(future.result() if future is not None else None)
-            except BaseException as exc:
-                results.append(exc)
+        interrupted: BaseException | None = None
+        try:
+            for copy in copies:
+                if copy is None or interrupted is not None:
+                    results.append(interrupted if copy is not None else None)
+                    continue
+                try:
+                    results.append(self._replace(copy, held.append))
+                except WriteError as exc:
+                    results.append(exc)
+                except BaseException as exc:
+                    interrupted = exc
+                    results.append(exc)
+        finally:
+            self._close_later(held)
         return results
 
-    def _replace(self, copy: PreparedCopy) -> FileState:
+    def _replace(self, copy: PreparedCopy, release: Callable[[int], None]) -> FileState:
         try:
             self.wait(copy.temp)
         except WriteError:
             atomic.discard(copy.temp)
             raise
-        return atomic.commit_copy(copy, dir_fsync=False, release=self._release)
+        return atomic.commit_copy(copy, dir_fsync=False, release=release)
 
-    def _release(self, held: int) -> None:
-        """Close a replaced file in the background (its blocks are freed then), a bounded number at a time."""
-        assert self._closer is not None
-        with self._closing_lock:
-            while len(self._closing) >= MAX_HELD_FILES:
-                self._closing.popleft().result()
-            self._closing.append(self._closer.submit(os.close, held))
+    def _close_later(self, held: list[int]) -> None:
+        """Close replaced files in the background: freeing their blocks waits on the file system's journal."""
+        if not held:
+            return
+        if self._closer is None:
+            self._closer = ThreadPoolExecutor(1, thread_name_prefix="jamcaps-close")
+        while len(self._closing) >= MAX_HELD_GROUPS:  # a bounded number of files held open
+            self._closing.popleft().result()
+        self._closing.append(self._closer.submit(_close_all, held))
 
     def close(self) -> None:
-        for pool in (self._pool, self._replacer, self._closer):
+        for pool in (self._pool, self._closer):
             if pool is not None:
                 pool.shutdown(wait=True)
         self._pending.clear()
         self._closing.clear()
+
+
+def _close_all(held: list[int]) -> None:
+    for descriptor in held:
+        os.close(descriptor)
 
 
 def _flush_all(temps: list[str]) -> dict[str, WriteError]:
@@ -363,8 +376,8 @@ def _prepared(tasks: list[FileTask], cancel: CancelToken, workers: int | None) -
     chunks = _chunks(tasks)
     context = tag_worker_context()  # never a fork of this process: safe beside threads and GUI toolkits
     with ProcessPoolExecutor(max_workers=count, mp_context=context, initializer=init_worker) as pool:
-        # workers keep going while a group is committed
-        window = max(count * 2, -(-GROUP_FILES * 2 // CHUNK_FILES))
+        # workers keep going while groups are committed (a commit can take longer than preparing a group)
+        window = max(count * 2, -(-GROUP_FILES * AHEAD_GROUPS // CHUNK_FILES))
         futures = [pool.submit(prepare_chunk, chunk) for chunk in chunks[:window]]
         submitted = len(futures)
         handed_out = 0
@@ -373,7 +386,8 @@ def _prepared(tasks: list[FileTask], cancel: CancelToken, workers: int | None) -
                 if index >= len(futures):
                     return  # cancelled: nothing more was submitted
                 try:
-                    result = futures[index].result()
+                    result = [Prepared(task, *outcome)
+                              for task, outcome in zip(chunks[index], futures[index].result(), strict=True)]
                 except BrokenProcessPool:
                     result = [prepare(task) for task in chunks[index]]  # a worker died: do these here
                 handed_out = index + 1
@@ -392,9 +406,9 @@ def _prepared(tasks: list[FileTask], cancel: CancelToken, workers: int | None) -
                     ready_chunk = future.result()
                 except Exception:  # cleaning up after a failure: nothing to discard
                     continue
-                for ready in ready_chunk:
-                    if ready.copy is not None:
-                        atomic.discard(ready.copy.temp)
+                for copy, _written, _error in ready_chunk:
+                    if copy is not None:
+                        atomic.discard(copy.temp)
 
 
 def _run_tasks(library: Library, batch_id: int, tasks: list[FileTask], *, stage_name: str,

@@ -80,6 +80,12 @@ def prepare(task: FileTask) -> Prepared:
     return Prepared(task, copy, written)
 
 
-def prepare_chunk(tasks: list[FileTask]) -> list[Prepared]:
-    """Several files in one call (a worker process gets its files a chunk at a time)."""
-    return [prepare(task) for task in tasks]
+Outcome = tuple[PreparedCopy | None, Written | None, str | None]
+
+
+def prepare_chunk(tasks: list[FileTask]) -> list[Outcome]:
+    """Several files in one call (a worker process gets its files a chunk at a time).
+
+    Only what the caller does not have goes back: the copy, what was written, or the error.
+    """
+    return [(ready.copy, ready.written, ready.error) for ready in map(prepare, tasks)]
