@@ -5,10 +5,12 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from multiprocessing import process
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -18,24 +20,43 @@ def _exit_with_parent(parent: int) -> None:
             os._exit(1)
 
 
-# Imported once by the fork server, so that its forks start with them loaded.
-_TAG_WORKER_MODULES = ["__main__", "jamcaps_desktop.scan.reader", "jamcaps_desktop.write.prepare"]
+MAIN_PATH_VARIABLE = "JAMCAPS_FORKSERVER_MAIN"  # the main script, for the fork server (see forkserver_main)
+# Imported once by the fork server, so that its forks start with them loaded (the first one loads the
+# program's main script: see its docstring).
+_TAG_WORKER_MODULES = ["jamcaps_desktop.jobs.forkserver_main", "jamcaps_desktop.scan.reader",
+                       "jamcaps_desktop.write.prepare"]
 
 
 def tag_worker_context() -> multiprocessing.context.BaseContext:
     """How the scanner's and the writer's worker processes start: forked from a fork server where there is one.
 
-    A spawned worker is a fresh interpreter that imports the program again (the command line's or the
-    window's modules: about half a second of CPU per worker on a small machine, which a batch of a few
-    thousand files feels). A fork server pays that once per run, and each worker is then a fork of that
+    A spawned worker is a fresh interpreter that loads the program again (the command line's or the
+    window's modules: a few tenths of a second of CPU per worker and per job, which a batch of a few
+    thousand files feels). A fork server does that once per run, and each worker is then a fork of that
     clean, single-threaded server, never of the job's own process with its threads. The analysis keeps
     spawn: its workers must start with the thread settings of the moment (``single_threaded_workers``).
     """
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(_TAG_WORKER_MODULES)
-        return context
-    return multiprocessing.get_context("spawn")
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(_TAG_WORKER_MODULES)
+    main_path = _main_script()
+    if main_path:  # read by the server when it starts (a running server already has it)
+        os.environ[MAIN_PATH_VARIABLE] = main_path
+    return context
+
+
+def _main_script() -> str | None:
+    """The main script's path as a worker will be told it (None when the program runs as ``-m`` module)."""
+    main = sys.modules.get("__main__")
+    if main is None or getattr(main.__spec__, "name", None) is not None:
+        return None
+    path = getattr(main, "__file__", None)
+    if path is None:
+        return None
+    if not os.path.isabs(path) and process.ORIGINAL_DIR is not None:
+        path = os.path.join(process.ORIGINAL_DIR, path)
+    return os.path.normpath(path)
 
 
 def init_worker() -> None:
