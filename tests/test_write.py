@@ -206,14 +206,20 @@ def edit_where(request, monkeypatch):
     return request.param
 
 
-_STEPS = {"in-memory": ["read_original", "edit_buffer", "write_copy", "fsync_file", "replace_file", "verify", "save"],
-          "on-disk": ["copy_file", "fsync_file", "replace_file", "verify", "save"]}
+_STEPS = {"in-memory": ["read_original", "edit_buffer", "write_copy", "fsync_file", "sync_file_system",
+                        "replace_file", "verify", "save"],
+          "on-disk": ["copy_file", "fsync_file", "sync_file_system", "replace_file", "verify", "save"]}
 
 
 @pytest.mark.parametrize(("where", "step"), [(where, step) for where, steps in _STEPS.items() for step in steps])
 def test_a_failure_at_any_step_leaves_every_original_intact(tagged_library, monkeypatch, where, step):
     if where == "on-disk":
         monkeypatch.setattr(atomic, "IN_MEMORY_LIMIT", 0)
+    # copies are flushed one by one, or by one sync of their file system where it allows that
+    if step == "fsync_file":
+        monkeypatch.setattr(atomic, "can_sync_file_system", lambda device: False)
+    elif step == "sync_file_system":
+        monkeypatch.setattr(atomic, "can_sync_file_system", lambda device: True)
     library, paths, _ids = tagged_library
     before = _snapshot_files(paths)
 
@@ -736,3 +742,52 @@ def test_hard_linked_files_are_refused(tagged_library):
     summary = write_changes(library, staged_changes(library))
     failed = [f for f in summary.files if f.status == "failed"]
     assert len(failed) == 1 and "hard links" in failed[0].error
+
+
+def test_one_file_system_sync_flushes_a_whole_group(tagged_library, monkeypatch):
+    """Where the file system syncs whole, a group costs one sync instead of one flush per copy."""
+    if atomic._syncfs is None:
+        pytest.skip("this platform has no syncfs")
+    library, _paths, ids = tagged_library
+    calls = {"sync": 0, "fsync": 0}
+    real_sync, real_fsync = atomic.sync_file_system, atomic.fsync_file
+
+    def sync(folder):
+        calls["sync"] += 1
+        real_sync(folder)
+
+    def fsync(handle):
+        calls["fsync"] += 1
+        real_fsync(handle)
+
+    monkeypatch.setattr(atomic, "can_sync_file_system", lambda device: True)
+    monkeypatch.setattr(atomic, "sync_file_system", sync)
+    monkeypatch.setattr(atomic, "fsync_file", fsync)
+    summary = write_changes(library, staged_changes(library))
+    assert summary.count("written") == 3
+    assert calls == {"sync": 1, "fsync": 0}
+    assert canonical_tags(track_tags(library, ids[0]))["genre"] == CHANGES["genre"]
+
+
+def test_a_failed_sync_fails_every_copy_it_covered(tmp_path, monkeypatch):
+    """A file system reports a write error once: every copy waiting on that sync counts as not flushed."""
+    from jamcaps_desktop.write.batch import _Flusher
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "copy.tmp").write_bytes(b"x")
+    temps = [str(tmp_path / name / "copy.tmp") for name in ("a", "b")]
+
+    def broken(folder):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(atomic, "can_sync_file_system", lambda device: True)
+    monkeypatch.setattr(atomic, "sync_file_system", broken)
+    flusher = _Flusher()
+    flusher.start(temps[:1])
+    flusher.start(temps[1:])
+    flusher.sync(temps[:1])  # one sync of the shared file system covers both
+    for temp in temps:
+        with pytest.raises(atomic.WriteError, match="flushing the copies to disk"):
+            flusher.wait(temp)
+    flusher.close()

@@ -11,6 +11,7 @@ Each step goes through a module-level function so that tests can inject a failur
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import hashlib
 import io
@@ -19,6 +20,7 @@ import os
 import secrets
 import shutil
 import stat
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO, TypeVar
@@ -115,7 +117,73 @@ def flush_path(path: str) -> None:
         with open(path, "rb") as handle:
             fsync_file(handle)
     except OSError as exc:
-        raise _os_error_message(exc, "flushing the copy to disk") from exc
+        raise os_error(exc, "flushing the copy to disk") from exc
+
+
+# File systems whose syncfs() flushes every file written to them, data and metadata, in one journal
+# commit. Elsewhere (network and FUSE file systems, where syncfs may not reach the storage, and any
+# other), each copy is flushed on its own.
+SYNCFS_FILE_SYSTEMS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs"})
+_file_system_types: dict[int, str | None] = {}
+
+
+def file_system_type(st_dev: int) -> str | None:
+    """The type of the mounted file system a device number belongs to (Linux), or None if unknown."""
+    if st_dev not in _file_system_types:
+        _file_system_types[st_dev] = _mounted_type(st_dev)
+    return _file_system_types[st_dev]
+
+
+def _mounted_type(st_dev: int) -> str | None:
+    wanted = f"{os.major(st_dev)}:{os.minor(st_dev)}"
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                fields = line.split()
+                if len(fields) > 3 and fields[2] == wanted and "-" in fields:
+                    return fields[fields.index("-") + 1]
+    except OSError:
+        pass
+    return None
+
+
+def can_sync_file_system(st_dev: int) -> bool:
+    """Whether ``sync_file_system`` may stand for flushing each file written on this device."""
+    return _syncfs is not None and file_system_type(st_dev) in SYNCFS_FILE_SYSTEMS
+
+
+def _load_syncfs() -> Callable[[int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        function = libc.syncfs
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int]
+    function.restype = ctypes.c_int
+    return function  # type: ignore[no-any-return]
+
+
+_syncfs = _load_syncfs()
+
+
+def sync_file_system(folder: str) -> None:
+    """Flush everything written to the folder's file system so far (Linux syncfs: one journal commit).
+
+    A write error on any file of that file system since the last call is reported here.
+    """
+    assert _syncfs is not None
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError as exc:
+        raise os_error(exc, "flushing the copies to disk") from exc
+    try:
+        if _syncfs(fd) != 0:
+            code = ctypes.get_errno()
+            raise os_error(OSError(code, os.strerror(code)), "flushing the copies to disk")
+    finally:
+        os.close(fd)
 
 
 def replace_file(source: str, target: str) -> None:
@@ -162,7 +230,8 @@ def _copy_xattrs(source: str, target: str) -> None:
             os.setxattr(target, name, os.getxattr(source, name))
 
 
-def _os_error_message(exc: OSError, action: str) -> WriteError:
+def os_error(exc: OSError, action: str) -> WriteError:
+    """The plain message for an OS error met while doing ``action``."""
     if exc.errno == errno.ENOSPC or exc.errno == errno.EDQUOT:
         return DiskFullError(f"the disk is full ({action})")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
@@ -175,7 +244,7 @@ def _edit_in_memory(path: str, temp: str, st: os.stat_result, edit: Callable[[Bi
     try:
         data = read_original(path)
     except OSError as exc:
-        raise _os_error_message(exc, "reading the file") from exc
+        raise os_error(exc, "reading the file") from exc
     if len(data) != st.st_size:
         raise FileChangedError("another program changed the file while it was being read")
     try:
@@ -183,11 +252,11 @@ def _edit_in_memory(path: str, temp: str, st: os.stat_result, edit: Callable[[Bi
         del data
         result = edit(buffer)
     except OSError as exc:
-        raise _os_error_message(exc, "writing the tags") from exc
+        raise os_error(exc, "writing the tags") from exc
     try:
         write_copy(temp, buffer.getbuffer(), flush)
     except OSError as exc:
-        raise _os_error_message(exc, "writing the copy") from exc
+        raise os_error(exc, "writing the copy") from exc
     return result
 
 
@@ -196,7 +265,7 @@ def _edit_on_disk(path: str, temp: str, edit: Callable[[BinaryIO], T], flush: bo
     try:
         copy_file(path, temp)
     except OSError as exc:
-        raise _os_error_message(exc, "copying the file") from exc
+        raise os_error(exc, "copying the file") from exc
     try:
         with open(temp, "r+b") as handle:
             result = edit(handle)
@@ -205,7 +274,7 @@ def _edit_on_disk(path: str, temp: str, edit: Callable[[BinaryIO], T], flush: bo
             else:
                 handle.flush()
     except OSError as exc:
-        raise _os_error_message(exc, "writing the tags") from exc
+        raise os_error(exc, "writing the tags") from exc
     return result
 
 
@@ -259,7 +328,7 @@ def prepare_copy(path: str, edit: Callable[[BinaryIO], T], *, expected: FileStat
     except FileNotFoundError:
         raise WriteError("the file is not there any more") from None
     except OSError as exc:
-        raise _os_error_message(exc, "reading the file's status") from exc
+        raise os_error(exc, "reading the file's status") from exc
     if not stat.S_ISREG(st.st_mode):
         raise WriteError("not a regular file")
     if expected is not None and (st.st_size, st.st_mtime_ns) != (expected.size, expected.mtime_ns):
@@ -282,7 +351,7 @@ def prepare_copy(path: str, edit: Callable[[BinaryIO], T], *, expected: FileStat
         try:
             _carry_over(path, temp, st, keep_mtime)
         except OSError as exc:
-            raise _os_error_message(exc, "copying the file's permissions") from exc
+            raise os_error(exc, "copying the file's permissions") from exc
     except BaseException:
         discard(temp)
         raise
@@ -312,7 +381,7 @@ def commit_copy(prepared: PreparedCopy, *, dir_fsync: bool = True,
         try:
             replace_file(prepared.temp, prepared.path)
         except OSError as exc:
-            raise _os_error_message(exc, "replacing the file") from exc
+            raise os_error(exc, "replacing the file") from exc
     except BaseException:
         discard(prepared.temp)
         if held is not None:

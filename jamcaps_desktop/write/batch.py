@@ -246,32 +246,76 @@ class _Folders:
 
 
 class _Flusher:
-    """Flushes prepared copies to the disk, and puts them in place, in threads.
+    """Flushes prepared copies to the disk, and puts them in place.
 
-    One fsync at a time costs a journal commit per file; concurrent ones are committed together,
-    so a batch pays for a handful of disk flushes per group instead of one per file. Every copy is
-    flushed before it may replace its original. A rename over a file would free the old file's blocks,
-    which waits on the file system's journal; the old files are held open across their renames and
-    closed in the background instead.
+    Where the file system allows it (``atomic.can_sync_file_system``), one sync of the whole file system
+    before a group is put in place flushes every copy written so far, in one journal commit; the kernel
+    then does a fraction of the work of flushing file by file. Elsewhere each copy is flushed on its own,
+    in threads as copies arrive (concurrent flushes are committed together). Every copy is on the disk
+    before it may replace its original. A rename over a file would free the old file's blocks, which
+    waits on the file system's journal; the old files are held open across their renames and closed in
+    the background instead.
     """
 
     def __init__(self) -> None:
         self._pool: ThreadPoolExecutor | None = None
         self._closer: ThreadPoolExecutor | None = None
         self._closing: collections.deque[Future[None]] = collections.deque()
-        self._pending: dict[str, Future[dict[str, WriteError]]] = {}
+        self._pending: dict[str, Future[dict[str, WriteError]]] = {}   # copy → its own flush
+        self._unsynced: dict[str, int] = {}                            # copy → device, awaiting a sync
+        self._sync_failed: dict[str, WriteError] = {}
+        self._synced: set[str] = set()
+        self._devices: dict[str, int | None] = {}                      # folder → device, if it syncs whole
 
     def start(self, temps: list[str]) -> None:
-        if not temps:
+        per_file = []
+        for temp in temps:
+            device = self._device(os.path.dirname(temp))
+            if device is None:
+                per_file.append(temp)
+            else:
+                self._unsynced[temp] = device
+        if not per_file:
             return
         if self._pool is None:
             self._pool = ThreadPoolExecutor(FLUSH_THREADS, thread_name_prefix="jamcaps-flush")
-        future = self._pool.submit(_flush_all, temps)
-        for temp in temps:
+        future = self._pool.submit(_flush_all, per_file)
+        for temp in per_file:
             self._pending[temp] = future
+
+    def _device(self, folder: str) -> int | None:
+        if folder not in self._devices:
+            try:
+                device: int | None = os.stat(folder).st_dev
+            except OSError:
+                device = None
+            self._devices[folder] = device if device is not None and atomic.can_sync_file_system(device) else None
+        return self._devices[folder]
+
+    def sync(self, temps: list[str]) -> None:
+        """Sync each file system that ``temps`` wait on; that covers every copy written to it so far."""
+        folders = {self._unsynced[temp]: os.path.dirname(temp) for temp in temps if temp in self._unsynced}
+        for device, folder in folders.items():
+            covered = [temp for temp, on in self._unsynced.items() if on == device]
+            try:
+                atomic.sync_file_system(folder)
+            except (WriteError, OSError) as exc:  # reported once, so every copy it covered counts as not flushed
+                error = exc if isinstance(exc, WriteError) else atomic.os_error(exc, "flushing the copies to disk")
+                self._sync_failed.update(dict.fromkeys(covered, error))
+            else:
+                self._synced.update(covered)
+            for temp in covered:
+                del self._unsynced[temp]
 
     def wait(self, temp: str) -> None:
         """Return once ``temp`` is on the disk; raise WriteError if it could not be flushed."""
+        if temp in self._unsynced:
+            self.sync([temp])
+        if temp in self._sync_failed:
+            raise self._sync_failed.pop(temp)
+        if temp in self._synced:
+            self._synced.discard(temp)
+            return
         future = self._pending.pop(temp, None)
         error = _flush_all([temp]).get(temp) if future is None else future.result().get(temp)
         if error is not None:
@@ -286,6 +330,7 @@ class _Flusher:
         held: list[int] = []
         results: list[FileState | BaseException | None] = []
         interrupted: BaseException | None = None
+        self.sync([copy.temp for copy in copies if copy is not None])
         try:
             for copy in copies:
                 if copy is None or interrupted is not None:
@@ -325,6 +370,9 @@ class _Flusher:
             if pool is not None:
                 pool.shutdown(wait=True)
         self._pending.clear()
+        self._unsynced.clear()
+        self._sync_failed.clear()
+        self._synced.clear()
         self._closing.clear()
 
 
