@@ -231,7 +231,7 @@ def plan(library: Library, changes: dict[int, Changes]) -> BatchSummary:
 
 
 class _Folders:
-    """Folders whose renames still need an fsync: done once per folder, not once per file."""
+    """Folders whose renames still need flushing: once per folder, or once per file system that syncs whole."""
 
     def __init__(self) -> None:
         self._pending: set[str] = set()
@@ -241,8 +241,22 @@ class _Folders:
 
     def flush(self) -> None:
         folders, self._pending = self._pending, set()
+        whole: dict[int, list[str]] = {}
         for folder in sorted(folders):
-            atomic.fsync_dir(folder)
+            try:
+                device = os.stat(folder).st_dev
+            except OSError:
+                continue  # the folder is gone: nothing of it to flush
+            if atomic.can_sync_file_system(device):
+                whole.setdefault(device, []).append(folder)
+            else:
+                atomic.fsync_dir(folder)
+        for on_device in whole.values():
+            try:
+                atomic.sync_file_system(on_device[0])
+            except (WriteError, OSError):
+                for folder in on_device:
+                    atomic.fsync_dir(folder)
 
 
 class _Flusher:
