@@ -34,6 +34,8 @@ MIN_SECONDS = 2.0
 KERNEL = 31  # bins (60 Hz) of spectrum a peak is compared with
 PROMINENCE_DB = 6.0
 DYNAMIC_RANGE_DB = 40.0
+_PROMINENCE_RATIO = 10 ** (PROMINENCE_DB / 20)
+_FLOOR = 1e-12
 MIN_CONFIDENCE = 0.35  # below this (noise, most unpitched sounds) no key is stated
 
 # Krumhansl & Kessler (1982), probe-tone ratings, tonic first
@@ -109,13 +111,15 @@ class PitchProfile:
         peaks = np.zeros_like(spectrum, dtype=bool)
         peaks[:, 1:-1] = (spectrum[:, 1:-1] > spectrum[:, :-2]) & (spectrum[:, 1:-1] >= spectrum[:, 2:])
         # a peak counts by how far it stands above its surroundings (the smoothed spectrum), in decibels
-        # up to 40 dB: partials count, the noise floor's ripples between them do not
+        # up to 40 dB: partials count, the noise floor's ripples between them do not. (More than
+        # PROMINENCE_DB above the background is compared as a ratio; logarithms are taken of the peaks only.)
+        floored = np.maximum(spectrum, _FLOOR)
         background = uniform_filter1d(spectrum, KERNEL, axis=1, mode="nearest")
-        prominence = 20 * np.log10(np.maximum(spectrum, 1e-12) / np.maximum(background, 1e-12))
-        loudest = spectrum.max(axis=1, keepdims=True)
-        level_db = 20 * np.log10(np.maximum(spectrum, 1e-12) / np.maximum(loudest, 1e-12)) + DYNAMIC_RANGE_DB
-        level = np.where(peaks & (prominence > PROMINENCE_DB), np.clip(level_db, 0.0, None), 0.0)
-        weights = level.sum(axis=0)
+        peaks &= floored > np.maximum(background, _FLOOR) * _PROMINENCE_RATIO
+        rows, columns = np.nonzero(peaks)
+        loudest = np.maximum(spectrum.max(axis=1), _FLOOR)
+        level_db = 20 * np.log10(floored[rows, columns] / loudest[rows]) + DYNAMIC_RANGE_DB
+        weights = np.bincount(columns, np.clip(level_db, 0.0, None), minlength=spectrum.shape[1])
         share = self._upper_share
         self._sum += np.bincount(self._lower, weights * (1 - share), minlength=12)
         self._sum += np.bincount(self._upper, weights * share, minlength=12)

@@ -60,7 +60,7 @@ class OnsetEnvelope:
             self._consume(framed)
 
     def _consume(self, framed: np.ndarray) -> None:
-        magnitude = np.abs(scipy.fft.rfft(framed * self._window, axis=1)).astype(np.float32)
+        magnitude = np.abs(scipy.fft.rfft(framed * self._window, axis=1)).astype(np.float32, copy=False)
         bands = np.log1p(100.0 * (magnitude @ self._filters.T))  # [frames, BANDS]
         previous = bands[:1] if self._previous is None else self._previous
         rises = np.diff(np.vstack([previous, bands]), axis=0)
