@@ -36,8 +36,8 @@ def tag_worker_context() -> multiprocessing.context.BaseContext:
     clean, single-threaded server, never of the job's own process with its threads. The analysis keeps
     spawn: its workers must start with the thread settings of the moment (``single_threaded_workers``).
     """
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("spawn")
+    if getattr(sys, "frozen", False) or "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")  # a frozen build's executable cannot start the server
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(_TAG_WORKER_MODULES)
     main_path = _main_script()
