@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import io
+import json
 import os
 import shutil
 import stat
@@ -791,3 +792,27 @@ def test_a_failed_sync_fails_every_copy_it_covered(tmp_path, monkeypatch):
         with pytest.raises(atomic.WriteError, match="flushing the copies to disk"):
             flusher.wait(temp)
     flusher.close()
+
+
+def test_an_undone_accepted_proposal_is_up_for_review_again(tmp_path, make_track):
+    """Accept a proposal, write it, undo the write: the file is back as it was, and so is the proposal."""
+    from jamcaps_desktop.impute.job import accept
+
+    music = tmp_path / "music"
+    path = make_track(music, "flac")
+    with Library(tmp_path / "lib.sqlite") as library:
+        scan(library, [music])
+        track_id = find_track(library, str(path))["id"]
+        with library.transaction() as conn:
+            for name, values in (("genre", ["Ambient"]), ("mood", ["calm"])):
+                conn.execute("INSERT INTO proposals (track_id, field, vals, confidence, method, candidates, "
+                             "neighbours, models, status, created_at) VALUES (?, ?, ?, 0.9, 'vote', '{}', '[]', "
+                             "'{}', 'proposed', 'now')", (track_id, name, json.dumps(values)))
+        assert accept(library, [track_id]) == 2
+        assert write_changes(library, staged_changes(library)).count("written") == 1
+        # the mood is accepted and staged again (another value) before the first write is undone
+        stage(library, [track_id], {"mood": ["dark"]})
+        assert undo(library).count("written") == 1
+        statuses = dict(library.conn.execute("SELECT field, status FROM proposals WHERE track_id = ?", (track_id,)))
+        assert "genre" not in canonical_tags(track_tags(library, track_id))
+    assert statuses == {"genre": "proposed", "mood": "accepted"}

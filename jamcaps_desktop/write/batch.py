@@ -598,8 +598,14 @@ def _settle(library: Library, settled: list[tuple[int, Prepared, FileState]], fa
         store_written(conn, states, now)
         if clear_staged:
             _clear_staged(conn, [(ready.task.track_id, ready.task.changes) for _id, ready, _state in settled])
-        conn.executemany("UPDATE write_files SET status = 'undone' WHERE id = ?",
-                         [(ready.task.undoes,) for _id, ready, _state in settled if ready.task.undoes is not None])
+        undone = [ready.task for _id, ready, _state in settled if ready.task.undoes is not None]
+        conn.executemany("UPDATE write_files SET status = 'undone' WHERE id = ?", [(task.undoes,) for task in undone])
+        # a proposal accepted and written, whose value this undo took back out of the file, is up for
+        # review again (unless it was accepted and staged once more since)
+        conn.executemany("UPDATE proposals SET status = 'proposed' WHERE track_id = ? AND field = ? "
+                         "AND status = 'accepted' AND NOT EXISTS (SELECT 1 FROM staged_values s "
+                         "WHERE s.track_id = proposals.track_id AND s.field = proposals.field)",
+                         [(task.track_id, name) for task in undone for name in task.changes])
         conn.executemany("UPDATE write_files SET status = 'failed', error = ?, finished_at = ? WHERE id = ?",
                          [(error, now, file_id) for file_id, error in failures])
 
