@@ -64,16 +64,14 @@ class FileState:
 
 # -- the steps (patched by fault-injection tests) -------------------------------------------------
 def copy_file(source: str, target: str) -> None:
-    """Copy a file's bytes; file systems that can share blocks (XFS, Btrfs) do it without copying."""
+    """Copy a file's bytes into a new file (never over an existing one); file systems that can share
+    blocks (XFS, Btrfs) do it without copying."""
     copy_range = getattr(os, "copy_file_range", None)
-    if copy_range is None:
-        shutil.copyfile(source, target)
-        return
-    with open(source, "rb") as src, open(target, "wb") as dst:
+    with open(source, "rb") as src, open(target, "xb") as dst:
         size = os.fstat(src.fileno()).st_size
         copied = 0
         try:
-            while copied < size:
+            while copy_range is not None and copied < size:
                 done = copy_range(src.fileno(), dst.fileno(), size - copied)
                 if done == 0:
                     break
