@@ -207,9 +207,9 @@ def edit_where(request, monkeypatch):
     return request.param
 
 
-_STEPS = {"in-memory": ["read_original", "edit_buffer", "write_copy", "fsync_file", "sync_file_system",
+_STEPS = {"in-memory": ["read_original", "edit_buffer", "write_copy", "fsync_file", "check_flushed",
                         "replace_file", "verify", "save"],
-          "on-disk": ["copy_file", "fsync_file", "sync_file_system", "replace_file", "verify", "save"]}
+          "on-disk": ["copy_file", "fsync_file", "check_flushed", "replace_file", "verify", "save"]}
 
 
 @pytest.mark.parametrize(("where", "step"), [(where, step) for where, steps in _STEPS.items() for step in steps])
@@ -219,7 +219,9 @@ def test_a_failure_at_any_step_leaves_every_original_intact(tagged_library, monk
     # copies are flushed one by one, or by one sync of their file system where it allows that
     if step == "fsync_file":
         monkeypatch.setattr(atomic, "can_sync_file_system", lambda device: False)
-    elif step == "sync_file_system":
+    elif step == "check_flushed":  # a sync of the whole file system, then each copy checked
+        if atomic._syncfs is None or atomic._sync_file_range is None:
+            pytest.skip("this platform has no syncfs")
         monkeypatch.setattr(atomic, "can_sync_file_system", lambda device: True)
     library, paths, _ids = tagged_library
     before = _snapshot_files(paths)
@@ -747,7 +749,7 @@ def test_hard_linked_files_are_refused(tagged_library):
 
 def test_one_file_system_sync_flushes_a_whole_group(tagged_library, monkeypatch):
     """Where the file system syncs whole, a batch costs two syncs (the copies, then the renames), no per-file flush."""
-    if atomic._syncfs is None:
+    if atomic._syncfs is None or atomic._sync_file_range is None:
         pytest.skip("this platform has no syncfs")
     library, _paths, ids = tagged_library
     calls = {"sync": 0, "fsync": 0}
@@ -770,28 +772,63 @@ def test_one_file_system_sync_flushes_a_whole_group(tagged_library, monkeypatch)
     assert canonical_tags(track_tags(library, ids[0]))["genre"] == CHANGES["genre"]
 
 
-def test_a_failed_sync_fails_every_copy_it_covered(tmp_path, monkeypatch):
-    """A file system reports a write error once: every copy waiting on that sync counts as not flushed."""
+def test_a_failed_sync_falls_back_to_flushing_each_copy(tmp_path, monkeypatch):
+    """A file-system sync that fails says nothing of which copy failed: each copy it covered is flushed on
+    its own (the one that fails is failed), and so is every later copy on that file system."""
     from jamcaps_desktop.write.batch import _Flusher
 
-    for name in ("a", "b"):
+    for name in ("a", "b", "c"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "copy.tmp").write_bytes(b"x")
-    temps = [str(tmp_path / name / "copy.tmp") for name in ("a", "b")]
+    temps = [str(tmp_path / name / "copy.tmp") for name in ("a", "b", "c")]
+    real_flush = atomic.flush_path
 
     def broken(folder):
         raise OSError(errno.EIO, "Input/output error")
 
+    def flush(path):
+        if path == temps[1]:
+            raise atomic.WriteError("flushing the copy to disk failed: Input/output error")
+        real_flush(path)
+
     monkeypatch.setattr(atomic, "can_sync_file_system", lambda device: True)
     monkeypatch.setattr(atomic, "sync_file_system", broken)
+    monkeypatch.setattr(atomic, "flush_path", flush)
     flusher = _Flusher()
-    flusher.start(temps[:1])
-    flusher.start(temps[1:])
-    flusher.sync(temps[:1])  # one sync of the shared file system covers both
-    for temp in temps:
-        with pytest.raises(atomic.WriteError, match="flushing the copies to disk"):
-            flusher.wait(temp)
+    flusher.start(temps[:2])
+    flusher.sync(temps[:1])  # one sync of the shared file system covers both, and fails
+    flusher.wait(temps[0])
+    with pytest.raises(atomic.WriteError, match="Input/output error"):
+        flusher.wait(temps[1])
+    flusher.start(temps[2:])  # later copies on that file system: flushed one by one
+    assert temps[2] in flusher._pending
+    flusher.wait(temps[2])
     flusher.close()
+
+
+def test_a_copy_whose_data_failed_after_a_good_sync_is_not_put_in_place(tagged_library, monkeypatch):
+    """The kernel may report a sync's write error to another program: each copy is checked on its own."""
+    library, paths, _ids = tagged_library
+    before = _snapshot_files(paths)
+    real_check = atomic.check_flushed
+
+    def check(path):
+        with open(path, "rb") as handle:
+            if handle.read(4) == b"fLaC":
+                raise OSError(errno.EIO, "Input/output error")
+        real_check(path)
+
+    if atomic._syncfs is None or atomic._sync_file_range is None:
+        pytest.skip("this platform has no syncfs")
+    monkeypatch.setattr(atomic, "can_sync_file_system", lambda device: True)
+    monkeypatch.setattr(atomic, "check_flushed", check)
+    summary = write_changes(library, staged_changes(library))
+    outcome = {Path(f.path).suffix: (f.status, f.error) for f in summary.files}
+    assert outcome[".flac"] == ("failed", "flushing the copy to disk failed: Input/output error")
+    assert outcome[".mp3"][0] == outcome[".m4a"][0] == "written"
+    flac = next(p for p in paths if p.suffix == ".flac")
+    assert flac.read_bytes() == before[flac]
+    assert _no_temp_files(paths[0].parent)
 
 
 def test_an_undone_accepted_proposal_is_up_for_review_again(tmp_path, make_track):

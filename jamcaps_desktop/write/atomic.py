@@ -23,7 +23,7 @@ import stat
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import BinaryIO, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -118,21 +118,20 @@ def flush_path(path: str) -> None:
         raise os_error(exc, "flushing the copy to disk") from exc
 
 
-# File systems whose syncfs() flushes every file written to them, data and metadata, in one journal
-# commit. Elsewhere (network and FUSE file systems, where syncfs may not reach the storage, and any
-# other), each copy is flushed on its own.
-SYNCFS_FILE_SYSTEMS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs"})
-_file_system_types: dict[int, str | None] = {}
+# File systems whose syncfs() makes every file written to them durable, data and metadata, with one
+# journal commit and one flush of the drive's cache. Elsewhere (network and FUSE file systems, where a
+# file-system sync may not reach the storage; ext2, whose sync leaves the drive's cache alone; and any
+# other) each copy is flushed on its own.
+SYNCFS_FILE_SYSTEMS = frozenset({"ext3", "ext4", "xfs", "btrfs", "f2fs"})
+# syncfs() reports write errors only from Linux 5.8 on
+SYNCFS_KERNEL = (5, 8)
 
 
 def file_system_type(st_dev: int) -> str | None:
-    """The type of the mounted file system a device number belongs to (Linux), or None if unknown."""
-    if st_dev not in _file_system_types:
-        _file_system_types[st_dev] = _mounted_type(st_dev)
-    return _file_system_types[st_dev]
+    """The type of the mounted file system a device number belongs to now (Linux), or None if unknown.
 
-
-def _mounted_type(st_dev: int) -> str | None:
+    Not cached: device numbers are reused once a file system is unmounted.
+    """
     wanted = f"{os.major(st_dev)}:{os.minor(st_dev)}"
     try:
         with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as handle:
@@ -145,32 +144,44 @@ def _mounted_type(st_dev: int) -> str | None:
     return None
 
 
+def _kernel_version() -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in os.uname().release.split("-")[0].split(".")[:2])
+    except (AttributeError, ValueError):
+        return (0,)
+
+
 def can_sync_file_system(st_dev: int) -> bool:
-    """Whether ``sync_file_system`` may stand for flushing each file written on this device."""
-    return _syncfs is not None and file_system_type(st_dev) in SYNCFS_FILE_SYSTEMS
+    """Whether ``sync_file_system`` (followed by ``check_flushed`` for each copy) may stand for flushing
+    each file written on this device."""
+    return (_syncfs is not None and _sync_file_range is not None and _kernel_version() >= SYNCFS_KERNEL
+            and file_system_type(st_dev) in SYNCFS_FILE_SYSTEMS)
 
 
-def _load_syncfs() -> Callable[[int], int] | None:
+def _libc_function(name: str, argtypes: list[Any]) -> Any:
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        function = libc.syncfs
+        function = getattr(ctypes.CDLL(None, use_errno=True), name)
     except (OSError, AttributeError):
         return None
-    function.argtypes = [ctypes.c_int]
+    function.argtypes = argtypes
     function.restype = ctypes.c_int
-    return function  # type: ignore[no-any-return]
+    return function
 
 
-_syncfs = _load_syncfs()
+_syncfs = _libc_function("syncfs", [ctypes.c_int])
+_sync_file_range = _libc_function("sync_file_range", [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint])
+_WAIT_WRITE_WAIT = 1 | 2 | 4  # SYNC_FILE_RANGE_WAIT_BEFORE | _WRITE | _WAIT_AFTER
+
+
+def _last_error(action: str) -> WriteError:
+    code = ctypes.get_errno()
+    return os_error(OSError(code, os.strerror(code)), action)
 
 
 def sync_file_system(folder: str) -> None:
-    """Flush everything written to the folder's file system so far (Linux syncfs: one journal commit).
-
-    A write error on any file of that file system since the last call is reported here.
-    """
+    """Flush everything written to the folder's file system so far (Linux syncfs: one journal commit)."""
     assert _syncfs is not None
     try:
         fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
@@ -178,8 +189,25 @@ def sync_file_system(folder: str) -> None:
         raise os_error(exc, "flushing the copies to disk") from exc
     try:
         if _syncfs(fd) != 0:
-            code = ctypes.get_errno()
-            raise os_error(OSError(code, os.strerror(code)), "flushing the copies to disk")
+            raise _last_error("flushing the copies to disk")
+    finally:
+        os.close(fd)
+
+
+def check_flushed(path: str) -> None:
+    """After a file-system sync: raise WriteError if writing this file's data to the disk failed.
+
+    The kernel reports a sync's write error once per file system, possibly to another caller; each file
+    keeps its own error for whoever next waits on it, which this does (without another journal commit).
+    """
+    assert _sync_file_range is not None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise os_error(exc, "flushing the copy to disk") from exc
+    try:
+        if _sync_file_range(fd, 0, 0, _WAIT_WRITE_WAIT) != 0:
+            raise _last_error("flushing the copy to disk")
     finally:
         os.close(fd)
 

@@ -242,12 +242,15 @@ class _Folders:
     def flush(self) -> None:
         folders, self._pending = self._pending, set()
         whole: dict[int, list[str]] = {}
+        syncable: dict[int, bool] = {}
         for folder in sorted(folders):
             try:
                 device = os.stat(folder).st_dev
             except OSError:
                 continue  # the folder is gone: nothing of it to flush
-            if atomic.can_sync_file_system(device):
+            if device not in syncable:
+                syncable[device] = atomic.can_sync_file_system(device)
+            if syncable[device]:
                 whole.setdefault(device, []).append(folder)
             else:
                 atomic.fsync_dir(folder)
@@ -280,12 +283,14 @@ class _Flusher:
         self._sync_failed: dict[str, WriteError] = {}
         self._synced: set[str] = set()
         self._devices: dict[str, int | None] = {}                      # folder → device, if it syncs whole
+        self._syncable: dict[int, bool] = {}                           # device → whether it syncs whole
+        self._unsyncable: set[int] = set()                             # devices whose sync failed
 
     def start(self, temps: list[str]) -> None:
         per_file = []
         for temp in temps:
             device = self._device(os.path.dirname(temp))
-            if device is None:
+            if device is None or device in self._unsyncable:
                 per_file.append(temp)
             else:
                 self._unsynced[temp] = device
@@ -303,23 +308,34 @@ class _Flusher:
                 device: int | None = os.stat(folder).st_dev
             except OSError:
                 device = None
-            self._devices[folder] = device if device is not None and atomic.can_sync_file_system(device) else None
+            if device is not None and device not in self._syncable:
+                self._syncable[device] = atomic.can_sync_file_system(device)
+            self._devices[folder] = device if device is not None and self._syncable[device] else None
         return self._devices[folder]
 
     def sync(self, temps: list[str]) -> None:
-        """Sync each file system that ``temps`` wait on; that covers every copy written to it so far."""
+        """Sync each file system that ``temps`` wait on; that covers every copy written to it so far.
+
+        Each covered copy is then checked on its own: the kernel reports a write error of a sync once, and
+        maybe to another program; the file keeps its own error. Where a sync fails, the copies it covered
+        are flushed one by one instead, and so is every later copy on that file system.
+        """
         folders = {self._unsynced[temp]: os.path.dirname(temp) for temp in temps if temp in self._unsynced}
         for device, folder in folders.items():
             covered = [temp for temp, on in self._unsynced.items() if on == device]
-            try:
-                atomic.sync_file_system(folder)
-            except (WriteError, OSError) as exc:  # reported once, so every copy it covered counts as not flushed
-                error = exc if isinstance(exc, WriteError) else atomic.os_error(exc, "flushing the copies to disk")
-                self._sync_failed.update(dict.fromkeys(covered, error))
-            else:
-                self._synced.update(covered)
             for temp in covered:
                 del self._unsynced[temp]
+            try:
+                atomic.sync_file_system(folder)
+            except (WriteError, OSError):
+                self._unsyncable.add(device)
+                self._record(covered, _flush_all(covered))
+            else:
+                self._record(covered, _check_all(covered))
+
+    def _record(self, temps: list[str], errors: dict[str, WriteError]) -> None:
+        self._sync_failed.update(errors)
+        self._synced.update(temp for temp in temps if temp not in errors)
 
     def wait(self, temp: str) -> None:
         """Return once ``temp`` is on the disk; raise WriteError if it could not be flushed."""
@@ -393,6 +409,19 @@ class _Flusher:
 def _close_all(held: list[int]) -> None:
     for descriptor in held:
         os.close(descriptor)
+
+
+def _check_all(temps: list[str]) -> dict[str, WriteError]:
+    """After a file-system sync: the copies whose data could not be written, with the reason."""
+    errors: dict[str, WriteError] = {}
+    for temp in temps:
+        try:
+            atomic.check_flushed(temp)
+        except WriteError as exc:
+            errors[temp] = exc
+        except OSError as exc:
+            errors[temp] = atomic.os_error(exc, "flushing the copy to disk")
+    return errors
 
 
 def _flush_all(temps: list[str]) -> dict[str, WriteError]:
