@@ -853,3 +853,25 @@ def test_an_undone_accepted_proposal_is_up_for_review_again(tmp_path, make_track
         statuses = dict(library.conn.execute("SELECT field, status FROM proposals WHERE track_id = ?", (track_id,)))
         assert "genre" not in canonical_tags(track_tags(library, track_id))
     assert statuses == {"genre": "proposed", "mood": "accepted"}
+
+
+def test_a_worker_dying_mid_batch_loses_nothing_and_leaves_no_copies(tmp_path, make_track, monkeypatch):
+    """A worker killed partway through its files: the batch carries on without it, every file is written,
+    and the copies it had made are not left beside the music."""
+    import write_faults
+
+    music = tmp_path / "music"
+    music.mkdir()
+    template = make_track(tmp_path / "template", "mp3")
+    count = batch_module.PARALLEL_WRITE_THRESHOLD + 16
+    for index in range(count):
+        shutil.copyfile(template, music / f"{index:02d}{' kill' if index == 5 else ''}.mp3")
+    monkeypatch.setattr(batch_module, "prepare_chunk", write_faults.dying_prepare_chunk)
+    with Library(tmp_path / "lib.sqlite") as library:
+        scan(library, [music])
+        ids = [row[0] for row in library.conn.execute("SELECT id FROM tracks")]
+        summary = write_changes(library, {track_id: {"genre": ["Ambient"]} for track_id in ids}, workers=2)
+        assert summary.status == "completed"
+        assert summary.count("written") == count, [f.error for f in summary.files if f.error][:3]
+        assert all(canonical_tags(track_tags(library, t)).get("genre") == ["Ambient"] for t in ids)
+    assert _no_temp_files(music)

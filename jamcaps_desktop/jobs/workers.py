@@ -38,11 +38,19 @@ def tag_worker_context() -> multiprocessing.context.BaseContext:
     """
     if getattr(sys, "frozen", False) or "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")  # a frozen build's executable cannot start the server
+    from multiprocessing import forkserver  # Unix only
+
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(_TAG_WORKER_MODULES)
     main_path = _main_script()
-    if main_path:  # read by the server when it starts (a running server already has it)
+    if main_path:  # read by the server as it starts (a running server already has it), then removed
         os.environ[MAIN_PATH_VARIABLE] = main_path
+    try:
+        forkserver.ensure_running()
+    except OSError:
+        return multiprocessing.get_context("spawn")
+    finally:
+        os.environ.pop(MAIN_PATH_VARIABLE, None)
     return context
 
 

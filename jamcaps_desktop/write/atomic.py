@@ -243,6 +243,20 @@ def is_temp_name(name: str) -> bool:
     return name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)
 
 
+def discard_copies_of(path: str) -> None:
+    """Remove any temporary copy of this file (beside it, or beside the file a link points to)."""
+    for target in {path, os.path.realpath(path)}:
+        folder, name = os.path.split(target)
+        ending = f"-{temp_tag(name)}{TEMP_SUFFIX}"
+        try:
+            entries = os.listdir(folder)
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.startswith(TEMP_PREFIX) and entry.endswith(ending):
+                discard(os.path.join(folder, entry))
+
+
 def _copy_xattrs(source: str, target: str) -> None:
     """Extended attributes (Finder tags, SELinux labels…) travel with the new copy, where allowed."""
     if not hasattr(os, "listxattr"):
@@ -405,6 +419,7 @@ def commit_copy(prepared: PreparedCopy, *, dir_fsync: bool = True,
         if (now.st_size, now.st_mtime_ns) != (prepared.original.size, prepared.original.mtime_ns):
             raise FileChangedError("another program changed the file while it was being tagged")
         try:
+            copy = os.stat(prepared.temp)
             replace_file(prepared.temp, prepared.path)
         except OSError as exc:
             raise os_error(exc, "replacing the file") from exc
@@ -417,7 +432,10 @@ def commit_copy(prepared: PreparedCopy, *, dir_fsync: bool = True,
         release(held)
     if dir_fsync:
         fsync_dir(os.path.dirname(os.path.abspath(prepared.path)))
-    return FileState.of(prepared.path)
+    try:
+        return FileState.of(prepared.path)
+    except OSError:  # moved or removed by another program just now: the file written is the copy
+        return FileState(copy.st_size, copy.st_mtime_ns)
 
 
 _HOLD_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | getattr(os, "O_CLOEXEC", 0)

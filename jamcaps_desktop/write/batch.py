@@ -17,6 +17,7 @@ settles it as written or not. Each file is wholly old or wholly new at every mom
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import json
 import logging
@@ -24,7 +25,6 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -408,7 +408,8 @@ class _Flusher:
 
 def _close_all(held: list[int]) -> None:
     for descriptor in held:
-        os.close(descriptor)
+        with contextlib.suppress(OSError):
+            os.close(descriptor)
 
 
 def _check_all(temps: list[str]) -> dict[str, WriteError]:
@@ -472,34 +473,48 @@ def _prepared(tasks: list[FileTask], cancel: CancelToken, workers: int | None) -
         futures = [pool.submit(prepare_chunk, chunk) for chunk in chunks[:window]]
         submitted = len(futures)
         handed_out = 0
+        broken = False
         try:
             for index in range(len(chunks)):
-                if index >= len(futures):
+                if cancel.cancelled and index >= len(futures):
                     return  # cancelled: nothing more was submitted
-                try:
-                    result = [Prepared(task, *outcome)
-                              for task, outcome in zip(chunks[index], futures[index].result(), strict=True)]
-                except BrokenProcessPool:
-                    result = [prepare(task) for task in chunks[index]]  # a worker died: do these here
+                if index >= len(futures):  # the pool broke: the rest is prepared here
+                    result = [prepare(task) for task in chunks[index]]
+                else:
+                    try:
+                        result = [Prepared(task, *outcome)
+                                  for task, outcome in zip(chunks[index], futures[index].result(), strict=True)]
+                    except Exception:
+                        # a worker died (or failed) partway through the chunk: remove what it left, do it here
+                        broken = True
+                        _discard_chunk(chunks[index])
+                        result = [prepare(task) for task in chunks[index]]
                 handed_out = index + 1
                 yield result
-                if submitted < len(chunks) and not cancel.cancelled:
+                if not broken and submitted < len(chunks) and not cancel.cancelled:
                     futures.append(pool.submit(prepare_chunk, chunks[submitted]))
                     submitted += 1
         finally:
             # copies prepared but never handed out must not stay on disk
             for future in futures[handed_out:]:
                 future.cancel()
-            for future in futures[handed_out:]:
+            for chunk, future in zip(chunks[handed_out:], futures[handed_out:], strict=False):
                 if future.cancelled():
                     continue
                 try:
                     ready_chunk = future.result()
-                except Exception:  # cleaning up after a failure: nothing to discard
+                except Exception:
+                    _discard_chunk(chunk)
                     continue
                 for copy, _written, _error in ready_chunk:
                     if copy is not None:
                         atomic.discard(copy.temp)
+
+
+def _discard_chunk(chunk: list[FileTask]) -> None:
+    """Remove the copies a worker may have left for a chunk it did not hand back."""
+    for task in chunk:
+        atomic.discard_copies_of(task.path)
 
 
 def _run_tasks(library: Library, batch_id: int, tasks: list[FileTask], *, stage_name: str,
