@@ -278,10 +278,8 @@ class _Flusher:
         self._pool: ThreadPoolExecutor | None = None
         self._closer: ThreadPoolExecutor | None = None
         self._closing: collections.deque[Future[None]] = collections.deque()
-        self._pending: dict[str, Future[dict[str, WriteError]]] = {}   # copy → its own flush
+        self._pending: dict[str, Future[dict[str, WriteError]]] = {}   # copy → its flush or its check
         self._unsynced: dict[str, int] = {}                            # copy → device, awaiting a sync
-        self._sync_failed: dict[str, WriteError] = {}
-        self._synced: set[str] = set()
         self._devices: dict[str, int | None] = {}                      # folder → device, if it syncs whole
         self._syncable: dict[int, bool] = {}                           # device → whether it syncs whole
         self._unsyncable: set[int] = set()                             # devices whose sync failed
@@ -294,13 +292,19 @@ class _Flusher:
                 per_file.append(temp)
             else:
                 self._unsynced[temp] = device
-        if not per_file:
+        self._submit(per_file, _flush_all)
+
+    def _submit(self, temps: list[str], work: Callable[[list[str]], dict[str, WriteError]]) -> None:
+        """Run ``work`` over ``temps`` in threads, a few files each; ``wait`` collects each file's result."""
+        if not temps:
             return
         if self._pool is None:
             self._pool = ThreadPoolExecutor(FLUSH_THREADS, thread_name_prefix="jamcaps-flush")
-        future = self._pool.submit(_flush_all, per_file)
-        for temp in per_file:
-            self._pending[temp] = future
+        for start in range(0, len(temps), CHUNK_FILES):
+            part = temps[start:start + CHUNK_FILES]
+            future = self._pool.submit(work, part)
+            for temp in part:
+                self._pending[temp] = future
 
     def _device(self, folder: str) -> int | None:
         if folder not in self._devices:
@@ -329,23 +333,14 @@ class _Flusher:
                 atomic.sync_file_system(folder)
             except (WriteError, OSError):
                 self._unsyncable.add(device)
-                self._record(covered, _flush_all(covered))
+                self._submit(covered, _flush_all)
             else:
-                self._record(covered, _check_all(covered))
-
-    def _record(self, temps: list[str], errors: dict[str, WriteError]) -> None:
-        self._sync_failed.update(errors)
-        self._synced.update(temp for temp in temps if temp not in errors)
+                self._submit(covered, _check_all)
 
     def wait(self, temp: str) -> None:
         """Return once ``temp`` is on the disk; raise WriteError if it could not be flushed."""
         if temp in self._unsynced:
             self.sync([temp])
-        if temp in self._sync_failed:
-            raise self._sync_failed.pop(temp)
-        if temp in self._synced:
-            self._synced.discard(temp)
-            return
         future = self._pending.pop(temp, None)
         error = _flush_all([temp]).get(temp) if future is None else future.result().get(temp)
         if error is not None:
@@ -401,8 +396,6 @@ class _Flusher:
                 pool.shutdown(wait=True)
         self._pending.clear()
         self._unsynced.clear()
-        self._sync_failed.clear()
-        self._synced.clear()
         self._closing.clear()
 
 
