@@ -407,25 +407,23 @@ def _close_all(held: list[int]) -> None:
 
 def _check_all(temps: list[str]) -> dict[str, WriteError]:
     """After a file-system sync: the copies whose data could not be written, with the reason."""
-    errors: dict[str, WriteError] = {}
-    for temp in temps:
-        try:
-            atomic.check_flushed(temp)
-        except WriteError as exc:
-            errors[temp] = exc
-        except OSError as exc:
-            errors[temp] = atomic.os_error(exc, "flushing the copy to disk")
-    return errors
+    return _each(temps, lambda temp: atomic.check_flushed(temp))
 
 
 def _flush_all(temps: list[str]) -> dict[str, WriteError]:
     """Flush each copy; the copies that could not be flushed, with the reason."""
+    return _each(temps, lambda temp: atomic.flush_path(temp))
+
+
+def _each(temps: list[str], step: Callable[[str], None]) -> dict[str, WriteError]:
     errors: dict[str, WriteError] = {}
     for temp in temps:
         try:
-            atomic.flush_path(temp)
+            step(temp)
         except WriteError as exc:
             errors[temp] = exc
+        except OSError as exc:
+            errors[temp] = atomic.os_error(exc, "flushing the copy to disk")
     return errors
 
 
