@@ -775,7 +775,7 @@ def test_one_file_system_sync_flushes_a_whole_group(tagged_library, monkeypatch)
 def test_a_failed_sync_falls_back_to_flushing_each_copy(tmp_path, monkeypatch):
     """A file-system sync that fails says nothing of which copy failed: each copy it covered is flushed on
     its own (the one that fails is failed), and so is every later copy on that file system."""
-    from jamcaps_desktop.write.batch import _Flusher
+    from jamcaps_desktop.write.batch import _Devices, _Flusher
 
     for name in ("a", "b", "c"):
         (tmp_path / name).mkdir()
@@ -794,7 +794,7 @@ def test_a_failed_sync_falls_back_to_flushing_each_copy(tmp_path, monkeypatch):
     monkeypatch.setattr(atomic, "can_sync_file_system", lambda device: True)
     monkeypatch.setattr(atomic, "sync_file_system", broken)
     monkeypatch.setattr(atomic, "flush_path", flush)
-    flusher = _Flusher()
+    flusher = _Flusher(_Devices())
     flusher.start(temps[:2])
     flusher.sync(temps[:1])  # one sync of the shared file system covers both, and fails
     flusher.wait(temps[0])

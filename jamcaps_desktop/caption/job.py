@@ -56,7 +56,6 @@ def caption(library: Library, *, writer: str = "template", complete: Any = None,
         done = {t: (m, h) for t, m, h in library.conn.execute(
             "SELECT track_id, model, evidence_hash FROM captions")}
         progress(Progress("caption", 0, len(ids)))
-        changed: list[int] = []
         for index, track_id in enumerate(ids, start=1):
             if cancel.cancelled:
                 break
@@ -70,8 +69,7 @@ def caption(library: Library, *, writer: str = "template", complete: Any = None,
                 progress(Progress("caption", index, len(ids)))
                 continue
             if writer == "lp-musiccaps":
-                if _caption_audio(library, captioner, track_id, label, evidence, digest, summary):
-                    changed.append(track_id)
+                _caption_audio(library, captioner, track_id, label, evidence, digest, summary)
                 progress(Progress("caption", index, len(ids)))
                 continue
             written_by = label
@@ -98,7 +96,6 @@ def caption(library: Library, *, writer: str = "template", complete: Any = None,
                              "created_at) VALUES (?, ?, ?, ?, ?, ?)",
                              (track_id, text, written_by, evidence.to_json(), digest, utc_now()))
             summary.written += 1
-            changed.append(track_id)
             progress(Progress("caption", index, len(ids), current=text[:60]))
         refresh_search_index(library)
     summary.status = "cancelled" if cancel.cancelled else "completed"

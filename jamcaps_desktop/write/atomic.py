@@ -337,6 +337,7 @@ class PreparedCopy:
     path: str
     temp: str
     original: FileState      # the file as it was when the copy was made
+    made: FileState          # the copy as it was made (its size and modification time)
 
 
 def discard(temp: str) -> None:
@@ -390,12 +391,14 @@ def prepare_copy(path: str, edit: Callable[[BinaryIO], T], *, expected: FileStat
             result = _edit_on_disk(path, temp, edit, flush)
         try:
             _carry_over(path, temp, st, keep_mtime)
+            made = os.stat(temp)
         except OSError as exc:
             raise os_error(exc, "copying the file's permissions") from exc
     except BaseException:
         discard(temp)
         raise
-    return result, PreparedCopy(path, temp, FileState(st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+    return result, PreparedCopy(path, temp, FileState(st.st_size, st.st_mtime_ns, st.st_ctime_ns),
+                                FileState(made.st_size, made.st_mtime_ns))
 
 
 def commit_copy(prepared: PreparedCopy, *, dir_fsync: bool = True,
@@ -419,7 +422,6 @@ def commit_copy(prepared: PreparedCopy, *, dir_fsync: bool = True,
         if (now.st_size, now.st_mtime_ns) != (prepared.original.size, prepared.original.mtime_ns):
             raise FileChangedError("another program changed the file while it was being tagged")
         try:
-            copy = os.stat(prepared.temp)
             replace_file(prepared.temp, prepared.path)
         except OSError as exc:
             raise os_error(exc, "replacing the file") from exc
@@ -435,7 +437,7 @@ def commit_copy(prepared: PreparedCopy, *, dir_fsync: bool = True,
     try:
         return FileState.of(prepared.path)
     except OSError:  # moved or removed by another program just now: the file written is the copy
-        return FileState(copy.st_size, copy.st_mtime_ns)
+        return prepared.made
 
 
 _HOLD_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | getattr(os, "O_CLOEXEC", 0)

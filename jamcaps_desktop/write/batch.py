@@ -3,7 +3,8 @@
 For every file of a batch:
 
 1. the tags are changed on a temporary copy and verified (``tags.edit``), and the copy is flushed to
-   the disk (several copies at once, in threads: a journaling file system then commits them together);
+   the disk (a group's copies with one sync of their file system where it allows that, else each in
+   threads: a journaling file system then commits them together);
 2. the journal row is committed as ``pending``, with the old and new values and the raw tag items
    the change replaces;
 3. the copy replaces the file (``write.atomic``);
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -230,10 +230,34 @@ def plan(library: Library, changes: dict[int, Changes]) -> BatchSummary:
     return summary
 
 
+class _Devices:
+    """Which folders are on a file system that syncs whole (``atomic.can_sync_file_system``), asked once per
+    folder and per device in a batch; a device whose sync failed is not synced whole again."""
+
+    def __init__(self) -> None:
+        self._folders: dict[str, int | None] = {}
+        self._syncable: dict[int, bool] = {}
+        self.failed: set[int] = set()
+
+    def syncing(self, folder: str) -> int | None:
+        """The folder's device where one sync flushes it, else None."""
+        if folder not in self._folders:
+            try:
+                device: int | None = os.stat(folder).st_dev
+            except OSError:
+                device = None
+            if device is not None and device not in self._syncable:
+                self._syncable[device] = atomic.can_sync_file_system(device)
+            self._folders[folder] = device if device is not None and self._syncable[device] else None
+        device = self._folders[folder]
+        return None if device in self.failed else device
+
+
 class _Folders:
     """Folders whose renames still need flushing: once per folder, or once per file system that syncs whole."""
 
-    def __init__(self) -> None:
+    def __init__(self, devices: _Devices) -> None:
+        self._devices = devices
         self._pending: set[str] = set()
 
     def add(self, path: str) -> None:
@@ -242,18 +266,12 @@ class _Folders:
     def flush(self) -> None:
         folders, self._pending = self._pending, set()
         whole: dict[int, list[str]] = {}
-        syncable: dict[int, bool] = {}
         for folder in sorted(folders):
-            try:
-                device = os.stat(folder).st_dev
-            except OSError:
-                continue  # the folder is gone: nothing of it to flush
-            if device not in syncable:
-                syncable[device] = atomic.can_sync_file_system(device)
-            if syncable[device]:
-                whole.setdefault(device, []).append(folder)
-            else:
+            device = self._devices.syncing(folder)
+            if device is None:
                 atomic.fsync_dir(folder)
+            else:
+                whole.setdefault(device, []).append(folder)
         for on_device in whole.values():
             try:
                 atomic.sync_file_system(on_device[0])
@@ -274,21 +292,19 @@ class _Flusher:
     the background instead.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, devices: _Devices) -> None:
+        self._devices = devices
         self._pool: ThreadPoolExecutor | None = None
         self._closer: ThreadPoolExecutor | None = None
         self._closing: collections.deque[Future[None]] = collections.deque()
         self._pending: dict[str, Future[dict[str, WriteError]]] = {}   # copy → its flush or its check
         self._unsynced: dict[str, int] = {}                            # copy → device, awaiting a sync
-        self._devices: dict[str, int | None] = {}                      # folder → device, if it syncs whole
-        self._syncable: dict[int, bool] = {}                           # device → whether it syncs whole
-        self._unsyncable: set[int] = set()                             # devices whose sync failed
 
     def start(self, temps: list[str]) -> None:
         per_file = []
         for temp in temps:
-            device = self._device(os.path.dirname(temp))
-            if device is None or device in self._unsyncable:
+            device = self._devices.syncing(os.path.dirname(temp))
+            if device is None:
                 per_file.append(temp)
             else:
                 self._unsynced[temp] = device
@@ -306,17 +322,6 @@ class _Flusher:
             for temp in part:
                 self._pending[temp] = future
 
-    def _device(self, folder: str) -> int | None:
-        if folder not in self._devices:
-            try:
-                device: int | None = os.stat(folder).st_dev
-            except OSError:
-                device = None
-            if device is not None and device not in self._syncable:
-                self._syncable[device] = atomic.can_sync_file_system(device)
-            self._devices[folder] = device if device is not None and self._syncable[device] else None
-        return self._devices[folder]
-
     def sync(self, temps: list[str]) -> None:
         """Sync each file system that ``temps`` wait on; that covers every copy written to it so far.
 
@@ -332,7 +337,7 @@ class _Flusher:
             try:
                 atomic.sync_file_system(folder)
             except (WriteError, OSError):
-                self._unsyncable.add(device)
+                self._devices.failed.add(device)
                 self._submit(covered, _flush_all)
             else:
                 self._submit(covered, _check_all)
@@ -513,8 +518,9 @@ def _run_tasks(library: Library, batch_id: int, tasks: list[FileTask], *, stage_
                done_before: int, total: int) -> tuple[list[FileOutcome], bool]:
     """Prepare every task's copy, then journal, replace and settle them a group at a time."""
     outcomes: list[FileOutcome] = []
-    folders = _Folders()
-    flusher = _Flusher()
+    devices = _Devices()
+    folders = _Folders(devices)
+    flusher = _Flusher(devices)
     group: list[Prepared] = []
     last_flush = time.monotonic()
 
@@ -526,7 +532,7 @@ def _run_tasks(library: Library, batch_id: int, tasks: list[FileTask], *, stage_
         progress(Progress(stage_name, done_before + len(outcomes), total, current=outcomes[-1].path if outcomes
                           else None))
 
-    prepared = _prepared([dataclasses.replace(task, flush=False) for task in tasks], cancel, workers)
+    prepared = _prepared(tasks, cancel, workers)
     try:
         for chunk in prepared:
             flusher.start([ready.copy.temp for ready in chunk if ready.copy is not None])

@@ -1,7 +1,8 @@
 """The part of a tag write that touches only a temporary copy, so it can run in a worker process.
 
 ``prepare`` copies a file beside itself, edits the copy's tags (or restores backed-up ones),
-verifies the result, computes the copy's fingerprint and flushes it to disk. It never raises for a
+verifies the result and computes the copy's fingerprint; the batch writer flushes the copies to disk,
+many at once. It never raises for a
 problem with the file: it returns a ``Prepared`` with the plain reason instead. The original is not
 touched here; the batch writer replaces it once the journal has recorded the change.
 """
@@ -36,7 +37,6 @@ class FileTask:
     id3_version: int | None = None
     keep_mtime: bool = False
     undoes: int | None = None        # for an undo: the journal row of the write it reverses
-    flush: bool = True               # False: the caller flushes the copy to disk (atomic.flush_path)
 
 
 @dataclass
@@ -74,7 +74,7 @@ def _edit(task: FileTask, handle: BinaryIO) -> Written:
 def prepare(task: FileTask) -> Prepared:
     try:
         written, copy = prepare_copy(task.path, lambda handle: _edit(task, handle), expected=task.expected,
-                                     keep_mtime=task.keep_mtime, flush=task.flush)
+                                     keep_mtime=task.keep_mtime, flush=False)
     except (WriteError, TagEditError, UnsupportedFieldError) as exc:
         return Prepared(task, error=str(exc))
     return Prepared(task, copy, written)
