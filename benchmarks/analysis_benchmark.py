@@ -75,26 +75,36 @@ def _decode_all(paths: list[str], workers: int) -> float:
     return time.perf_counter() - start
 
 
-def _measure(folder: Path, workdir: Path, device: str, workers: int, models: list[str] | None = None
-             ) -> dict[str, float]:
-    library = Library(workdir / f"{folder.name}.sqlite")
-    scan(library, [folder])
-    rows = library.conn.execute("SELECT path, duration FROM tracks WHERE status = 'ok'").fetchall()
-    paths, seconds = [r[0] for r in rows], sum(r[1] for r in rows)
-    decode_s = _decode_all(paths, workers)
-    start = time.perf_counter()
-    summary = analyze(library, device=device, workers=workers, models=models)
-    analysis_s = time.perf_counter() - start
-    library.close()
-    return {
-        "device": summary.device, "workers": workers,
-        "tracks": len(paths), "audio_minutes": round(seconds / 60, 1),
-        "decode_s": round(decode_s, 1), "decode_tracks_per_min": round(len(paths) / decode_s * 60, 1),
-        "decode_x_realtime": round(seconds / decode_s, 1),
-        "analysis_s": round(analysis_s, 1), "analysis_tracks_per_min": round(summary.analysed / analysis_s * 60, 1),
-        "analysis_x_realtime": round(seconds / analysis_s, 1),
-        "analysis_vs_decode": round(decode_s / analysis_s, 2),
-    }
+def _measure(folder: Path, workdir: Path, device: str, workers: int, models: list[str] | None = None,
+             front_ends: tuple[str, ...] = ("auto",)) -> dict[str, object]:
+    """Decoding alone, then the whole analysis once per front-end placement (each on a fresh library)."""
+    out: dict[str, object] = {}
+    decode_s = 0.0
+    for placement in front_ends:
+        library = Library(workdir / f"{folder.name}-{placement}.sqlite")
+        scan(library, [folder])
+        rows = library.conn.execute("SELECT path, duration FROM tracks WHERE status = 'ok'").fetchall()
+        paths, seconds = [r[0] for r in rows], sum(r[1] for r in rows)
+        if not decode_s:
+            decode_s = _decode_all(paths, workers)
+        on_device = {"auto": None, "workers": False, "device": True}[placement]
+        start = time.perf_counter()
+        summary = analyze(library, device=device, workers=workers, models=models, front_ends_on_device=on_device)
+        analysis_s = time.perf_counter() - start
+        library.close()
+        result = {
+            "device": summary.device, "workers": workers, "front_ends": placement,
+            "tracks": len(paths), "audio_minutes": round(seconds / 60, 1),
+            "decode_s": round(decode_s, 1), "decode_tracks_per_min": round(len(paths) / decode_s * 60, 1),
+            "decode_x_realtime": round(seconds / decode_s, 1),
+            "analysis_s": round(analysis_s, 1), "analysis_tracks_per_min": round(summary.analysed / analysis_s * 60, 1),
+            "analysis_x_realtime": round(seconds / analysis_s, 1),
+            "analysis_vs_decode": round(decode_s / analysis_s, 2),
+        }
+        if len(front_ends) == 1:
+            return result
+        out[placement if placement not in out else f"{placement} (again)"] = result
+    return out
 
 
 def _model_throughput(device: str, batches: list[int], models: list[str] | None = None
@@ -152,17 +162,21 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=1, help="repeat the generated tracks this many times")
     parser.add_argument("--models", help="Comma-separated models to analyse with (default: the default ones).")
     parser.add_argument("--skip-throughput", action="store_true", help="Do not time the models alone.")
+    parser.add_argument("--front-ends", default="auto",
+                        help="Where the model inputs, tempo and key are computed: auto (on the GPU where the models "
+                             "run there), workers, device; several, comma-separated, are measured in turn.")
     args = parser.parse_args()
     results: dict[str, object] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         models = args.models.split(",") if args.models else None
+        placements = tuple(args.front_ends.split(","))
         if not args.skip_throughput:
             results.update(_model_throughput(args.device, [int(b) for b in args.batches.split(",")], models))
         for folder in args.audio:
-            results[str(folder)] = _measure(folder, work, args.device, args.workers, models)
+            results[str(folder)] = _measure(folder, work, args.device, args.workers, models, placements)
         generated = _generated_hour(args.cache / "hour-of-music", args.minutes, args.copies)
-        results["generated"] = _measure(generated, work, args.device, args.workers, models)
+        results["generated"] = _measure(generated, work, args.device, args.workers, models, placements)
         if not args.skip_memory:
             long_file = args.cache / "two-hours.flac"
             if not long_file.exists():

@@ -91,3 +91,13 @@ def models_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder = tmp_path / "models"
     monkeypatch.setenv("JAMCAPS_MODELS", str(folder))
     return folder
+
+
+@pytest.fixture
+def installed_models(models_dir, musicnn_wheel_file):
+    """Both musicnn taggers, installed from the wheel."""
+    from jamcaps_desktop.models import registry
+
+    for name in ("musicnn-msd", "musicnn-mtt"):
+        registry.install(name, local=musicnn_wheel_file)
+    return models_dir

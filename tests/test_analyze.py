@@ -15,13 +15,6 @@ from jamcaps_desktop.models import registry
 from jamcaps_desktop.scan.scanner import scan
 
 
-@pytest.fixture
-def installed_models(models_dir, musicnn_wheel_file):
-    for name in ("musicnn-msd", "musicnn-mtt"):
-        registry.install(name, local=musicnn_wheel_file)
-    return models_dir
-
-
 def test_analysis_stores_labels_and_embeddings_and_resumes(installed_models, library, make_track, tmp_path):
     from audio_fixtures import make_audio
 

@@ -25,6 +25,8 @@ import json
 import logging
 import multiprocessing
 import os
+import queue
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -35,6 +37,14 @@ from typing import Any
 
 import numpy as np
 
+from jamcaps_desktop.analysis.device_front_ends import DeviceFrontEnds
+from jamcaps_desktop.analysis.native_audio import (
+    NATIVE_SECONDS,
+    NativeAudio,
+    native_audio_folder,
+    remove_native_files,
+    save_native,
+)
 from jamcaps_desktop.audio import frontends
 from jamcaps_desktop.audio.decode import DecodeError, DecodeStats, iter_outputs
 from jamcaps_desktop.audio.frontends import InputSpec, Windower
@@ -113,11 +123,19 @@ class _Heard:
     tempo: Tempo | None = None
     key: Key | None = None
     error: str | None = None
+    audio: np.ndarray | None = None  # the 16 kHz mono audio, where the front ends run on the models' device
+    native: NativeAudio | None = None  # the audio at its own rate, for the loudness on the models' device
 
 
-def _hear(path: str, specs: dict[_Group, InputSpec]) -> _Heard:
-    """Decode one file once and compute every group's model inputs and the measurements (runs in a worker)."""
+def _hear(path: str, specs: dict[_Group, InputSpec], ship_audio: bool = False,
+          native_folder: str | None = None) -> _Heard:
+    """Decode one file once and compute every group's model inputs and the measurements (runs in a worker).
+    With ``ship_audio`` the worker hands over the 16 kHz audio instead, for the front ends on the models'
+    device (``device_front_ends``), and the audio at its own rate for the loudness, as a file in
+    ``native_folder`` (shared memory) where there is one, else it measures the loudness itself."""
     heard = _Heard()
+    if ship_audio:
+        return _hear_audio(path, native_folder)
     rates = [MEASURE_RATE, *sorted({spec.sample_rate for spec in specs.values()} - {MEASURE_RATE})]
     outputs: list[tuple[int | None, bool]] = [(rate, True) for rate in rates] + [(None, False)]  # loudness: own rate
     loudness_output = len(outputs) - 1
@@ -156,8 +174,49 @@ def _hear(path: str, specs: dict[_Group, InputSpec]) -> _Heard:
     return heard
 
 
+def _hear_audio(path: str, native_folder: str | None) -> _Heard:
+    chunks: list[np.ndarray] = []
+    native: list[np.ndarray] = []
+    held = 0
+    meter: LoudnessMeter | None = None
+    stats = DecodeStats()
+    try:
+        for index, chunk in iter_outputs(path, [(MEASURE_RATE, True), (None, False)], stats=stats):
+            if index == 0:
+                chunks.append(chunk)
+                continue
+            if (meter is None and native_folder and held + chunk.shape[1] <= NATIVE_SECONDS * stats.source_rate
+                    and (not native or chunk.shape[0] == native[0].shape[0])):
+                native.append(chunk)
+                held += chunk.shape[1]
+                continue
+            if meter is None:  # a long file, or one whose channels changed: measured here, as it streams
+                meter = LoudnessMeter(stats.source_rate)
+                for held_chunk in native:
+                    meter.feed(held_chunk)
+                native = []
+            meter.feed(chunk)
+    except DecodeError as exc:
+        return _Heard(error=str(exc))
+    except Exception as exc:  # one file the decoding trips over never stops the batch
+        log.exception("decoding %s failed", path)
+        return _Heard(error=f"the audio could not be decoded ({type(exc).__name__}: {exc})")
+    audio = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+    heard = _Heard(seconds=stats.samples / MEASURE_RATE, audio=audio)
+    if native and native_folder:
+        planes = np.concatenate(native, axis=1)
+        heard.native = save_native(planes, stats.source_rate, stats.channels, native_folder)
+        if heard.native is None:  # no room in shared memory: measured here after all
+            meter = LoudnessMeter(stats.source_rate)
+            meter.feed(planes)
+    if meter is not None:
+        heard.loudness = meter.result(stats.channels)
+    return heard
+
+
 def _heard_in_order(paths: list[str], specs: dict[_Group, InputSpec], cancel: CancelToken,
-                    workers: int | None) -> Iterator[_Heard]:
+                    workers: int | None, ship_audio: bool = False, native_folder: str | None = None
+                    ) -> Iterator[_Heard]:
     """Decoded inputs per file, in order; decoding runs in worker processes when there are several files,
     so the models are fed while the next files are decoded."""
     count = workers if workers is not None else 1
@@ -165,13 +224,13 @@ def _heard_in_order(paths: list[str], specs: dict[_Group, InputSpec], cancel: Ca
         for path in paths:
             if cancel.cancelled:
                 return
-            yield _hear(path, specs)
+            yield _hear(path, specs, ship_audio, native_folder)
         return
     context = multiprocessing.get_context("spawn")
     with single_threaded_workers(), ProcessPoolExecutor(max_workers=count, mp_context=context,
                                                         initializer=init_worker) as pool:
         window = count + 1  # a few files ahead: enough to keep the models busy, bounded memory
-        futures = [pool.submit(_hear, path, specs) for path in paths[:window]]
+        futures = [pool.submit(_hear, path, specs, ship_audio, native_folder) for path in paths[:window]]
         for index in range(len(paths)):
             if cancel.cancelled or index >= len(futures):
                 for future in futures[index:]:
@@ -186,21 +245,23 @@ def _heard_in_order(paths: list[str], specs: dict[_Group, InputSpec], cancel: Ca
                 for path in paths[index:len(futures)]:
                     if cancel.cancelled:
                         return
-                    yield _hear_isolated(path, specs)
-                yield from _heard_in_order(paths[len(futures):], specs, cancel, workers)  # a fresh pool for the rest
+                    yield _hear_isolated(path, specs, ship_audio, native_folder)
+                # a fresh pool for the rest
+                yield from _heard_in_order(paths[len(futures):], specs, cancel, workers, ship_audio, native_folder)
                 return
             futures[index] = None  # type: ignore[call-overload]  # release the memory of this result
             if len(futures) < len(paths) and not cancel.cancelled:
-                futures.append(pool.submit(_hear, paths[len(futures)], specs))
+                futures.append(pool.submit(_hear, paths[len(futures)], specs, ship_audio, native_folder))
             yield heard
 
 
-def _hear_isolated(path: str, specs: dict[_Group, InputSpec]) -> _Heard:
+def _hear_isolated(path: str, specs: dict[_Group, InputSpec], ship_audio: bool, native_folder: str | None
+                   ) -> _Heard:
     context = multiprocessing.get_context("spawn")
     with single_threaded_workers(), ProcessPoolExecutor(max_workers=1, mp_context=context,
                                                         initializer=init_worker) as pool:
         try:
-            return pool.submit(_hear, path, specs).result()
+            return pool.submit(_hear, path, specs, ship_audio, native_folder).result()
         except BrokenProcessPool:
             log.warning("the decoder crashed on %s", path)
             return _Heard(error="the decoder crashed on this file")
@@ -261,9 +322,10 @@ class _Batcher:
     """Fills model batches with windows from consecutive tracks, and hands back tracks whose every window
     has been through every model, in their original order."""
 
-    def __init__(self, models: list[_Loaded], batch: int) -> None:
+    def __init__(self, models: list[_Loaded], batch: int, front_ends: DeviceFrontEnds | None = None) -> None:
         self.models = models
         self.batch = batch
+        self.front_ends = front_ends  # where set, the windows are audio and their features are made on the device
         self.groups: dict[_Group, list[_Loaded]] = {}
         for model in models:
             self.groups.setdefault(model.group, []).append(model)
@@ -294,8 +356,9 @@ class _Batcher:
                     if sum(len(p) for p in pieces) >= self.batch:
                         break
                 batch = np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
+                features = self.front_ends.features(group, batch) if self.front_ends else batch
                 for model in models:
-                    _run_model(model, batch, owners)
+                    _run_model(model, features, owners)
                 for work, take in owners:
                     work.done[group] += take
         finished = []
@@ -306,12 +369,27 @@ class _Batcher:
         return finished
 
 
-def _run_model(model: _Loaded, batch: np.ndarray, owners: list[tuple[_TrackWork, int]]) -> None:
+def _run_model(model: _Loaded, batch: Any, owners: list[tuple[_TrackWork, int]]) -> None:
+    """Run a batch of model inputs: a numpy array, or an OrtValue already on the model's device."""
     names = [n for n in (model.label_output, model.embedding_output) if n]
-    feeds = {model.input_name: batch}
+    mask = None
     if model.mask_input:  # whole windows: nothing is padding (a short tail is zero-filled, as a recording's silence)
-        feeds[model.mask_input] = np.zeros(batch.shape[:2], dtype=bool)
-    results = dict(zip(names, model.session.run(names, feeds), strict=True))
+        mask = np.zeros((batch.shape if isinstance(batch, np.ndarray) else batch.shape())[:2], dtype=bool)
+    if isinstance(batch, np.ndarray):
+        feeds = {model.input_name: batch}
+        if model.mask_input:
+            feeds[model.mask_input] = mask
+        outputs = model.session.run(names, feeds)
+    else:
+        binding = model.session.io_binding()
+        binding.bind_ortvalue_input(model.input_name, batch)
+        if model.mask_input:
+            binding.bind_cpu_input(model.mask_input, mask)
+        for name in names:
+            binding.bind_output(name, "cpu")
+        model.session.run_with_iobinding(binding)
+        outputs = binding.copy_outputs_to_cpu()
+    results = dict(zip(names, outputs, strict=True))
     offset = 0
     for work, take in owners:
         sums = work.sums[model.name]
@@ -328,8 +406,11 @@ def _run_model(model: _Loaded, batch: np.ndarray, owners: list[tuple[_TrackWork,
 
 def analyze(library: Library, *, models: list[str] | None = None, device: str = "auto", limit: int | None = None,
             progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
-            workers: int | None = None) -> AnalysisSummary:
-    """Analyse the library's tracks that the installed models have not heard yet, and measure them."""
+            workers: int | None = None, front_ends_on_device: bool | None = None) -> AnalysisSummary:
+    """Analyse the library's tracks that the installed models have not heard yet, and measure them.
+
+    ``front_ends_on_device`` (default: where the models run on a GPU) computes the model inputs, tempo and
+    key with the models' provider instead of in the decoding workers."""
     progress = progress or no_progress
     cancel = cancel or CancelToken()
     names = models if models is not None else [  # the default audio models (text encoders have their own job)
@@ -338,16 +419,22 @@ def analyze(library: Library, *, models: list[str] | None = None, device: str = 
     provider = loaded[0].session.get_providers()[0] if loaded else "CPUExecutionProvider"
     summary = AnalysisSummary("running", names, device=provider)
     on_gpu = provider == "CUDAExecutionProvider"
-    batcher = _Batcher(loaded, BATCH_WINDOWS["cuda" if on_gpu else "cpu"])
+    specs = {model.group: model.spec for model in loaded}
+    on_device = on_gpu if front_ends_on_device is None else front_ends_on_device
+    front_ends = DeviceFrontEnds(specs, "cuda" if on_gpu else "cpu") if on_device else None
+    batcher = _Batcher(loaded, BATCH_WINDOWS["cuda" if on_gpu else "cpu"], front_ends)
     if workers is None:  # with a GPU the cores are free for decoding; on the CPU the models need them too
         cores = os.cpu_count() or 1
         workers = max(1, cores - 1) if on_gpu else min(4, cores)
-    specs = {model.group: model.spec for model in loaded}
     started = time.monotonic()
     with library.job_lock("analyze"):
         todo, summary.skipped = _todo(library, loaded, limit)
         progress(Progress("analyze", 0, len(todo)))
-        heard_files = _heard_in_order([fs_path(bytes(row["path_key"])) for row in todo], specs, cancel, workers)
+        native_folder = native_audio_folder() if front_ends is not None else None
+        heard_files = _heard_in_order([fs_path(bytes(row["path_key"])) for row in todo], specs, cancel, workers,
+                                      ship_audio=front_ends is not None, native_folder=native_folder)
+        if front_ends is not None:  # tempo, key and windows are made beside the model runs, in a thread of their own
+            heard_files = _measured_ahead(heard_files, front_ends, list(specs))
         stored = 0
 
         def store(finished: list[_TrackWork]) -> None:
@@ -365,9 +452,75 @@ def analyze(library: Library, *, models: list[str] | None = None, device: str = 
             store(batcher.drain())  # also after a cancel: what was heard is kept
         finally:
             heard_files.close()
+            if native_folder:
+                remove_native_files(native_folder)  # of tracks heard but never measured (a cancel, a failure)
         summary.status = "cancelled" if cancel.cancelled else "completed"
     summary.elapsed_s = round(time.monotonic() - started, 3)
     return summary
+
+
+_END = object()
+MEASURED_AHEAD = 4  # tracks measured ahead of the model runs
+
+
+def _measured_ahead(heard_files: Iterator[_Heard], front_ends: DeviceFrontEnds, groups: list[_Group]
+                    ) -> Iterator[_Heard]:
+    """The heard tracks, measured on the device by a thread that keeps a few tracks ahead: ONNX Runtime
+    releases the interpreter while a graph runs, so that thread's graphs, and its waiting for the
+    workers, overlap the model runs of the job's thread."""
+    ahead: queue.Queue[Any] = queue.Queue(maxsize=MEASURED_AHEAD)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                ahead.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def measure() -> None:
+        try:
+            for heard in heard_files:
+                try:
+                    _measure_on_device(front_ends, heard, groups)
+                except Exception as exc:  # one track the graphs trip over never stops the batch
+                    log.exception("measuring a track on the device failed")
+                    heard.error = f"the audio could not be measured ({type(exc).__name__}: {exc})"
+                if not put(heard):
+                    break
+        except BaseException as exc:  # the workers' failure is the job's: hand it over
+            put(exc)
+        finally:
+            heard_files.close()  # type: ignore[attr-defined]
+            put(_END)
+
+    thread = threading.Thread(target=measure, name="analysis-measure", daemon=True)
+    thread.start()
+    try:
+        while (item := ahead.get()) is not _END:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _measure_on_device(front_ends: DeviceFrontEnds, heard: _Heard, groups: list[_Group]) -> None:
+    """Tempo, key and the model windows of a track whose worker handed over its audio."""
+    audio, heard.audio = heard.audio, None
+    native, heard.native = heard.native, None
+    if native is not None:
+        heard.loudness = front_ends.loudness(native)
+    if audio is None or heard.error:
+        return
+    heard.tempo = front_ends.tempo(audio)
+    heard.key = front_ends.key(audio)
+    heard.inputs = front_ends.cut(audio, groups)
+    if groups and not heard.inputs:
+        heard.error = "no audio could be decoded from the file"
 
 
 def _store_analysis(library: Library, work: _TrackWork, models: list[_Loaded], summary: AnalysisSummary) -> None:

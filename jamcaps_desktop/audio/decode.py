@@ -67,38 +67,12 @@ def iter_outputs(path: str, outputs: list[tuple[int | None, bool]], *, max_secon
         stream = container.streams.audio[0]
         if stream.codec_context is None:
             raise DecodeError("no decoder for this audio format")
-        # Channels are kept through resampling and averaged here: FFmpeg's own down-mix to mono scales
-        # stereo by 1/√2 per channel (+3 dB against the plain mean that analysis models were trained on).
         stats.source_rate = int(stream.codec_context.sample_rate or stream.rate or 0)
-        # output frames of a few thousand samples: fewer, larger chunks for everything downstream
-        resamplers = [av.AudioResampler(format="fltp", rate=rate, frame_size=OUTPUT_FRAME) for rate, _mono in outputs]
-        passthrough = [False] * len(outputs)  # native-rate outputs of float-planar streams skip the resampler
-        limits = [int(max_seconds * (rate or stats.source_rate)) if max_seconds else None for rate, _mono in outputs]
-        produced = [0] * len(outputs)
-
-        def emit(index: int, frames: list[av.AudioFrame]) -> Iterator[tuple[int, np.ndarray]]:
-            mono, limit = outputs[index][1], limits[index]
-            for out in frames:
-                if outputs[index][0] is None and out.sample_rate:
-                    stats.source_rate = out.sample_rate  # the rate frames really come at (HE-AAC doubles its own)
-                planes = out.to_ndarray()  # [channels, samples] for a planar format
-                if not stats.channels:
-                    stats.channels = [channel.name for channel in out.layout.channels]
-                if mono:
-                    chunk = planes.mean(axis=0, dtype=np.float32) if planes.shape[0] > 1 else planes[0]
-                    chunk = np.ascontiguousarray(chunk, dtype=np.float32)
-                else:
-                    chunk = np.ascontiguousarray(planes, dtype=np.float32)
-                size = chunk.shape[-1]
-                if limit is not None and produced[index] + size > limit:
-                    chunk = chunk[..., : limit - produced[index]]
-                    size = chunk.shape[-1]
-                produced[index] += size
-                if index == 0:
-                    stats.samples += size
-                if size:
-                    yield index, chunk
-
+        converter = _Converter(outputs, stats, max_seconds)
+        # decoded frames (often a thousand samples or so) are gathered into blocks first: converting and
+        # resampling a few thousand samples at a time costs far less per sample
+        fifo = av.AudioFifo()
+        shape: tuple[str, str, int] | None = None  # the format, layout and rate of the frames in the FIFO
         for packet in container.demux(stream):
             try:
                 frames = packet.decode()
@@ -108,27 +82,26 @@ def iter_outputs(path: str, outputs: list[tuple[int | None, bool]], *, max_secon
                     log.warning("%s: skipped a damaged packet (%s)", path, _reason(exc))
                 continue
             for frame in frames:
-                frame.pts = None  # let the resamplers follow the samples, not damaged timestamps
-                if not stats.samples and not any(passthrough):
-                    passthrough = [rate is None and frame.format.name == "fltp" for rate, _mono in outputs]
-                for index in range(len(resamplers)):
-                    if passthrough[index] and frame.format.name == "fltp":
-                        yield from emit(index, [frame])
-                        continue
-                    try:
-                        converted = resamplers[index].resample(frame)
-                    except ValueError:
-                        # the stream changed layout or rate mid-file (joined recordings): finish what the old
-                        # resampler holds, then carry on with one made for the new frames
-                        yield from emit(index, resamplers[index].resample(None))
-                        rate = outputs[index][0]
-                        resamplers[index] = av.AudioResampler(format="fltp", rate=rate, frame_size=OUTPUT_FRAME)
-                        converted = resamplers[index].resample(frame)
-                    yield from emit(index, converted)
-            if limits[0] is not None and produced[0] >= limits[0]:
+                frame.pts = None  # let the blocks and resamplers follow the samples, not damaged timestamps
+                current = (frame.format.name, frame.layout.name, frame.sample_rate)
+                if current != shape:
+                    if shape is not None:
+                        # the stream changed layout or rate mid-file (joined recordings): convert what the old
+                        # format left, finish the resamplers, and carry on with the new format (a FIFO must
+                        # never be given frames of another format: PyAV does not always refuse them)
+                        if fifo.samples:
+                            yield from converter.block(fifo.read())
+                        yield from converter.finish()
+                        fifo = av.AudioFifo()
+                    shape = current
+                fifo.write(frame)
+                while fifo.samples >= BLOCK_SAMPLES:
+                    yield from converter.block(fifo.read(BLOCK_SAMPLES))
+            if converter.full():
                 return
-        for index, resampler in enumerate(resamplers):
-            yield from emit(index, resampler.resample(None))
+        if fifo.samples:
+            yield from converter.block(fifo.read())
+        yield from converter.finish()
     except av.error.FFmpegError as exc:
         if stats.samples == 0:
             raise DecodeError(f"the audio cannot be decoded ({_reason(exc)})") from exc
@@ -138,6 +111,81 @@ def iter_outputs(path: str, outputs: list[tuple[int | None, bool]], *, max_secon
         container.close()
     if stats.samples == 0:
         raise DecodeError("no audio could be decoded from the file")
+
+
+BLOCK_SAMPLES = 8192  # decoded samples gathered before they are converted and resampled
+_MONO_GAIN = {"mono": 1.0, "stereo": float(np.float32(1 / np.sqrt(2)))}
+
+
+class _Converter:
+    """Turns blocks of decoded audio into each output's chunks: float32 at the output's rate, mono or
+    [channels, samples]; counts, limits and describes what it hands out in ``stats``.
+
+    Mono is the plain mean of the channels. For mono and stereo sources FFmpeg's resampler mixes down
+    itself (before resampling: half the work), and its stereo mix, (L + R)/√2, is scaled back to the
+    mean; other layouts are resampled channel by channel and averaged, as FFmpeg's own down-mix of them
+    weighs the channels differently."""
+
+    def __init__(self, outputs: list[tuple[int | None, bool]], stats: DecodeStats, max_seconds: float | None) -> None:
+        self.outputs, self.stats, self.max_seconds = outputs, stats, max_seconds
+        self.resamplers: list[av.AudioResampler | None] = [None] * len(outputs)
+        self.gains: list[float | None] = [None] * len(outputs)
+        self.produced = [0] * len(outputs)
+
+    def _limit(self, index: int) -> int | None:
+        if not self.max_seconds:
+            return None
+        rate = self.outputs[index][0] or self.stats.source_rate
+        return int(self.max_seconds * rate)
+
+    def full(self) -> bool:
+        limit = self._limit(0)
+        return limit is not None and self.produced[0] >= limit
+
+    def block(self, frame: av.AudioFrame) -> Iterator[tuple[int, np.ndarray]]:
+        if not self.stats.channels:
+            self.stats.channels = [channel.name for channel in frame.layout.channels]
+        for index, (rate, mono) in enumerate(self.outputs):
+            if rate is None:
+                self.stats.source_rate = frame.sample_rate or self.stats.source_rate  # HE-AAC doubles its own
+            if rate is None and not mono and frame.format.name == "fltp":
+                yield from self._emit(index, [frame], 1.0)  # already what is wanted: no conversion
+                continue
+            if self.resamplers[index] is None:
+                gain = _MONO_GAIN.get(frame.layout.name) if mono else None
+                layout = "mono" if gain is not None else None
+                self.gains[index] = gain
+                self.resamplers[index] = av.AudioResampler(format="fltp", layout=layout, rate=rate,
+                                                           frame_size=OUTPUT_FRAME)
+            yield from self._emit(index, self.resamplers[index].resample(frame), self.gains[index])
+
+    def finish(self) -> Iterator[tuple[int, np.ndarray]]:
+        """What the resamplers still hold; the next block starts new ones."""
+        for index, resampler in enumerate(self.resamplers):
+            if resampler is not None:
+                yield from self._emit(index, resampler.resample(None), self.gains[index])
+        self.resamplers = [None] * len(self.outputs)
+
+    def _emit(self, index: int, frames: list[av.AudioFrame], gain: float | None) -> Iterator[tuple[int, np.ndarray]]:
+        mono, limit = self.outputs[index][1], self._limit(index)
+        for out in frames:
+            planes = out.to_ndarray()  # [channels, samples] for a planar format
+            if not mono:
+                chunk = np.ascontiguousarray(planes, dtype=np.float32)
+            elif gain is not None:  # mixed down by the resampler
+                chunk = planes[0] if gain == 1.0 else planes[0] * np.float32(gain)
+            else:
+                chunk = planes.mean(axis=0, dtype=np.float32) if planes.shape[0] > 1 else planes[0]
+            chunk = np.ascontiguousarray(chunk, dtype=np.float32)
+            size = chunk.shape[-1]
+            if limit is not None and self.produced[index] + size > limit:
+                chunk = chunk[..., : limit - self.produced[index]]
+                size = chunk.shape[-1]
+            self.produced[index] += size
+            if index == 0:
+                self.stats.samples += size
+            if size:
+                yield index, chunk
 
 
 def iter_windows(path: str, sample_rate: int, window_s: float, *, hop_s: float | None = None,

@@ -105,3 +105,19 @@ class Windower:
         window = np.zeros(self.size, dtype=np.float32)
         window[:held] = np.concatenate(parts)
         return [window]
+
+
+def cut_windows(signal: np.ndarray, size: int) -> np.ndarray:
+    """[windows, size]: a whole signal in memory cut as ``Windower`` cuts a stream (the whole windows are a
+    view of ``signal``; a tail of at least half a window, or a signal shorter than one, is zero-padded)."""
+    if size <= 0:
+        raise ValueError("window size must be positive")
+    whole = len(signal) // size
+    windows = signal[: whole * size].reshape(whole, size)
+    tail = len(signal) - whole * size
+    if not tail or (whole and tail < size // 2):
+        return windows
+    padded = np.zeros((whole + 1, size), dtype=np.float32)
+    padded[:whole] = windows
+    padded[whole, :tail] = signal[whole * size:]
+    return padded

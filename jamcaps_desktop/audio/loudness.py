@@ -107,24 +107,30 @@ class LoudnessMeter:
 
     def result(self, channel_names: list[str]) -> Loudness:
         self._process()
-        peak_db = 20 * np.log10(self._peak) if self._peak > 0 else None
-        peak = round(float(peak_db), 2) if peak_db is not None else None
-        steps = self._steps
-        if len(steps) < 4:
-            return Loudness(None, peak)
-        names = channel_names or ["FL"] * len(steps[0])
-        weights = np.array([_weight(n) for n in names[: len(steps[0])]])
-        per_step = np.array(steps) @ weights                          # weighted sum over channels
-        blocks = np.convolve(per_step, np.ones(4) / 4, mode="valid")  # 400 ms blocks every 100 ms
-        with np.errstate(divide="ignore"):
-            block_lufs = -0.691 + 10 * np.log10(blocks)
-        above_absolute = blocks[block_lufs > -70.0]
-        if not len(above_absolute):
-            return Loudness(None, peak)
-        relative_gate = -0.691 + 10 * np.log10(above_absolute.mean()) - 10.0
-        gated = blocks[(block_lufs > -70.0) & (block_lufs > relative_gate)]
-        integrated = -0.691 + 10 * np.log10(gated.mean())
-        return Loudness(round(float(integrated), 2), peak)
+        steps = np.array(self._steps) if self._steps else np.zeros((0, 1))
+        return loudness_of_steps(steps, channel_names, self._peak)
+
+
+def loudness_of_steps(steps: np.ndarray, channel_names: list[str], peak: float) -> Loudness:
+    """The integrated loudness from the K-weighted mean squares of 100 ms steps ([steps, channels]), gated
+    as BS.1770-4 says, and the sample peak (linear) in dBFS."""
+    peak_db = 20 * np.log10(peak) if peak > 0 else None
+    peak_dbfs = round(float(peak_db), 2) if peak_db is not None else None
+    if len(steps) < 4:
+        return Loudness(None, peak_dbfs)
+    names = channel_names or ["FL"] * steps.shape[1]
+    weights = np.array([_weight(n) for n in names[: steps.shape[1]]])
+    per_step = np.asarray(steps, dtype=np.float64) @ weights       # weighted sum over channels
+    blocks = np.convolve(per_step, np.ones(4) / 4, mode="valid")  # 400 ms blocks every 100 ms
+    with np.errstate(divide="ignore"):
+        block_lufs = -0.691 + 10 * np.log10(blocks)
+    above_absolute = blocks[block_lufs > -70.0]
+    if not len(above_absolute):
+        return Loudness(None, peak_dbfs)
+    relative_gate = -0.691 + 10 * np.log10(above_absolute.mean()) - 10.0
+    gated = blocks[(block_lufs > -70.0) & (block_lufs > relative_gate)]
+    integrated = -0.691 + 10 * np.log10(gated.mean())
+    return Loudness(round(float(integrated), 2), peak_dbfs)
 
 
 def measure(path: str) -> Loudness:

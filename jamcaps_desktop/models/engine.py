@@ -37,8 +37,27 @@ def cuda_wanted(device: str) -> bool:
     return device == "cuda" or (device == "auto" and _nvidia_driver_present() and cuda_available())
 
 
-def make_session(model_path: str | os.PathLike[str], device: str = "auto"):  # -> onnxruntime.InferenceSession
-    """A session on ``device`` ('auto', 'cpu' or 'cuda'). With 'auto', CUDA is tried only where an NVIDIA
+def _options(ort: Any, on_gpu: bool) -> Any:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    # no growing arena: a big batch's intermediate tensors are given back instead of being kept for the
+    # whole job (the musicnn front end makes tensors of ~10 MB per window)
+    options.enable_cpu_mem_arena = False
+    if on_gpu:
+        # the graph runs on the GPU; the few shape operations left to the CPU need no thread pool, and a
+        # pool's threads spinning between runs would take the cores the decoding workers need
+        options.intra_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    else:
+        options.intra_op_num_threads = max(1, os.cpu_count() or 1)
+    return options
+
+
+def make_session(model_path: str | os.PathLike[str] | bytes, device: str = "auto", *,
+                 name: str | None = None, varying_shapes: bool = False):  # -> onnxruntime.InferenceSession
+    """A session on ``device`` ('auto', 'cpu' or 'cuda') for a model file, or for a serialised model (bytes)
+    built in memory, logged as ``name``; ``varying_shapes`` for graphs whose input length changes from run to
+    run. With 'auto', CUDA is tried only where an NVIDIA
     driver is present; which provider really runs is read from the session, not from the list of
     providers the package was built with, and logged."""
     import onnxruntime as ort
@@ -47,20 +66,24 @@ def make_session(model_path: str | os.PathLike[str], device: str = "auto"):  # -
     if device == "cuda" or (device == "auto" and _nvidia_driver_present()):
         if cuda_available():
             # no TF32: full float32 matrix arithmetic, so the GPU gives the CPU's numbers (to ~1e-6, not ~1e-4)
-            wanted.insert(0, ("CUDAExecutionProvider", {"use_tf32": "0"}))
+            cuda_options = {"use_tf32": "0"}
+            if varying_shapes:  # cuDNN's exhaustive search would run again for every new input length
+                cuda_options["cudnn_conv_algo_search"] = "HEURISTIC"
+            wanted.insert(0, ("CUDAExecutionProvider", cuda_options))
             _preload_cuda_libraries(ort)
         elif device == "cuda":
             raise RuntimeError("CUDA was asked for, but this onnxruntime has no CUDA provider")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = max(1, os.cpu_count() or 1)
-    options.log_severity_level = 3
-    # no growing arena: a big batch's intermediate tensors are given back instead of being kept for the
-    # whole job (the musicnn front end makes tensors of ~10 MB per window)
-    options.enable_cpu_mem_arena = False
-    session = ort.InferenceSession(str(model_path), sess_options=options, providers=wanted)
+    source = model_path if isinstance(model_path, bytes) else str(model_path)
+    on_gpu = len(wanted) > 1
+    session = ort.InferenceSession(source, sess_options=_options(ort, on_gpu), providers=wanted)
     running = session.get_providers()
+    if on_gpu and running[0] != "CUDAExecutionProvider" and device != "cuda":  # CUDA could not start: all cores
+        session = ort.InferenceSession(source, sess_options=_options(ort, False), providers=["CPUExecutionProvider"])
+        running = session.get_providers()
     if device == "cuda" and "CUDAExecutionProvider" not in running:
         raise RuntimeError("CUDA was asked for, but the CUDA provider could not start (see the CUDA and cuDNN "
                            "requirements of onnxruntime-gpu)")
-    log.info("%s runs on %s", Path(model_path).parent.name, running[0])
+    if name is None:
+        name = "a built-in graph" if isinstance(model_path, bytes) else Path(model_path).parent.name
+    log.info("%s runs on %s", name, running[0])
     return session

@@ -1,0 +1,151 @@
+"""The analysis' front ends on the models' device: model inputs, tempo, key and loudness of a track.
+
+Used when the models run on a GPU: the decoding workers then hand over each track's 16 kHz audio, and
+its audio at the file's own rate (``native_audio``), and the log-mel or fbank of every window, the
+tempo's onset envelope, the key's pitch profile and the K-weighted loudness are computed here by the
+graphs of ``audio.frontend_graphs``, on the GPU. The window features never leave the device: they go from the
+front end's session to the models' through ONNX Runtime's I/O binding.
+
+Long tracks are measured a stretch at a time (about 80 s of frames for the tempo, 130 s for the key,
+60 s for the loudness), the stretches overlapping by what one frame (or the loudness filter's memory)
+needs, so that every value is the one the streaming numpy measurement would have made.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from jamcaps_desktop.analysis.native_audio import NativeAudio
+from jamcaps_desktop.audio import frontend_graphs as graphs
+from jamcaps_desktop.audio import key as key_module
+from jamcaps_desktop.audio import tempo as tempo_module
+from jamcaps_desktop.audio.frontends import InputSpec, cut_windows
+from jamcaps_desktop.audio.key import Key
+from jamcaps_desktop.audio.key import estimate as estimate_key
+from jamcaps_desktop.audio.loudness import Loudness, loudness_of_steps
+from jamcaps_desktop.audio.tempo import Tempo
+from jamcaps_desktop.audio.tempo import estimate as estimate_tempo
+from jamcaps_desktop.models.engine import make_session
+
+ONSET_STRETCH = 8192  # onset frames per run (82 s)
+PITCH_STRETCH = 512  # key frames per run (131 s)
+LOUDNESS_STRETCH = 600  # 100 ms loudness steps per run (60 s)
+
+
+class DeviceFrontEnds:
+    """Sessions for the window front ends of the given model inputs, and for the tempo and key graphs."""
+
+    def __init__(self, specs: dict[Any, InputSpec], device: str) -> None:
+        self.windows: dict[Any, Any] = {}
+        for group, spec in specs.items():
+            build = graphs.WINDOW_GRAPHS[spec.front_end.name]
+            model = build(spec.window_samples, spec.frames) if spec.frames else build(spec.window_samples)
+            name = f"the {spec.front_end.name} front end"
+            self.windows[group] = make_session(model.SerializeToString(), device, name=name, varying_shapes=True)
+        self.onsets = make_session(graphs.onset_graph().SerializeToString(), device, name="the onset front end",
+                                   varying_shapes=True)
+        self.pitches = make_session(graphs.pitch_graph().SerializeToString(), device, name="the key front end",
+                                    varying_shapes=True)
+        provider = self.onsets.get_providers()[0]
+        self.device_type = "cuda" if provider == "CUDAExecutionProvider" else "cpu"
+        self._device = device
+        self._loudness: dict[int, tuple[graphs.BlockPlan, Any]] = {}  # per sample rate
+
+    def features(self, group: Any, batch: np.ndarray) -> Any:
+        """The model input of a batch of windows, as an OrtValue on the device."""
+        session = self.windows[group]
+        binding = session.io_binding()
+        binding.bind_cpu_input(graphs.AUDIO, np.ascontiguousarray(batch, dtype=np.float32))
+        binding.bind_output(graphs.FEATURES, self.device_type)
+        session.run_with_iobinding(binding)
+        return binding.get_outputs()[0]
+
+    def cut(self, audio: np.ndarray, groups: list[Any]) -> dict[Any, np.ndarray]:
+        """Each group's windows of a track's audio (views where they can be)."""
+        out = {}
+        for group in groups:
+            windows = cut_windows(audio, group.window_samples)
+            if len(windows):
+                out[group] = windows
+        return out
+
+    def loudness(self, native: NativeAudio) -> Loudness:
+        """The integrated loudness of a track's audio at its own rate (the file is removed afterwards)."""
+        try:
+            planes = native.load()
+            if native.rate not in self._loudness:
+                graph = graphs.loudness_graph(native.rate)
+                session = make_session(graph.SerializeToString(), self._device, name="the loudness front end",
+                                       varying_shapes=True)
+                self._loudness[native.rate] = (graphs.block_plan(native.rate), session)
+            plan, session = self._loudness[native.rate]
+            steps = native.samples // plan.step
+            history = plan.context * plan.block
+            per_channel = []
+            for channel in range(native.channels):
+                row = planes[channel]
+                parts = []
+                for first in range(0, steps, LOUDNESS_STRETCH):
+                    count = min(LOUDNESS_STRETCH, steps - first)
+                    start, end = first * plan.step - history, (first + count) * plan.step
+                    if start < 0:  # the filter starts at rest: silence before the first sample
+                        stretch = np.concatenate([np.zeros(-start, dtype=np.float32), row[:end]])
+                    else:
+                        stretch = np.asarray(row[start:end])
+                    blocks = _float32(stretch).reshape(-1, plan.block)
+                    parts.append(session.run(None, {graphs.LOUDNESS_BLOCKS: blocks})[0])
+                per_channel.append(np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32))
+            del planes  # the mapping, before the file goes
+            power = np.stack(per_channel, axis=1) if steps else np.zeros((0, native.channels))
+            return loudness_of_steps(power.astype(np.float64), native.names, native.peak)
+        finally:
+            native.remove()
+
+    def tempo(self, audio: np.ndarray) -> Tempo | None:
+        return estimate_tempo(self.onset_envelope(audio))
+
+    def key(self, audio: np.ndarray) -> Key | None:
+        profile, frames = self.pitch_profile(audio)
+        return estimate_key(profile, frames)
+
+    def onset_envelope(self, audio: np.ndarray) -> np.ndarray:
+        """``tempo.OnsetEnvelope``'s envelope of a whole track."""
+        fft, hop, lead = tempo_module.FFT, tempo_module.HOP, tempo_module.FFT // 2
+        total = len(audio) + lead
+        if total < fft:
+            return np.zeros(0, dtype=np.float32)
+        frames = 1 + (total - fft) // hop
+        pieces: list[np.ndarray] = []
+        last: np.ndarray | None = None
+        for first in range(0, frames, ONSET_STRETCH):
+            count = min(ONSET_STRETCH, frames - first)
+            start = first * hop - lead  # where the stretch's first frame starts, in the track's samples
+            end = start + (count - 1) * hop + fft
+            if start < 0:
+                stretch = np.concatenate([np.zeros(-start, dtype=np.float32), audio[:end]])
+            else:
+                stretch = audio[start:end]
+            rises, first_bands, last_bands = self.onsets.run(None, {graphs.SIGNAL: _float32(stretch)})
+            head = np.float32(0.0) if last is None else np.maximum(first_bands - last, 0.0).mean(dtype=np.float32)
+            pieces += [np.array([head], dtype=np.float32), rises]
+            last = last_bands
+        return np.concatenate(pieces)
+
+    def pitch_profile(self, audio: np.ndarray) -> tuple[np.ndarray, int]:
+        """``key.PitchProfile``'s profile of a whole track, and its frame count."""
+        fft, hop = key_module.FFT, key_module.HOP
+        if len(audio) < fft:
+            return np.zeros(12), 0
+        frames = 1 + (len(audio) - fft) // hop
+        profile = np.zeros(12)
+        for first in range(0, frames, PITCH_STRETCH):
+            count = min(PITCH_STRETCH, frames - first)
+            stretch = audio[first * hop:(first + count + 1) * hop]
+            profile += self.pitches.run(None, {graphs.SIGNAL: _float32(stretch)})[0]
+        return profile, frames
+
+
+def _float32(array: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(array, dtype=np.float32)

@@ -1,0 +1,343 @@
+"""The audio front ends as ONNX graphs, so that they run where the models run (on the GPU, when there is one).
+
+With the models on a GPU, the decoding workers' own arithmetic beside decoding (the log-mel or fbank
+of every window, the tempo and key spectra) is what limits the analysis, while the GPU waits. These
+graphs compute the same things from 16 kHz mono audio on the models' device: a workers then only
+decodes, resamples and measures loudness. Each graph matches its numpy counterpart in
+``audio.features``, ``audio.tempo`` and ``audio.key`` (the tests compare them), which stay the
+implementation on the CPU, where the workers compute them in parallel with the models.
+
+A transform gathers the frames and multiplies them by the windowed cosines and sines of the wanted
+frequency bins (the whole per-frame linear chain — Kaldi's DC removal and pre-emphasis included — is
+folded into that matrix), followed by the power or magnitude, the band matrix and the compression.
+(ONNX Runtime has no FFT on CUDA; matrix products at full float32 precision are what a GPU does best.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from jamcaps_desktop.audio import key as key_module
+from jamcaps_desktop.audio import loudness as loudness_module
+from jamcaps_desktop.audio import tempo as tempo_module
+from jamcaps_desktop.audio.features import (
+    BEATS_MEAN,
+    BEATS_STD,
+    KALDI_BANDS,
+    KALDI_FFT,
+    KALDI_FRAME,
+    KALDI_SHIFT,
+    MUSICNN_BANDS,
+    MUSICNN_FFT,
+    MUSICNN_HOP,
+    MUSICNN_RATE,
+    kaldi_mel_banks,
+    mel_filterbank,
+)
+from jamcaps_desktop.models.onnx_graph import GraphBuilder
+
+OPSET = 18
+FEATURES = "features"  # the window front ends' output: [windows, frames, bins]
+AUDIO = "audio"  # their input: [windows, samples] of 16 kHz mono
+SIGNAL = "signal"  # the tempo and key graphs' input: [samples] of one stretch of a track
+
+
+def _dft_kernels(size: int, bins: np.ndarray, frame_map: np.ndarray | None = None,
+                 window: np.ndarray | None = None, fft: int | None = None) -> np.ndarray:
+    """[2·bins, size]: rows giving the real then the imaginary part of the chosen DFT bins of each frame,
+    after an optional linear map of the frame (``frame_map``, [size, size]) and window."""
+    fft = fft or size
+    n = np.arange(size)
+    angles = 2 * np.pi * np.outer(bins, n) / fft
+    kernels = np.concatenate([np.cos(angles), -np.sin(angles)])
+    if window is not None:
+        kernels = kernels * window[None, :]
+    if frame_map is not None:
+        kernels = kernels @ frame_map
+    return kernels
+
+
+def _hann(size: int) -> np.ndarray:
+    return 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(size) / size)
+
+
+def _int64(*values: int) -> np.ndarray:
+    return np.array(values, dtype=np.int64)
+
+
+class _Graph(GraphBuilder):
+    def scalar(self, value: float, label: str = "k") -> str:
+        return self.const(np.array(value, dtype=np.float32), label)
+
+    def slice(self, tensor: str, start: int, end: int, axis: int) -> str:
+        return self.node("Slice", [tensor, self.const(_int64(start), "start"), self.const(_int64(end), "end"),
+                                   self.const(_int64(axis), "axis")])
+
+    def power(self, spectrum: str, bins: int, axis: int) -> str:
+        """re² + im² of a [.., 2·bins, ..] stack of real parts then imaginary parts along ``axis``."""
+        real = self.slice(spectrum, 0, bins, axis)
+        imaginary = self.slice(spectrum, bins, 2 * bins, axis)
+        return self.node("Add", [self.node("Mul", [real, real]), self.node("Mul", [imaginary, imaginary])])
+
+    def model(self, inputs: list[Any], outputs: list[Any], name: str) -> Any:
+        from onnx import helper
+
+        graph = helper.make_graph(self.nodes, name, inputs, outputs, self.initializers)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                                  producer_name="jamcaps-desktop")
+        model.ir_version = 8
+        return model
+
+
+def _framed(g: _Graph, signal: str, size: int, hop: int, axis: int) -> str:
+    """Frames of ``size`` samples every ``hop`` along ``axis`` (the last one) of ``signal``, as many whole frames
+    as fit: [..., frames, size]. A gather, then one matrix product per transform, is far faster on a GPU than a
+    convolution with kernels of hundreds of samples."""
+    length = g.node("Gather", [g.node("Shape", [signal]), g.const(_int64(axis), "axis")])  # [1]
+    count = g.node("Add", [g.node("Div", [g.node("Sub", [length, g.const(_int64(size), "size")]),
+                                          g.const(_int64(hop), "hop")]), g.const(_int64(1), "one")])
+    count = g.node("Squeeze", [count])
+    starts = g.node("Mul", [g.node("Range", [g.const(np.array(0, dtype=np.int64), "zero"), count,
+                                             g.const(np.array(1, dtype=np.int64), "step")]),
+                            g.const(np.array(hop, dtype=np.int64), "hop")])
+    index = g.node("Add", [g.node("Unsqueeze", [starts, g.const(_int64(1), "axis")]),
+                           g.const(np.arange(size, dtype=np.int64)[None, :], "offsets")])  # [frames, size]
+    return g.node("Gather", [signal, index], axis=axis)
+
+
+def _transform(g: _Graph, frames: str, kernels: np.ndarray) -> str:
+    """[..., frames, size] → [..., frames, kernels]."""
+    return g.node("MatMul", [frames, g.const(kernels.T.astype(np.float32), "dft")])
+
+
+def musicnn_logmel_graph(window_samples: int, frames: int) -> Any:
+    """[windows, samples] → [windows, frames, 96]: ``features.musicnn_melspec`` of each window."""
+    from onnx import TensorProto, helper
+
+    g = _Graph()
+    bins = MUSICNN_FFT // 2 + 1
+    half = MUSICNN_FFT // 2
+    padded = g.node("Pad", [AUDIO, g.const(_int64(0, half, 0, half), "pads")], mode="constant")
+    kernels = _dft_kernels(MUSICNN_FFT, np.arange(bins), window=_hann(MUSICNN_FFT))
+    spectrum = _transform(g, _framed(g, padded, MUSICNN_FFT, MUSICNN_HOP, 1), kernels)  # [windows, frames + 1, 2·bins]
+    power = g.slice(g.power(spectrum, bins, axis=2), 0, frames, axis=1)
+    filters = mel_filterbank(MUSICNN_RATE, MUSICNN_FFT, MUSICNN_BANDS)
+    mel = g.node("MatMul", [power, g.const(filters.T.copy(), "mel")])
+    rounded = g.node("Cast", [g.node("Cast", [mel], to=TensorProto.FLOAT16)], to=TensorProto.FLOAT)
+    compressed = g.node("Log", [g.node("Add", [g.node("Mul", [rounded, g.scalar(10000.0)]), g.scalar(1.0)])])
+    g.nodes.append(helper.make_node("Mul", [compressed, g.scalar(1 / np.log(10.0))], [FEATURES]))
+    return g.model([helper.make_tensor_value_info(AUDIO, TensorProto.FLOAT, ["windows", window_samples])],
+                   [helper.make_tensor_value_info(FEATURES, TensorProto.FLOAT, ["windows", frames, MUSICNN_BANDS])],
+                   "musicnn_logmel")
+
+
+def kaldi_fbank_graph(window_samples: int, frames: int | None = None) -> Any:
+    """[windows, samples] → [windows, frames, 128]: ``features.beats_fbank`` of each window."""
+    from onnx import TensorProto, helper
+
+    g = _Graph()
+    bins = KALDI_FFT // 2 + 1
+    size = KALDI_FRAME
+    # per frame: remove the mean, pre-emphasise (the first sample's predecessor is itself), Povey window
+    centring = np.eye(size) - np.full((size, size), 1.0 / size)
+    emphasis = np.eye(size) - 0.97 * np.eye(size, k=-1)
+    emphasis[0, 0] = 1.0 - 0.97
+    povey = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(size) / (size - 1))) ** 0.85
+    kernels = _dft_kernels(size, np.arange(bins), frame_map=np.diag(povey) @ emphasis @ centring, fft=KALDI_FFT)
+    scaled = g.node("Mul", [AUDIO, g.scalar(2.0 ** 15)])
+    power = g.power(_transform(g, _framed(g, scaled, size, KALDI_SHIFT, 1), kernels), bins, axis=2)
+    if frames:  # [windows, frames, bins]
+        power = g.slice(power, 0, frames, axis=1)
+    banks = kaldi_mel_banks()  # [128, bins]
+    energies = g.node("MatMul", [power, g.const(banks.T.copy(), "mel")])
+    logged = g.node("Log", [g.node("Max", [energies, g.scalar(float(np.finfo(np.float32).eps))])])
+    centred = g.node("Sub", [logged, g.scalar(BEATS_MEAN)])
+    g.nodes.append(helper.make_node("Div", [centred, g.scalar(2 * BEATS_STD)], [FEATURES]))
+    count = frames or "frames"
+    return g.model([helper.make_tensor_value_info(AUDIO, TensorProto.FLOAT, ["windows", window_samples])],
+                   [helper.make_tensor_value_info(FEATURES, TensorProto.FLOAT, ["windows", count, KALDI_BANDS])],
+                   "kaldi_fbank")
+
+
+WINDOW_GRAPHS = {"musicnn-logmel": musicnn_logmel_graph, "kaldi-fbank-128": kaldi_fbank_graph}
+
+# -- the tempo and key measurements over a whole track, one stretch at a time -------------------------------
+
+ONSET_RISES = "rises"  # [frames - 1]: the onset strength of each frame after the stretch's first
+ONSET_FIRST = "first_bands"  # [40]: the first frame's band levels (its rise needs the previous stretch's last)
+ONSET_LAST = "last_bands"  # [40]
+PITCH_PROFILE = "profile"  # [12]: the stretch's pitch-class profile
+
+
+def onset_graph() -> Any:
+    """[samples] (at least two frames) → the spectral flux of ``tempo.OnsetEnvelope`` (frames every 10 ms, no
+    padding: the caller puts the first stretch's lead of zeros in front)."""
+    from onnx import TensorProto, helper
+
+    g = _Graph()
+    fft, bins = tempo_module.FFT, tempo_module.FFT // 2 + 1
+    kernels = _dft_kernels(fft, np.arange(bins), window=_hann(fft))
+    spectrum = _transform(g, _framed(g, SIGNAL, fft, tempo_module.HOP, 0), kernels)  # [frames, 2·bins]
+    magnitude = g.node("Sqrt", [g.power(spectrum, bins, axis=1)])
+    filters = mel_filterbank(tempo_module.RATE, fft, tempo_module.BANDS, fmin=30.0, fmax=7600.0)
+    pooled = g.node("MatMul", [magnitude, g.const(filters.T.copy(), "mel")])
+    bands = g.node("Log", [g.node("Add", [g.node("Mul", [pooled, g.scalar(100.0)]), g.scalar(1.0)])])  # [frames, 40]
+    big = 1 << 40
+    rises = g.node("Relu", [g.node("Sub", [g.slice(bands, 1, big, 0), g.slice(bands, 0, -1, 0)])])
+    g.nodes.append(helper.make_node("ReduceMean", [rises, g.const(_int64(1), "axis")], [ONSET_RISES], keepdims=0))
+    g.nodes.append(helper.make_node("Squeeze", [g.slice(bands, 0, 1, 0), g.const(_int64(0), "axis")], [ONSET_FIRST]))
+    g.nodes.append(helper.make_node("Squeeze", [g.slice(bands, -1, big, 0), g.const(_int64(0), "axis")],
+                                    [ONSET_LAST]))
+    band_info = [tempo_module.BANDS]
+    return g.model([helper.make_tensor_value_info(SIGNAL, TensorProto.FLOAT, ["samples"])],
+                   [helper.make_tensor_value_info(ONSET_RISES, TensorProto.FLOAT, ["frames"]),
+                    helper.make_tensor_value_info(ONSET_FIRST, TensorProto.FLOAT, band_info),
+                    helper.make_tensor_value_info(ONSET_LAST, TensorProto.FLOAT, band_info)], "onsets")
+
+
+def pitch_graph() -> Any:
+    """[samples] (at least one frame) → ``key.PitchProfile``'s profile."""
+    from onnx import TensorProto, helper
+
+    g = _Graph()
+    fft, hop, rate = key_module.FFT, key_module.HOP, key_module.RATE
+    freqs = np.fft.rfftfreq(fft, 1.0 / rate)
+    chosen = np.flatnonzero((freqs >= key_module.FMIN) & (freqs <= key_module.FMAX))
+    kernels = _dft_kernels(fft, chosen, window=_hann(fft))
+    spectrum = _transform(g, _framed(g, SIGNAL, fft, hop, 0), kernels)  # [frames, 2·bins]
+    count = len(chosen)
+    magnitude = g.node("Sqrt", [g.power(spectrum, count, axis=1)])  # [frames, bins]
+    # local maxima: above the left neighbour and not below the right one (the edge bins never count)
+    middle = g.slice(magnitude, 1, count - 1, 1)
+    left, right = g.slice(magnitude, 0, count - 2, 1), g.slice(magnitude, 2, count, 1)
+    is_peak = g.node("And", [g.node("Greater", [middle, left]), g.node("GreaterOrEqual", [middle, right])])
+    is_peak = g.node("Cast", [is_peak], to=TensorProto.FLOAT)
+    is_peak = g.node("Pad", [is_peak, g.const(_int64(0, 1, 0, 1), "pads")], mode="constant")
+    floor = g.scalar(key_module._FLOOR)
+    floored = g.node("Max", [magnitude, floor])
+    # the surroundings: the mean over KERNEL bins, the edge bins repeated beyond the ends
+    reach = key_module.KERNEL // 2
+    edged = g.node("Pad", [g.node("Unsqueeze", [magnitude, g.const(_int64(1), "axis")]),
+                           g.const(_int64(0, 0, reach, 0, 0, reach), "pads")], mode="edge")
+    background = g.node("AveragePool", [edged], kernel_shape=[key_module.KERNEL], strides=[1])
+    background = g.node("Squeeze", [background, g.const(_int64(1), "axis")])
+    threshold = g.node("Mul", [g.node("Max", [background, floor]), g.scalar(key_module._PROMINENCE_RATIO)])
+    prominent = g.node("Cast", [g.node("Greater", [floored, threshold])], to=TensorProto.FLOAT)
+    loudest = g.node("Max", [g.node("ReduceMax", [magnitude, g.const(_int64(1), "axis")], keepdims=1), floor])
+    decibels = g.node("Mul", [g.node("Log", [g.node("Div", [floored, loudest])]), g.scalar(20 / np.log(10.0))])
+    level = g.node("Relu", [g.node("Add", [decibels, g.scalar(key_module.DYNAMIC_RANGE_DB)])])
+    weights = g.node("Mul", [level, g.node("Mul", [is_peak, prominent])])
+    per_bin = g.node("ReduceSum", [weights, g.const(_int64(0), "axis")], keepdims=1)  # [1, bins]
+    semitones = 12 * np.log2(freqs[chosen] / 440.0) + 9
+    lower = np.floor(semitones)
+    upper_share = semitones - lower
+    share = np.zeros((count, 12))
+    share[np.arange(count), lower.astype(int) % 12] += 1 - upper_share
+    share[np.arange(count), (lower.astype(int) + 1) % 12] += upper_share
+    profile = g.node("MatMul", [per_bin, g.const(share.astype(np.float32), "classes")])
+    g.nodes.append(helper.make_node("Squeeze", [profile, g.const(_int64(0), "axis")], [PITCH_PROFILE]))
+    return g.model([helper.make_tensor_value_info(SIGNAL, TensorProto.FLOAT, ["samples"])],
+                   [helper.make_tensor_value_info(PITCH_PROFILE, TensorProto.FLOAT, [12])], "pitch_profile")
+
+
+# -- integrated loudness: the K-weighting filter as matrix products over blocks -------------------------------
+
+LOUDNESS_BLOCKS = "blocks"  # [context + blocks, block]: one channel at the file's rate, cut in blocks
+STEP_POWER = "step_power"  # [steps]: the K-weighted mean square of each 100 ms step
+
+
+def _state_space(sos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """A, B, C, D of a cascade of second-order sections (float64)."""
+    from scipy.signal import tf2ss
+
+    a_total: np.ndarray | None = None
+    b_total = c_total = None
+    d_total = 1.0
+    for section in sos:
+        a, b, c, d = tf2ss(section[:3], section[3:])
+        d = float(d[0, 0])
+        if a_total is None:
+            a_total, b_total, c_total, d_total = a, b, c, d
+            continue
+        # the next section is driven by the output so far: y1 = C1 x1 + D1 u
+        size1, size2 = a_total.shape[0], a.shape[0]
+        combined = np.zeros((size1 + size2, size1 + size2))
+        combined[:size1, :size1] = a_total
+        combined[size1:, :size1] = b @ c_total
+        combined[size1:, size1:] = a
+        b_total = np.vstack([b_total, b * d_total])
+        c_total = np.hstack([d * c_total, c])
+        a_total, d_total = combined, d * d_total
+    return a_total, b_total, c_total, d_total
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """How a rate's samples are cut for the loudness graph: blocks of ``block`` samples, ``per_step`` of them
+    in a 100 ms step, each output block needing ``context`` blocks before it (the filter's memory)."""
+
+    rate: int
+    step: int
+    block: int
+    per_step: int
+    context: int
+
+
+def block_plan(rate: int) -> BlockPlan:
+    step = max(1, round(rate / 10))  # as LoudnessMeter steps
+    divisors = [d for d in range(1, 65) if step % d == 0]
+    per_step = min(divisors, key=lambda d: abs(step // d - 480))
+    block = step // per_step
+    a, _b, _c, _d = _state_space(loudness_module.k_weighting(rate))
+    decay = float(np.max(np.abs(np.linalg.eigvals(a)))) ** block  # how much of the state a block leaves
+    context = int(np.clip(np.ceil(np.log(1e-10) / np.log(max(decay, 1e-300))) + 2, 2, 256))
+    return BlockPlan(rate, step, block, per_step, context)
+
+
+def loudness_graph(rate: int) -> Any:
+    """[context + steps·per_step, block] → the K-weighted mean square of each 100 ms step after the context.
+
+    Block k's output is y_k = T·x_k + O·s_k (T: the filter's impulse response as a Toeplitz matrix, O: how
+    the state at the block's start rings on), and its starting state s_k = Σ_m F^(m-1)·G·x_(k-m) (G: how a
+    block's samples end up in the state, F: how a block carries the state over). F^m dies away within a
+    few blocks, so ``context`` blocks before each give every block its state to float precision: all the
+    blocks are filtered at once, as matrix products."""
+    from onnx import TensorProto, helper
+
+    plan = block_plan(rate)
+    a, b, c, d = _state_space(loudness_module.k_weighting(rate))
+    size = plan.block
+    powers = [np.eye(a.shape[0])]
+    for _ in range(size):
+        powers.append(a @ powers[-1])
+    impulse = np.array([d] + [float((c @ powers[i] @ b)[0, 0]) for i in range(size - 1)])
+    toeplitz = np.zeros((size, size))
+    for lag in range(size):
+        toeplitz += np.diag(np.full(size - lag, impulse[lag]), -lag)
+    ringing = np.vstack([c @ powers[n] for n in range(size)])  # [block, order]
+    gather = np.hstack([powers[size - 1 - j] @ b for j in range(size)])  # [order, block]
+    carry = powers[size]
+    carried = [np.eye(a.shape[0])]
+    for _ in range(plan.context - 1):
+        carried.append(carry @ carried[-1])
+
+    g = _Graph()
+    count = plan.context
+    states = g.node("MatMul", [LOUDNESS_BLOCKS, g.const(gather.T.astype(np.float32), "gather")])  # [blocks, order]
+    big = 1 << 40
+    shifted = [g.slice(states, count - m, -m, 0) for m in range(1, count + 1)]  # block k - m, for k ≥ context
+    stacked = g.node("Concat", shifted, axis=1)  # [out blocks, order·context]
+    carry_stack = np.vstack([power.T for power in carried]).astype(np.float32)  # [order·context, order]
+    start_states = g.node("MatMul", [stacked, g.const(carry_stack, "carry")])
+    own = g.slice(LOUDNESS_BLOCKS, count, big, 0)
+    filtered = g.node("Add", [g.node("MatMul", [own, g.const(toeplitz.T.astype(np.float32), "toeplitz")]),
+                              g.node("MatMul", [start_states, g.const(ringing.T.astype(np.float32), "ringing")])])
+    energy = g.node("ReduceSum", [g.node("Mul", [filtered, filtered]), g.const(_int64(1), "axis")], keepdims=0)
+    per_step = g.node("Reshape", [energy, g.const(_int64(-1, plan.per_step), "shape")])
+    summed = g.node("ReduceSum", [per_step, g.const(_int64(1), "axis")], keepdims=0)
+    g.nodes.append(helper.make_node("Mul", [summed, g.scalar(1.0 / plan.step)], [STEP_POWER]))
+    return g.model([helper.make_tensor_value_info(LOUDNESS_BLOCKS, TensorProto.FLOAT, ["blocks", size])],
+                   [helper.make_tensor_value_info(STEP_POWER, TensorProto.FLOAT, ["steps"])], "k_weighted_power")

@@ -1,0 +1,186 @@
+"""The front ends as ONNX graphs (run here on ONNX Runtime's CPU provider, as they run on a GPU) against the
+numpy implementations the CPU analysis uses, and the analysis with its front ends on the models' device."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jamcaps_desktop.analysis.device_front_ends import DeviceFrontEnds
+from jamcaps_desktop.analysis.native_audio import NativeAudio, save_native
+from jamcaps_desktop.audio import frontend_graphs as graphs
+from jamcaps_desktop.audio.features import beats_fbank, musicnn_melspec
+from jamcaps_desktop.audio.frontends import FRONT_ENDS, InputSpec, Windower, cut_windows
+from jamcaps_desktop.audio.key import PitchProfile
+from jamcaps_desktop.audio.loudness import LoudnessMeter
+from jamcaps_desktop.audio.tempo import OnsetEnvelope
+from jamcaps_desktop.models.engine import make_session
+
+
+def _music(seconds: float, rate: int = 16000) -> np.ndarray:
+    from audio_fixtures import cadence, drum_pattern
+
+    phrase = 0.6 * drum_pattern(97.0, seconds) + 0.4 * cadence(3, True, seconds)
+    if rate != 44100:
+        from scipy.signal import resample_poly
+
+        phrase = resample_poly(phrase, rate // 100, 441)
+    return np.asarray(phrase, dtype=np.float32)
+
+
+def _session(model):
+    return make_session(model.SerializeToString(), "cpu")
+
+
+@pytest.fixture(scope="module")
+def front_ends() -> DeviceFrontEnds:
+    specs = {"musicnn": InputSpec(FRONT_ENDS["musicnn-logmel"], 2.992, 187),
+             "beats": InputSpec(FRONT_ENDS["kaldi-fbank-128"], 10.0, None)}
+    return DeviceFrontEnds(specs, "cpu")
+
+
+def test_the_musicnn_log_mel_graph_matches_numpy():
+    audio = _music(12.0)
+    windows = cut_windows(audio, 47872)
+    got = _session(graphs.musicnn_logmel_graph(47872, 187)).run(None, {graphs.AUDIO: windows})[0]
+    expected = np.stack([musicnn_melspec(w)[:187] for w in windows])
+    assert got.shape == expected.shape == (4, 187, 96)
+    # the log-mel passes through float16, so a value on a rounding edge may land one float16 step away
+    assert np.abs(got - expected).max() < 2e-3
+    assert np.mean(np.abs(got - expected) < 1e-5) > 0.5
+
+
+def test_the_kaldi_fbank_graph_matches_numpy():
+    audio = _music(20.0)
+    windows = cut_windows(audio, 160000)
+    got = _session(graphs.kaldi_fbank_graph(160000)).run(None, {graphs.AUDIO: windows})[0]
+    expected = np.stack([beats_fbank(w) for w in windows])
+    assert got.shape == expected.shape == (2, 998, 128)
+    # float32 against float64: only the near-silent bands (energies ~100 dB below the loudest, which float32
+    # arithmetic cannot resolve) differ beyond 1e-3
+    assert np.abs(got - expected).max() < 3e-2
+    audible = expected > -1.0
+    assert audible.mean() > 0.5 and np.abs(got - expected)[audible].max() < 1e-3
+
+
+@pytest.mark.parametrize("seconds", [0.01, 0.05, 1.0, 30.0, 170.0])
+def test_onset_envelope_and_pitch_profile_match_the_streaming_numpy(front_ends, seconds, monkeypatch):
+    import jamcaps_desktop.analysis.device_front_ends as device
+
+    monkeypatch.setattr(device, "ONSET_STRETCH", 1000)  # several stretches, to test where they join
+    monkeypatch.setattr(device, "PITCH_STRETCH", 40)
+    audio = _music(seconds)
+    onsets, pitches = OnsetEnvelope(), PitchProfile()
+    for start in range(0, len(audio), 5000):  # as decoded: in chunks
+        onsets.feed(audio[start:start + 5000])
+        pitches.feed(audio[start:start + 5000])
+    envelope = front_ends.onset_envelope(audio)
+    expected = onsets.envelope()
+    assert envelope.shape == expected.shape
+    assert np.allclose(envelope, expected, rtol=0, atol=1e-5)
+    profile, frames = front_ends.pitch_profile(audio)
+    assert frames == pitches.frames
+    expected_profile = pitches.profile()
+    assert np.abs(profile - expected_profile).max() <= 1e-5 * max(1.0, expected_profile.max())
+
+
+def test_tempo_and_key_on_the_device_are_those_of_the_numpy_path(front_ends):
+    from jamcaps_desktop.audio.key import key_of_samples
+    from jamcaps_desktop.audio.tempo import tempo_of_samples
+
+    audio = _music(40.0)
+    assert front_ends.tempo(audio) == tempo_of_samples(audio)
+    assert front_ends.key(audio) == key_of_samples(audio)
+
+
+@pytest.mark.parametrize(("rate", "names"), [(44100, ["FL", "FR"]), (48000, ["FC"]), (22050, ["FL", "FR"]),
+                                             (8000, ["FL", "FR"]), (96000, ["FL", "FR"]),
+                                             (48000, ["FL", "FR", "FC", "LFE", "BL", "BR"])])
+def test_the_loudness_graph_matches_the_meter(front_ends, rate, names, tmp_path, monkeypatch):
+    import jamcaps_desktop.analysis.device_front_ends as device
+
+    monkeypatch.setattr(device, "LOUDNESS_STRETCH", 70)  # several stretches, to test where they join
+    rng = np.random.default_rng(rate + len(names))
+    seconds = 21.37
+    base = _music(seconds, 44100)
+    from scipy.signal import resample_poly
+
+    base = resample_poly(base, rate // 50, 882).astype(np.float32) if rate != 44100 else base
+    planes = np.stack([base * (0.3 + 0.2 * i) + 0.01 * rng.standard_normal(len(base)).astype(np.float32)
+                       for i in range(len(names))])
+    planes[:, : rate * 3] *= 0.001  # a quiet start, for the gates
+    meter = LoudnessMeter(rate)
+    meter.feed(planes)
+    expected = meter.result(names)
+    native = save_native(planes, rate, names, str(tmp_path / "audio-"))
+    assert native is not None and os.path.exists(native.path)
+    got = front_ends.loudness(native)
+    assert not os.path.exists(native.path)  # measured and removed
+    assert got.sample_peak_dbfs == expected.sample_peak_dbfs
+    assert got.integrated_lufs == pytest.approx(expected.integrated_lufs, abs=0.011)
+
+
+def test_silence_and_a_short_file_have_no_loudness_but_a_peak(front_ends, tmp_path):
+    for planes in (np.zeros((2, 44100 * 3), dtype=np.float32), np.full((1, 1000), 0.5, dtype=np.float32)):
+        meter = LoudnessMeter(44100)
+        meter.feed(planes)
+        native = save_native(planes, 44100, ["FL", "FR"][: len(planes)], str(tmp_path / "audio-"))
+        assert front_ends.loudness(native) == meter.result(["FL", "FR"][: len(planes)])
+
+
+def test_a_file_that_vanished_fails_that_track_only(front_ends, tmp_path):
+    gone = NativeAudio(str(tmp_path / "gone.f32"), 2, 44100, 44100, ["FL", "FR"], 0.5)
+    with pytest.raises(OSError):
+        front_ends.loudness(gone)
+
+
+@settings(max_examples=60, deadline=None)
+@given(length=st.integers(0, 5000), size=st.integers(1, 700), chunk=st.integers(1, 900))
+def test_cutting_a_whole_signal_gives_the_streaming_windows(length, size, chunk):
+    signal = np.arange(length, dtype=np.float32) + 1
+    windower = Windower(size)
+    streamed = []
+    for start in range(0, length, chunk):
+        streamed.extend(windower.feed(signal[start:start + chunk]))
+    streamed.extend(windower.finish())
+    cut = cut_windows(signal, size)
+    assert len(cut) == len(streamed)
+    for a, b in zip(cut, streamed, strict=True):
+        assert np.array_equal(a, b)
+
+
+def test_analysis_with_front_ends_on_the_device_gives_the_numpy_results(installed_models, make_track, tmp_path):
+    from audio_fixtures import cadence, drum_pattern, encode_signal
+
+    from jamcaps_desktop.analysis.analyze import analyze, track_features
+    from jamcaps_desktop.library import Library
+    from jamcaps_desktop.scan.scanner import scan
+
+    music = tmp_path / "music"
+    for i, fmt in enumerate(("mp3", "flac", "ogg", "m4a", "wav")):
+        make_track(music, fmt, name=f"t{i}")
+    encode_signal(music / "beat.mp3", "mp3", drum_pattern(123.4, 20.0), 44100)
+    encode_signal(music / "chords.flac", "flac", cadence(10, False, 16.0), 48000)
+    results = []
+    for on_device in (False, True):
+        with Library(tmp_path / f"lib{on_device}.sqlite") as library:
+            scan(library, [music])
+            summary = analyze(library, device="cpu", workers=2, front_ends_on_device=on_device)
+            assert summary.analysed == 7 and not summary.errors
+            rows = library.conn.execute(
+                "SELECT t.id, t.path, a.model, a.labels, a.embedding, a.windows FROM analyses a "
+                "JOIN tracks t ON t.id = a.track_id ORDER BY t.path, a.model").fetchall()
+            results.append([(path, model, json.loads(labels), np.frombuffer(embedding, np.float32), windows,
+                              track_features(library, track_id)) for track_id, path, model, labels, embedding,
+                             windows in rows])
+    assert len(results[0]) == len(results[1]) == 14
+    for (path, model, labels, embedding, windows, features), other in zip(*results, strict=True):
+        assert (path, model, windows) == (*other[0:2], other[4])
+        assert features == other[5]  # tempo, key, loudness and peak: the same to the stored decimals
+        assert max(abs(labels[k] - other[2][k]) for k in labels) < 2e-4
+        assert np.abs(embedding - other[3]).max() < 1e-4
