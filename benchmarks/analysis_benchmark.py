@@ -80,8 +80,8 @@ def _measure(folder: Path, workdir: Path, device: str, workers: int, models: lis
     """Decoding alone, then the whole analysis once per front-end placement (each on a fresh library)."""
     out: dict[str, object] = {}
     decode_s = 0.0
-    for placement in front_ends:
-        library = Library(workdir / f"{folder.name}-{placement}.sqlite")
+    for run, placement in enumerate(front_ends):
+        library = Library(workdir / f"{folder.name}-{run}.sqlite")
         scan(library, [folder])
         rows = library.conn.execute("SELECT path, duration FROM tracks WHERE status = 'ok'").fetchall()
         paths, seconds = [r[0] for r in rows], sum(r[1] for r in rows)

@@ -15,6 +15,7 @@ folded into that matrix), followed by the power or magnitude, the band matrix an
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,18 +95,27 @@ class _Graph(GraphBuilder):
 
 def _framed(g: _Graph, signal: str, size: int, hop: int, axis: int) -> str:
     """Frames of ``size`` samples every ``hop`` along ``axis`` (the last one) of ``signal``, as many whole frames
-    as fit: [..., frames, size]. A gather, then one matrix product per transform, is far faster on a GPU than a
-    convolution with kernels of hundreds of samples."""
+    as fit: [..., frames, size]. Frames are put together from blocks of gcd(size, hop) samples by strided
+    slices, all on the device (a gather would need an index tensor as large as the frames, made on the
+    CPU); then one matrix product per transform is far faster on a GPU than a convolution with kernels of
+    hundreds of samples."""
+    piece = math.gcd(size, hop)
+    stride, parts = hop // piece, size // piece
     length = g.node("Gather", [g.node("Shape", [signal]), g.const(_int64(axis), "axis")])  # [1]
     count = g.node("Add", [g.node("Div", [g.node("Sub", [length, g.const(_int64(size), "size")]),
                                           g.const(_int64(hop), "hop")]), g.const(_int64(1), "one")])
-    count = g.node("Squeeze", [count])
-    starts = g.node("Mul", [g.node("Range", [g.const(np.array(0, dtype=np.int64), "zero"), count,
-                                             g.const(np.array(1, dtype=np.int64), "step")]),
-                            g.const(np.array(hop, dtype=np.int64), "hop")])
-    index = g.node("Add", [g.node("Unsqueeze", [starts, g.const(_int64(1), "axis")]),
-                           g.const(np.arange(size, dtype=np.int64)[None, :], "offsets")])  # [frames, size]
-    return g.node("Gather", [signal, index], axis=axis)
+    whole = g.node("Mul", [g.node("Div", [length, g.const(_int64(piece), "piece")]), g.const(_int64(piece), "piece")])
+    trimmed = g.node("Slice", [signal, g.const(_int64(0), "start"), whole, g.const(_int64(axis), "axis")])
+    shape = g.const(_int64(-1, piece) if axis == 0 else _int64(0, -1, piece), "shape")
+    blocks = g.node("Reshape", [trimmed, shape])  # [..., pieces, piece]
+    span = g.node("Add", [g.node("Mul", [g.node("Sub", [count, g.const(_int64(1), "one")]),
+                                         g.const(_int64(stride), "stride")]), g.const(_int64(1), "one")])
+    columns = []
+    for offset in range(parts):  # frame i's piece j is block i·stride + j
+        start = g.const(_int64(offset), "start")
+        columns.append(g.node("Slice", [blocks, start, g.node("Add", [span, start]), g.const(_int64(axis), "axis"),
+                                        g.const(_int64(stride), "step")]))
+    return g.node("Concat", columns, axis=axis + 1) if len(columns) > 1 else columns[0]
 
 
 def _transform(g: _Graph, frames: str, kernels: np.ndarray) -> str:
