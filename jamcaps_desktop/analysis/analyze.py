@@ -30,7 +30,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
@@ -461,13 +461,14 @@ def analyze(library: Library, *, models: list[str] | None = None, device: str = 
 
 _END = object()
 MEASURED_AHEAD = 4  # tracks measured ahead of the model runs
+MEASURE_THREADS = 3  # tracks measured at once: their graphs and copies run beside one another
 
 
 def _measured_ahead(heard_files: Iterator[_Heard], front_ends: DeviceFrontEnds, groups: list[_Group]
                     ) -> Iterator[_Heard]:
-    """The heard tracks, measured on the device by a thread that keeps a few tracks ahead: ONNX Runtime
-    releases the interpreter while a graph runs, so that thread's graphs, and its waiting for the
-    workers, overlap the model runs of the job's thread."""
+    """The heard tracks, measured on the device by threads that keep a few tracks ahead: ONNX Runtime
+    releases the interpreter while a graph runs, so their graphs and copies, and the waiting for the
+    workers, overlap one another and the model runs of the job's thread."""
     ahead: queue.Queue[Any] = queue.Queue(maxsize=MEASURED_AHEAD)
     stop = threading.Event()
 
@@ -480,16 +481,26 @@ def _measured_ahead(heard_files: Iterator[_Heard], front_ends: DeviceFrontEnds, 
                 continue
         return False
 
+    def settled(heard: _Heard, measuring: Future[None]) -> _Heard:
+        exc = measuring.exception()
+        if exc is not None:  # one track the graphs trip over never stops the batch
+            log.error("measuring a track on the device failed: %s", exc)
+            heard.error = f"the audio could not be measured ({type(exc).__name__}: {exc})"
+        return heard
+
     def measure() -> None:
+        pending: deque[tuple[_Heard, Future[None]]] = deque()
         try:
-            for heard in heard_files:
-                try:
-                    _measure_on_device(front_ends, heard, groups)
-                except Exception as exc:  # one track the graphs trip over never stops the batch
-                    log.exception("measuring a track on the device failed")
-                    heard.error = f"the audio could not be measured ({type(exc).__name__}: {exc})"
-                if not put(heard):
-                    break
+            with ThreadPoolExecutor(max_workers=MEASURE_THREADS, thread_name_prefix="analysis-measure") as pool:
+                for heard in heard_files:
+                    pending.append((heard, pool.submit(_measure_on_device, front_ends, heard, groups)))
+                    # in order: a track goes on once it and every track before it are measured
+                    while pending and (len(pending) > MEASURE_THREADS or pending[0][1].done()):
+                        if not put(settled(*pending.popleft())):
+                            return
+                while pending:
+                    if not put(settled(*pending.popleft())):
+                        return
         except BaseException as exc:  # the workers' failure is the job's: hand it over
             put(exc)
         finally:

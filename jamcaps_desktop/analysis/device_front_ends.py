@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from jamcaps_desktop.analysis.native_audio import NativeAudio
+from jamcaps_desktop.analysis.native_audio import NATIVE_DTYPE, NativeAudio
 from jamcaps_desktop.audio import frontend_graphs as graphs
 from jamcaps_desktop.audio import key as key_module
 from jamcaps_desktop.audio import tempo as tempo_module
@@ -91,13 +91,12 @@ class DeviceFrontEnds:
                     count = min(LOUDNESS_STRETCH, steps - first)
                     start, end = first * plan.step - history, (first + count) * plan.step
                     if start < 0:  # the filter starts at rest: silence before the first sample
-                        stretch = np.concatenate([np.zeros(-start, dtype=np.float32), row[:end]])
+                        stretch = np.concatenate([np.zeros(-start, dtype=NATIVE_DTYPE), row[:end]])
                     else:
-                        stretch = np.asarray(row[start:end])
-                    blocks = _float32(stretch).reshape(-1, plan.block)
+                        stretch = row[start:end]
+                    blocks = np.ascontiguousarray(stretch, dtype=NATIVE_DTYPE).reshape(-1, plan.block)
                     parts.append(session.run(None, {graphs.LOUDNESS_BLOCKS: blocks})[0])
                 per_channel.append(np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32))
-            del planes  # the mapping, before the file goes
             power = np.stack(per_channel, axis=1) if steps else np.zeros((0, native.channels))
             return loudness_of_steps(power.astype(np.float64), native.names, native.peak)
         finally:

@@ -255,7 +255,7 @@ def pitch_graph() -> Any:
 
 # -- integrated loudness: the K-weighting filter as matrix products over blocks -------------------------------
 
-LOUDNESS_BLOCKS = "blocks"  # [context + blocks, block]: one channel at the file's rate, cut in blocks
+LOUDNESS_BLOCKS = "blocks"  # [context + blocks, block] float16: one channel at the file's rate, in blocks
 STEP_POWER = "step_power"  # [steps]: the K-weighted mean square of each 100 ms step
 
 
@@ -336,18 +336,19 @@ def loudness_graph(rate: int) -> Any:
 
     g = _Graph()
     count = plan.context
-    states = g.node("MatMul", [LOUDNESS_BLOCKS, g.const(gather.T.astype(np.float32), "gather")])  # [blocks, order]
+    samples = g.node("Cast", [LOUDNESS_BLOCKS], to=TensorProto.FLOAT)  # handed over in half precision
+    states = g.node("MatMul", [samples, g.const(gather.T.astype(np.float32), "gather")])  # [blocks, order]
     big = 1 << 40
     shifted = [g.slice(states, count - m, -m, 0) for m in range(1, count + 1)]  # block k - m, for k ≥ context
     stacked = g.node("Concat", shifted, axis=1)  # [out blocks, order·context]
     carry_stack = np.vstack([power.T for power in carried]).astype(np.float32)  # [order·context, order]
     start_states = g.node("MatMul", [stacked, g.const(carry_stack, "carry")])
-    own = g.slice(LOUDNESS_BLOCKS, count, big, 0)
+    own = g.slice(samples, count, big, 0)
     filtered = g.node("Add", [g.node("MatMul", [own, g.const(toeplitz.T.astype(np.float32), "toeplitz")]),
                               g.node("MatMul", [start_states, g.const(ringing.T.astype(np.float32), "ringing")])])
     energy = g.node("ReduceSum", [g.node("Mul", [filtered, filtered]), g.const(_int64(1), "axis")], keepdims=0)
     per_step = g.node("Reshape", [energy, g.const(_int64(-1, plan.per_step), "shape")])
     summed = g.node("ReduceSum", [per_step, g.const(_int64(1), "axis")], keepdims=0)
     g.nodes.append(helper.make_node("Mul", [summed, g.scalar(1.0 / plan.step)], [STEP_POWER]))
-    return g.model([helper.make_tensor_value_info(LOUDNESS_BLOCKS, TensorProto.FLOAT, ["blocks", size])],
+    return g.model([helper.make_tensor_value_info(LOUDNESS_BLOCKS, TensorProto.FLOAT16, ["blocks", size])],
                    [helper.make_tensor_value_info(STEP_POWER, TensorProto.FLOAT, ["steps"])], "k_weighted_power")
