@@ -12,12 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jamcaps_desktop.analysis.device_front_ends import DeviceFrontEnds
-from jamcaps_desktop.analysis.native_audio import NativeAudio, save_native
+from jamcaps_desktop.analysis.native_audio import NativeAudio, SharedArray, save_array, save_native
 from jamcaps_desktop.audio import frontend_graphs as graphs
 from jamcaps_desktop.audio.features import beats_fbank, musicnn_melspec
 from jamcaps_desktop.audio.frontends import FRONT_ENDS, InputSpec, Windower, cut_windows
 from jamcaps_desktop.audio.key import PitchProfile
-from jamcaps_desktop.audio.loudness import LoudnessMeter
+from jamcaps_desktop.audio.loudness import Loudness, LoudnessMeter
 from jamcaps_desktop.audio.tempo import OnsetEnvelope
 from jamcaps_desktop.models.engine import make_session
 
@@ -101,10 +101,7 @@ def test_tempo_and_key_on_the_device_are_those_of_the_numpy_path(front_ends):
 @pytest.mark.parametrize(("rate", "names"), [(44100, ["FL", "FR"]), (48000, ["FC"]), (22050, ["FL", "FR"]),
                                              (8000, ["FL", "FR"]), (96000, ["FL", "FR"]),
                                              (48000, ["FL", "FR", "FC", "LFE", "BL", "BR"])])
-def test_the_loudness_graph_matches_the_meter(front_ends, rate, names, tmp_path, monkeypatch):
-    import jamcaps_desktop.analysis.device_front_ends as device
-
-    monkeypatch.setattr(device, "LOUDNESS_STRETCH", 70)  # several stretches, to test where they join
+def test_the_loudness_graph_matches_the_meter(front_ends, rate, names, tmp_path):
     rng = np.random.default_rng(rate + len(names))
     seconds = 21.37
     base = _music(seconds, 44100)
@@ -118,25 +115,43 @@ def test_the_loudness_graph_matches_the_meter(front_ends, rate, names, tmp_path,
     meter.feed(planes)
     expected = meter.result(names)
     native = save_native(planes, rate, names, str(tmp_path / "audio-"))
-    assert native is not None and os.path.exists(native.path)
+    assert native is not None and os.path.exists(native.array.path)
     got = front_ends.loudness(native)
-    assert not os.path.exists(native.path)  # measured and removed
+    assert not os.path.exists(native.array.path)  # measured and removed
     assert got.sample_peak_dbfs == expected.sample_peak_dbfs
     assert got.integrated_lufs == pytest.approx(expected.integrated_lufs, abs=0.011)
 
 
-def test_silence_and_a_short_file_have_no_loudness_but_a_peak(front_ends, tmp_path):
-    for planes in (np.zeros((2, 44100 * 3), dtype=np.float32), np.full((1, 1000), 0.5, dtype=np.float32)):
-        meter = LoudnessMeter(44100)
-        meter.feed(planes)
-        native = save_native(planes, 44100, ["FL", "FR"][: len(planes)], str(tmp_path / "audio-"))
-        assert front_ends.loudness(native) == meter.result(["FL", "FR"][: len(planes)])
+def test_silence_has_no_loudness_but_a_short_file_is_left_to_the_worker(front_ends, tmp_path):
+    silence = np.zeros((2, 44100 * 3), dtype=np.float32)
+    native = save_native(silence, 44100, ["FL", "FR"], str(tmp_path / "audio-"))
+    assert front_ends.loudness(native) == LoudnessMeter(44100).result(["FL", "FR"]) == Loudness(None, None)
+    assert save_native(np.full((1, 1000), 0.5, dtype=np.float32), 44100, ["FC"], str(tmp_path / "audio-")) is None
+    assert not list(tmp_path.iterdir())
 
 
 def test_a_file_that_vanished_fails_that_track_only(front_ends, tmp_path):
-    gone = NativeAudio(str(tmp_path / "gone.f32"), 2, 44100, 44100, ["FL", "FR"], 0.5)
+    gone = NativeAudio(SharedArray(str(tmp_path / "gone.raw"), "<f2", (44100 * 2,)), 2, 4, 44100, ["FL", "FR"], 0.5)
     with pytest.raises(OSError):
         front_ends.loudness(gone)
+
+
+def test_files_in_shared_memory_are_cleaned_up(tmp_path, monkeypatch):
+    import jamcaps_desktop.analysis.native_audio as native_audio
+
+    monkeypatch.setattr(native_audio, "SHARED_MEMORY", tmp_path)
+    dead = tmp_path / "jamcaps-audio-999999999-abc.raw"  # a job that crashed
+    dead.write_bytes(b"x")
+    other = tmp_path / "someone-else.raw"
+    other.write_bytes(b"x")
+    target = native_audio.native_audio_folder()
+    assert target is not None and not dead.exists() and other.exists()
+    kept = save_array(np.arange(10, dtype=np.float32), target)
+    assert kept is not None and np.array_equal(kept.take(), np.arange(10, dtype=np.float32))
+    assert not os.path.exists(kept.path)  # taken: the mapping holds the data, the file is gone
+    left = save_array(np.ones(3, dtype=np.float32), target)  # never taken (a cancelled job)
+    native_audio.remove_native_files(target)
+    assert not os.path.exists(left.path) and other.exists()
 
 
 @settings(max_examples=60, deadline=None)

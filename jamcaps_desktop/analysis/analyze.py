@@ -41,8 +41,10 @@ from jamcaps_desktop.analysis.device_front_ends import DeviceFrontEnds
 from jamcaps_desktop.analysis.native_audio import (
     NATIVE_SECONDS,
     NativeAudio,
+    SharedArray,
     native_audio_folder,
     remove_native_files,
+    save_array,
     save_native,
 )
 from jamcaps_desktop.audio import frontends
@@ -123,7 +125,7 @@ class _Heard:
     tempo: Tempo | None = None
     key: Key | None = None
     error: str | None = None
-    audio: np.ndarray | None = None  # the 16 kHz mono audio, where the front ends run on the models' device
+    audio: np.ndarray | SharedArray | None = None  # the 16 kHz mono audio, where the front ends run on the GPU
     native: NativeAudio | None = None  # the audio at its own rate, for the loudness on the models' device
 
 
@@ -203,6 +205,8 @@ def _hear_audio(path: str, native_folder: str | None) -> _Heard:
         return _Heard(error=f"the audio could not be decoded ({type(exc).__name__}: {exc})")
     audio = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
     heard = _Heard(seconds=stats.samples / MEASURE_RATE, audio=audio)
+    if native_folder:
+        heard.audio = save_array(audio, native_folder) or audio
     if native and native_folder:
         planes = np.concatenate(native, axis=1)
         heard.native = save_native(planes, stats.source_rate, stats.channels, native_folder)
@@ -326,6 +330,11 @@ class _Batcher:
         self.models = models
         self.batch = batch
         self.front_ends = front_ends  # where set, the windows are audio and their features are made on the device
+        # on a GPU, the models of one input run at once, each session on its own stream
+        on_gpu = front_ends is not None and front_ends.device_type == "cuda"
+        most = max((sum(m.group == model.group for m in models) for model in models), default=1)
+        self._pool = ThreadPoolExecutor(max_workers=most, thread_name_prefix="analysis-model") \
+            if on_gpu and most > 1 else None
         self.groups: dict[_Group, list[_Loaded]] = {}
         for model in models:
             self.groups.setdefault(model.group, []).append(model)
@@ -335,6 +344,10 @@ class _Batcher:
         self.pending.append(_TrackWork(row, heard, dict.fromkeys(self.groups, 0),
                                        {m.name: [None, None] for m in self.models}))
         return self._run(full_only=True)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
 
     def drain(self) -> list[_TrackWork]:
         return self._run(full_only=False)
@@ -357,8 +370,12 @@ class _Batcher:
                         break
                 batch = np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
                 features = self.front_ends.features(group, batch) if self.front_ends else batch
-                for model in models:
-                    _run_model(model, features, owners)
+                if self._pool is not None and len(models) > 1:
+                    for ran in [self._pool.submit(_run_model, model, features, owners) for model in models]:
+                        ran.result()
+                else:
+                    for model in models:
+                        _run_model(model, features, owners)
                 for work, take in owners:
                     work.done[group] += take
         finished = []
@@ -452,6 +469,7 @@ def analyze(library: Library, *, models: list[str] | None = None, device: str = 
             store(batcher.drain())  # also after a cancel: what was heard is kept
         finally:
             heard_files.close()
+            batcher.close()
             if native_folder:
                 remove_native_files(native_folder)  # of tracks heard but never measured (a cancel, a failure)
         summary.status = "cancelled" if cancel.cancelled else "completed"
@@ -522,6 +540,8 @@ def _measured_ahead(heard_files: Iterator[_Heard], front_ends: DeviceFrontEnds, 
 def _measure_on_device(front_ends: DeviceFrontEnds, heard: _Heard, groups: list[_Group]) -> None:
     """Tempo, key and the model windows of a track whose worker handed over its audio."""
     audio, heard.audio = heard.audio, None
+    if isinstance(audio, SharedArray):
+        audio = audio.take()
     native, heard.native = heard.native, None
     if native is not None:
         heard.loudness = front_ends.loudness(native)

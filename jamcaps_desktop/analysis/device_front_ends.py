@@ -6,9 +6,9 @@ tempo's onset envelope, the key's pitch profile and the K-weighted loudness are 
 graphs of ``audio.frontend_graphs``, on the GPU. The window features never leave the device: they go from the
 front end's session to the models' through ONNX Runtime's I/O binding.
 
-Long tracks are measured a stretch at a time (about 80 s of frames for the tempo, 130 s for the key,
-60 s for the loudness), the stretches overlapping by what one frame (or the loudness filter's memory)
-needs, so that every value is the one the streaming numpy measurement would have made.
+Long tracks are measured a stretch at a time (about 80 s of frames for the tempo, 130 s for the key),
+the stretches overlapping by what one frame needs, so that every value is the one the streaming numpy
+measurement would have made; the loudness takes one run per track (``native_audio`` lays it out).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from jamcaps_desktop.analysis.native_audio import NATIVE_DTYPE, NativeAudio
+from jamcaps_desktop.analysis.native_audio import NativeAudio, separation
 from jamcaps_desktop.audio import frontend_graphs as graphs
 from jamcaps_desktop.audio import key as key_module
 from jamcaps_desktop.audio import tempo as tempo_module
@@ -31,7 +31,6 @@ from jamcaps_desktop.models.engine import make_session
 
 ONSET_STRETCH = 8192  # onset frames per run (82 s)
 PITCH_STRETCH = 512  # key frames per run (131 s)
-LOUDNESS_STRETCH = 600  # 100 ms loudness steps per run (60 s)
 
 
 class DeviceFrontEnds:
@@ -51,7 +50,7 @@ class DeviceFrontEnds:
         provider = self.onsets.get_providers()[0]
         self.device_type = "cuda" if provider == "CUDAExecutionProvider" else "cpu"
         self._device = device
-        self._loudness: dict[int, tuple[graphs.BlockPlan, Any]] = {}  # per sample rate
+        self._loudness: dict[int, Any] = {}  # sessions per sample rate
 
     def features(self, group: Any, batch: np.ndarray) -> Any:
         """The model input of a batch of windows, as an OrtValue on the device."""
@@ -72,33 +71,20 @@ class DeviceFrontEnds:
         return out
 
     def loudness(self, native: NativeAudio) -> Loudness:
-        """The integrated loudness of a track's audio at its own rate (the file is removed afterwards)."""
+        """The integrated loudness of a track's channels at their own rate, laid out by ``save_native``
+        (its file is removed)."""
         try:
-            planes = native.load()
             if native.rate not in self._loudness:
                 graph = graphs.loudness_graph(native.rate)
-                session = make_session(graph.SerializeToString(), self._device, name="the loudness front end",
-                                       varying_shapes=True)
-                self._loudness[native.rate] = (graphs.block_plan(native.rate), session)
-            plan, session = self._loudness[native.rate]
-            steps = native.samples // plan.step
-            history = plan.context * plan.block
-            per_channel = []
-            for channel in range(native.channels):
-                row = planes[channel]
-                parts = []
-                for first in range(0, steps, LOUDNESS_STRETCH):
-                    count = min(LOUDNESS_STRETCH, steps - first)
-                    start, end = first * plan.step - history, (first + count) * plan.step
-                    if start < 0:  # the filter starts at rest: silence before the first sample
-                        stretch = np.concatenate([np.zeros(-start, dtype=NATIVE_DTYPE), row[:end]])
-                    else:
-                        stretch = row[start:end]
-                    blocks = np.ascontiguousarray(stretch, dtype=NATIVE_DTYPE).reshape(-1, plan.block)
-                    parts.append(session.run(None, {graphs.LOUDNESS_BLOCKS: blocks})[0])
-                per_channel.append(np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32))
-            power = np.stack(per_channel, axis=1) if steps else np.zeros((0, native.channels))
-            return loudness_of_steps(power.astype(np.float64), native.names, native.peak)
+                self._loudness[native.rate] = make_session(graph.SerializeToString(), self._device,
+                                                           name="the loudness front end", varying_shapes=True)
+            plan = native.plan
+            blocks = native.array.take().reshape(-1, plan.block)
+            power = self._loudness[native.rate].run(None, {graphs.LOUDNESS_BLOCKS: blocks})[0]
+            stride = native.steps + separation(plan) // plan.per_step  # a channel's steps, then silence
+            steps = np.stack([power[channel * stride:channel * stride + native.steps]
+                              for channel in range(native.channels)], axis=1)
+            return loudness_of_steps(steps.astype(np.float64), native.names, native.peak)
         finally:
             native.remove()
 

@@ -1,14 +1,20 @@
-"""Handing a track's audio at its own rate from a decoding worker to the job, through shared memory.
+"""Handing a track's audio from a decoding worker to the job through shared memory.
 
-With the front ends on a GPU, the loudness (which needs every channel at the file's own rate: 60 MB for
-three minutes of CD audio in float32) is measured there too. Sending that much through a pipe would cost
-the job's process more than the measurement saves, so a worker writes it, in half precision, to a file in
-shared memory (a RAM-backed folder, ``/dev/shm`` on Linux) and the job reads the file, measures, and
-deletes it.
+With the front ends on a GPU, a worker hands over each track's 16 kHz audio (11.5 MB for three
+minutes) and, for the loudness, every channel at the file's own rate (30 MB in half precision for three
+minutes of CD audio). Pickled through a pipe, that would cost the job's process (one process, whose
+time limits the whole analysis) more than the measurements save, so a worker writes each to a file in
+shared memory (a RAM-backed folder, ``/dev/shm`` on Linux); the job maps the file and deletes it at
+once (the mapping stays readable until it is dropped).
+
+The loudness file is already laid out as the loudness graph takes it (``frontend_graphs.loudness_graph``):
+the filter's history of silence, the first channel in whole 100 ms steps, silence long enough for the
+filter to come to rest, the next channel, and so on; one graph run measures the whole track.
 
 The files are named after the job's process, so that what a cancelled job leaves behind, and what a job
-that crashed left behind, is removed by the next. Where there is no such folder, or no room in it, or
-the file is long (``NATIVE_SECONDS``), the worker measures the loudness itself as before.
+that crashed left behind, is removed by the next. Where there is no such folder, or no room in it, the
+worker hands the audio over through the pipe, and a track over ``NATIVE_SECONDS`` has its loudness
+measured in the worker, as it streams.
 """
 
 from __future__ import annotations
@@ -21,7 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-NATIVE_SECONDS = 30 * 60  # longer tracks are measured in the worker, as they stream
+from jamcaps_desktop.audio.frontend_graphs import BlockPlan, block_plan
+
+NATIVE_SECONDS = 10 * 60  # longer tracks are measured for loudness in the worker, as they stream
 # half precision halves what is written, mapped and copied to the GPU; its rounding (about -66 dB below
 # each sample) moves a loudness by under 0.001 LU. The sample peak is taken from the float32 samples.
 NATIVE_DTYPE = np.float16
@@ -30,22 +38,42 @@ _PREFIX = "jamcaps-audio-"
 
 
 @dataclass(frozen=True)
-class NativeAudio:
-    """[channels, samples] of ``NATIVE_DTYPE`` at ``rate`` in the file ``path``, and the sample peak (linear)."""
+class SharedArray:
+    """A float array in a file in shared memory."""
 
     path: str
-    channels: int
-    samples: int
-    rate: int
-    names: list[str]
-    peak: float
+    dtype: str
+    shape: tuple[int, ...]
 
-    def load(self) -> np.ndarray:
-        return np.fromfile(self.path, dtype=NATIVE_DTYPE).reshape(self.channels, self.samples)
+    def take(self) -> np.ndarray:
+        """The array, mapped; the file is removed (the mapping keeps the data while it is used)."""
+        try:
+            return np.memmap(self.path, dtype=np.dtype(self.dtype), mode="r", shape=self.shape)
+        finally:
+            self.remove()
 
     def remove(self) -> None:
         with contextlib.suppress(OSError):
             os.unlink(self.path)
+
+
+@dataclass(frozen=True)
+class NativeAudio:
+    """A track's channels at ``rate`` laid out for the loudness graph, and the sample peak (linear)."""
+
+    array: SharedArray
+    channels: int
+    steps: int  # whole 100 ms steps per channel
+    rate: int
+    names: list[str]
+    peak: float
+
+    @property
+    def plan(self) -> BlockPlan:
+        return block_plan(self.rate)
+
+    def remove(self) -> None:
+        self.array.remove()
 
 
 def native_audio_folder() -> str | None:
@@ -56,26 +84,52 @@ def native_audio_folder() -> str | None:
     return str(SHARED_MEMORY / f"{_PREFIX}{os.getpid()}-")
 
 
-def save_native(planes: np.ndarray, rate: int, names: list[str], target: str) -> NativeAudio | None:
-    """Write [channels, samples] to a new file under ``target``; None where it does not fit."""
+def separation(plan: BlockPlan) -> int:
+    """Blocks of silence between two channels: whole steps, at least the filter's memory."""
+    return -(-plan.context // plan.per_step) * plan.per_step
+
+
+def save_array(array: np.ndarray, target: str) -> SharedArray | None:
+    """Write an array to a new file under ``target``; None where it does not fit."""
     folder, prefix = os.path.split(target)
-    peak = float(max(planes.max(initial=0.0), -planes.min(initial=0.0)))
     try:
-        handle, path = tempfile.mkstemp(prefix=prefix, suffix=".f32", dir=folder)
+        handle, path = tempfile.mkstemp(prefix=prefix, suffix=".raw", dir=folder)
     except OSError:
         return None
     try:
         with os.fdopen(handle, "wb") as out:
-            planes.astype(NATIVE_DTYPE).tofile(out)
+            np.ascontiguousarray(array).tofile(out)
     except OSError:  # shared memory full
         with contextlib.suppress(OSError):
             os.unlink(path)
         return None
-    return NativeAudio(path, planes.shape[0], planes.shape[1], rate, list(names), peak)
+    return SharedArray(path, array.dtype.str, tuple(array.shape))
+
+
+def save_native(planes: np.ndarray, rate: int, names: list[str], target: str) -> NativeAudio | None:
+    """Lay [channels, samples] out for the loudness graph and write it under ``target``; None where it does
+    not fit, or where the track is too short to have a loudness."""
+    plan = block_plan(rate)
+    channels = planes.shape[0]
+    steps = planes.shape[1] // plan.step
+    if steps < 4:
+        return None
+    used = steps * plan.step
+    gap = separation(plan) * plan.block
+    layout = np.zeros(plan.context * plan.block + channels * used + (channels - 1) * gap, dtype=NATIVE_DTYPE)
+    offset = plan.context * plan.block
+    for channel in range(channels):
+        layout[offset:offset + used] = planes[channel, :used]
+        offset += used + gap
+    array = save_array(layout, target)
+    if array is None:
+        return None
+    peak = float(max(planes.max(initial=0.0), -planes.min(initial=0.0)))
+    return NativeAudio(array, channels, steps, rate, list(names), peak)
 
 
 def remove_native_files(target: str) -> None:
-    """Remove every file a job's workers wrote under ``target`` that was not measured and removed."""
+    """Remove every file a job's workers wrote under ``target`` that was not taken."""
     folder, prefix = os.path.split(target)
     for path in Path(folder).glob(f"{prefix}*"):
         with contextlib.suppress(OSError):

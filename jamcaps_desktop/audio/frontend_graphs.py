@@ -15,6 +15,7 @@ folded into that matrix), followed by the power or magnitude, the band matrix an
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -255,7 +256,7 @@ def pitch_graph() -> Any:
 
 # -- integrated loudness: the K-weighting filter as matrix products over blocks -------------------------------
 
-LOUDNESS_BLOCKS = "blocks"  # [context + blocks, block] float16: one channel at the file's rate, in blocks
+LOUDNESS_BLOCKS = "blocks"  # [context + blocks, block] float16: the file's own rate, in blocks
 STEP_POWER = "step_power"  # [steps]: the K-weighted mean square of each 100 ms step
 
 
@@ -296,6 +297,7 @@ class BlockPlan:
     context: int
 
 
+@functools.lru_cache(maxsize=16)
 def block_plan(rate: int) -> BlockPlan:
     step = max(1, round(rate / 10))  # as LoudnessMeter steps
     divisors = [d for d in range(1, 65) if step % d == 0]
