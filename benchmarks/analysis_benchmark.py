@@ -2,10 +2,12 @@
 
     python benchmarks/analysis_benchmark.py [--audio FOLDER] [--minutes 60] [--device auto|cpu|cuda]
                                             [--workers N] [--batches 1,8,64,256] [--skip-memory]
+                                            [--front-ends auto|workers|device[,...]]
 
 Measures, on the same files: (1) decoding alone (PyAV to 16 kHz mono, as the analysis decodes, in as
 many worker processes as the analysis uses), (2) the whole analysis job (one decode per file feeding the
-log-mel, both musicnn taggers, tempo, key and loudness), in tracks per minute and times real time;
+log-mel, both musicnn taggers, tempo, key and loudness), in tracks per minute and times real time, once
+per front-end placement asked for (in the workers, or on the models' device);
 (3) the taggers alone, in windows per second at several batch sizes, on the chosen device; then the peak
 resident memory of analysing one generated two-hour file in a fresh process. The default models must be
 installed (`jamcaps models install --default`).

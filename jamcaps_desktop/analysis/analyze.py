@@ -135,9 +135,17 @@ def _hear(path: str, specs: dict[_Group, InputSpec], ship_audio: bool = False,
     With ``ship_audio`` the worker hands over the 16 kHz audio instead, for the front ends on the models'
     device (``device_front_ends``), and the audio at its own rate for the loudness, as a file in
     ``native_folder`` (shared memory) where there is one, else it measures the loudness itself."""
+    try:
+        return _hear_audio(path, native_folder) if ship_audio else _hear_features(path, specs)
+    except DecodeError as exc:
+        return _Heard(error=str(exc))
+    except Exception as exc:  # one file the decoding trips over never stops the batch
+        log.exception("decoding %s failed", path)
+        return _Heard(error=f"the audio could not be decoded ({type(exc).__name__}: {exc})")
+
+
+def _hear_features(path: str, specs: dict[_Group, InputSpec]) -> _Heard:
     heard = _Heard()
-    if ship_audio:
-        return _hear_audio(path, native_folder)
     rates = [MEASURE_RATE, *sorted({spec.sample_rate for spec in specs.values()} - {MEASURE_RATE})]
     outputs: list[tuple[int | None, bool]] = [(rate, True) for rate in rates] + [(None, False)]  # loudness: own rate
     loudness_output = len(outputs) - 1
@@ -147,22 +155,16 @@ def _hear(path: str, specs: dict[_Group, InputSpec], ship_audio: bool = False,
     onsets, pitches = OnsetEnvelope(), PitchProfile()
     meter: LoudnessMeter | None = None
     stats = DecodeStats()
-    try:
-        for index, chunk in iter_outputs(path, outputs, stats=stats):
-            if index == loudness_output:
-                meter = meter or LoudnessMeter(stats.source_rate)
-                meter.feed(chunk)
-                continue
-            for group in by_rate[index]:
-                features[group].extend(specs[group].features(w) for w in windowers[group].feed(chunk))
-            if index == 0:
-                onsets.feed(chunk)
-                pitches.feed(chunk)
-    except DecodeError as exc:
-        return _Heard(error=str(exc))
-    except Exception as exc:  # one file the decoding trips over never stops the batch
-        log.exception("decoding %s failed", path)
-        return _Heard(error=f"the audio could not be decoded ({type(exc).__name__}: {exc})")
+    for index, chunk in iter_outputs(path, outputs, stats=stats):
+        if index == loudness_output:
+            meter = meter or LoudnessMeter(stats.source_rate)
+            meter.feed(chunk)
+            continue
+        for group in by_rate[index]:
+            features[group].extend(specs[group].features(w) for w in windowers[group].feed(chunk))
+        if index == 0:
+            onsets.feed(chunk)
+            pitches.feed(chunk)
     for group, windower in windowers.items():
         features[group].extend(specs[group].features(w) for w in windower.finish())
         if features[group]:
@@ -182,27 +184,21 @@ def _hear_audio(path: str, native_folder: str | None) -> _Heard:
     held = 0
     meter: LoudnessMeter | None = None
     stats = DecodeStats()
-    try:
-        for index, chunk in iter_outputs(path, [(MEASURE_RATE, True), (None, False)], stats=stats):
-            if index == 0:
-                chunks.append(chunk)
-                continue
-            if (meter is None and native_folder and held + chunk.shape[1] <= NATIVE_SECONDS * stats.source_rate
-                    and (not native or chunk.shape[0] == native[0].shape[0])):
-                native.append(chunk)
-                held += chunk.shape[1]
-                continue
-            if meter is None:  # a long file, or one whose channels changed: measured here, as it streams
-                meter = LoudnessMeter(stats.source_rate)
-                for held_chunk in native:
-                    meter.feed(held_chunk)
-                native = []
-            meter.feed(chunk)
-    except DecodeError as exc:
-        return _Heard(error=str(exc))
-    except Exception as exc:  # one file the decoding trips over never stops the batch
-        log.exception("decoding %s failed", path)
-        return _Heard(error=f"the audio could not be decoded ({type(exc).__name__}: {exc})")
+    for index, chunk in iter_outputs(path, [(MEASURE_RATE, True), (None, False)], stats=stats):
+        if index == 0:
+            chunks.append(chunk)
+            continue
+        if (meter is None and native_folder and held + chunk.shape[1] <= NATIVE_SECONDS * stats.source_rate
+                and (not native or chunk.shape[0] == native[0].shape[0])):
+            native.append(chunk)
+            held += chunk.shape[1]
+            continue
+        if meter is None:  # a long file, or one whose channels changed: measured here, as it streams
+            meter = LoudnessMeter(stats.source_rate)
+            for held_chunk in native:
+                meter.feed(held_chunk)
+            native = []
+        meter.feed(chunk)
     audio = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
     heard = _Heard(seconds=stats.samples / MEASURE_RATE, audio=audio)
     if native_folder:
@@ -442,7 +438,9 @@ def analyze(library: Library, *, models: list[str] | None = None, device: str = 
     batcher = _Batcher(loaded, BATCH_WINDOWS["cuda" if on_gpu else "cpu"], front_ends)
     if workers is None:  # with a GPU the cores are free for decoding; on the CPU the models need them too
         cores = os.cpu_count() or 1
-        workers = max(1, cores - 1) if on_gpu else min(4, cores)
+        # the job's own process takes about three cores when it feeds the GPU the front ends' audio (its
+        # threads copy the audio over and measure; 13 workers of 16 cores measured faster than 15)
+        workers = max(1, cores - (3 if front_ends is not None else 1)) if on_gpu else min(4, cores)
     started = time.monotonic()
     with library.job_lock("analyze"):
         todo, summary.skipped = _todo(library, loaded, limit)

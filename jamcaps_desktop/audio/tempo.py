@@ -86,39 +86,36 @@ def _autocorrelation(envelope: np.ndarray) -> np.ndarray:
     total = np.zeros(MAX_LAG + 1)
     weight = 0.0
     window = np.hanning(length)
-    for start in starts:
-        piece = pulse[start:start + length] * window
-        energy = float(piece @ piece)
-        if energy <= 1e-12:
-            continue
-        spectrum = scipy.fft.rfft(piece, n=size)
-        corr = np.fft.irfft(spectrum * np.conj(spectrum), n=size)[: MAX_LAG + 1]
+    pieces = np.stack([pulse[start:start + length] * window for start in starts])
+    energies = [float(piece @ piece) for piece in pieces]
+    kept = [index for index, energy in enumerate(energies) if energy > 1e-12]
+    if not kept:
+        return total
+    # every stretch's transform at once (the same arithmetic row by row, without a call per stretch)
+    spectra = scipy.fft.rfft(pieces[kept], n=size, axis=1)
+    correlations = np.fft.irfft(spectra * np.conj(spectra), n=size, axis=1)[:, : MAX_LAG + 1]
+    # a lag near the stretch's length overlaps little of it: undo that bias
+    overlap = np.maximum(1.0 - np.arange(MAX_LAG + 1) / length, 0.25)
+    for index, corr in zip(kept, correlations, strict=True):
         corr = corr / corr[0]
-        # a lag near the stretch's length overlaps little of it: undo that bias
-        overlap = np.maximum(1.0 - np.arange(MAX_LAG + 1) / length, 0.25)
-        total += energy * corr / overlap
-        weight += energy
+        total += energies[index] * corr / overlap
+        weight += energies[index]
     return total / weight if weight else total
 
 
-def _value_at(corr: np.ndarray, lag: float) -> float:
-    low = int(np.floor(lag))
-    if low + 1 >= len(corr):
-        return 0.0
-    frac = lag - low
-    return float(corr[low] * (1 - frac) + corr[low + 1] * frac)
-
-
-def _salience(corr: np.ndarray, period: float) -> float:
-    """How strongly the envelope repeats every ``period`` frames (and at its multiples)."""
-    total, weights = 0.0, 0.0
+def _saliences(corr: np.ndarray, periods: np.ndarray) -> np.ndarray:
+    """How strongly the envelope repeats every ``periods[i]`` frames (and at its multiples): the
+    autocorrelation, linearly interpolated, at each period's first four multiples that it reaches."""
+    total, weights = np.zeros(len(periods)), np.zeros(len(periods))
     for multiple, weight in ((1, 1.0), (2, 0.5), (3, 0.33), (4, 0.25)):
-        lag = multiple * period
-        if lag >= len(corr) - 1:
-            break
-        total += weight * max(_value_at(corr, lag), 0.0)
-        weights += weight
-    return total / weights if weights else 0.0
+        lags = multiple * periods
+        reached = lags < len(corr) - 1
+        low = np.floor(np.where(reached, lags, 0.0)).astype(int)
+        frac = np.where(reached, lags, 0.0) - low
+        values = corr[low] * (1 - frac) + corr[low + 1] * frac
+        total += np.where(reached, weight * np.maximum(values, 0.0), 0.0)
+        weights += np.where(reached, weight, 0.0)
+    return np.divide(total, weights, out=np.zeros(len(periods)), where=weights > 0)
 
 
 def _refine(corr: np.ndarray, period: float) -> float:
@@ -149,7 +146,7 @@ def estimate(envelope: np.ndarray) -> Tempo | None:
     corr = _autocorrelation(np.asarray(envelope, dtype=np.float64))
     periods = np.arange(FPS * 60 / MAX_BPM, FPS * 60 / MIN_BPM, 0.25)
     bpms = FPS * 60 / periods
-    raw = np.array([_salience(corr, p) for p in periods])
+    raw = _saliences(corr, periods)
     prior = np.exp(-0.5 * (np.log2(bpms / PRIOR_CENTRE_BPM) / PRIOR_OCTAVES) ** 2)
     scores = raw * prior
     best = int(np.argmax(scores))

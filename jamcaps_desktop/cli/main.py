@@ -527,7 +527,7 @@ def history(obj: Context, batch: int | None, limit: int, as_json: bool) -> None:
               help="Where the models run ('auto': the GPU where one is usable).")
 @click.option("--limit", type=click.IntRange(1), help="Analyse at most this many tracks.")
 @click.option("--model", "models", multiple=True, metavar="NAME", help="Only this installed model (repeatable).")
-@click.option("--workers", type=click.IntRange(1), help="Decoding processes (default: all cores but one with a GPU, "
+@click.option("--workers", type=click.IntRange(1), help="Decoding processes (default: all cores but three with a GPU, "
               "up to 4 on the CPU).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_obj
