@@ -140,12 +140,15 @@ def test_files_in_shared_memory_are_cleaned_up(tmp_path, monkeypatch):
     import jamcaps_desktop.analysis.native_audio as native_audio
 
     monkeypatch.setattr(native_audio, "SHARED_MEMORY", tmp_path)
-    dead = tmp_path / "jamcaps-audio-999999999-abc.raw"  # a job that crashed
+    dead = tmp_path / "jamcaps-audio-999999999-abc.raw"  # a job that crashed an hour and more ago
     dead.write_bytes(b"x")
+    os.utime(dead, (0, 0))
+    recent = tmp_path / "jamcaps-audio-999999998-abc.raw"  # perhaps a live job another container runs
+    recent.write_bytes(b"x")
     other = tmp_path / "someone-else.raw"
     other.write_bytes(b"x")
     target = native_audio.native_audio_folder()
-    assert target is not None and not dead.exists() and other.exists()
+    assert target is not None and not dead.exists() and recent.exists() and other.exists()
     kept = save_array(np.arange(10, dtype=np.float32), target)
     assert kept is not None and np.array_equal(kept.take(), np.arange(10, dtype=np.float32))
     assert not os.path.exists(kept.path)  # taken: the mapping holds the data, the file is gone
@@ -199,3 +202,44 @@ def test_analysis_with_front_ends_on_the_device_gives_the_numpy_results(installe
         assert features == other[5]  # tempo, key, loudness and peak: the same to the stored decimals
         assert max(abs(labels[k] - other[2][k]) for k in labels) < 2e-4
         assert np.abs(embedding - other[3]).max() < 1e-4
+
+
+def test_the_loudness_layout_from_decoded_chunks_is_that_of_the_whole_array(tmp_path):
+    rng = np.random.default_rng(5)
+    planes = rng.standard_normal((2, 44100 * 3 + 777)).astype(np.float32) * 0.1
+    chunks = [planes[:, start:start + 8192] for start in range(0, planes.shape[1], 8192)]
+    whole = save_native(planes, 44100, ["FL", "FR"], str(tmp_path / "a-"))
+    pieces = save_native(chunks, 44100, ["FL", "FR"], str(tmp_path / "b-"))
+    assert whole.peak == pieces.peak and whole.steps == pieces.steps == 30
+    assert np.array_equal(whole.array.take(), pieces.array.take())
+
+
+def test_a_track_whose_channels_change_midway_keeps_its_results(tmp_path):
+    import av
+    from audio_fixtures import encode_signal
+
+    from jamcaps_desktop.analysis.analyze import _hear
+    from jamcaps_desktop.analysis.native_audio import native_audio_folder, remove_native_files
+
+    t = np.arange(44100 * 3) / 44100
+    stereo = encode_signal(tmp_path / "a.mp3", "mp3", (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 44100)
+    other = tmp_path / "b.mp3"
+    with av.open(str(other), "w", format="mp3") as out:  # mono, as joining tools and bad rips append
+        stream = out.add_stream("libmp3lame", rate=44100)
+        stream.layout = "mono"
+        frame = av.AudioFrame.from_ndarray((0.1 * np.sin(2 * np.pi * 330 * t)).astype(np.float32)[None],
+                                           format="fltp", layout="mono")
+        frame.sample_rate = 44100
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            out.mux(packet)
+    joined = tmp_path / "joined.mp3"
+    joined.write_bytes(stereo.read_bytes() + other.read_bytes())
+    target = native_audio_folder() or str(tmp_path / "shared-")
+    try:
+        for folder in (target, None):  # through shared memory, and measured in the worker
+            heard = _hear(str(joined), {}, True, folder)
+            assert heard.error is None and heard.seconds == pytest.approx(6.0, abs=0.2)
+            assert heard.native is None and heard.loudness is not None  # the first layout, in the worker
+            assert heard.loudness.integrated_lufs == pytest.approx(-13.7, abs=1.0)  # the stereo part alone
+    finally:
+        remove_native_files(target)

@@ -39,7 +39,7 @@ import numpy as np
 
 from jamcaps_desktop.analysis.device_front_ends import DeviceFrontEnds
 from jamcaps_desktop.analysis.native_audio import (
-    NATIVE_SECONDS,
+    NATIVE_BYTES,
     NativeAudio,
     SharedArray,
     native_audio_folder,
@@ -188,10 +188,10 @@ def _hear_audio(path: str, native_folder: str | None) -> _Heard:
         if index == 0:
             chunks.append(chunk)
             continue
-        if (meter is None and native_folder and held + chunk.shape[1] <= NATIVE_SECONDS * stats.source_rate
+        if (meter is None and native_folder and held + chunk.nbytes <= NATIVE_BYTES
                 and (not native or chunk.shape[0] == native[0].shape[0])):
             native.append(chunk)
-            held += chunk.shape[1]
+            held += chunk.nbytes
             continue
         if meter is None:  # a long file, or one whose channels changed: measured here, as it streams
             meter = LoudnessMeter(stats.source_rate)
@@ -204,11 +204,11 @@ def _hear_audio(path: str, native_folder: str | None) -> _Heard:
     if native_folder:
         heard.audio = save_array(audio, native_folder) or audio
     if native and native_folder:
-        planes = np.concatenate(native, axis=1)
-        heard.native = save_native(planes, stats.source_rate, stats.channels, native_folder)
-        if heard.native is None:  # no room in shared memory: measured here after all
+        heard.native = save_native(native, stats.source_rate, stats.channels, native_folder)
+        if heard.native is None:  # no room in shared memory, or too short: measured here after all
             meter = LoudnessMeter(stats.source_rate)
-            meter.feed(planes)
+            for chunk in native:
+                meter.feed(chunk)
     if meter is not None:
         heard.loudness = meter.result(stats.channels)
     return heard
@@ -242,6 +242,9 @@ def _heard_in_order(paths: list[str], specs: dict[_Group, InputSpec], cancel: Ca
                 # a worker died (a decoder crash) and took every unfinished file with it: decode those again
                 # one at a time, each in a process of its own, so that only the file that crashes is blamed
                 pool.shutdown(wait=False, cancel_futures=True)
+                for future in futures[index:]:  # what finished is decoded again too: drop its shared files
+                    if future.done() and not future.cancelled() and future.exception() is None:
+                        _discard(future.result())
                 for path in paths[index:len(futures)]:
                     if cancel.cancelled:
                         return
@@ -253,6 +256,14 @@ def _heard_in_order(paths: list[str], specs: dict[_Group, InputSpec], cancel: Ca
             if len(futures) < len(paths) and not cancel.cancelled:
                 futures.append(pool.submit(_hear, paths[len(futures)], specs, ship_audio, native_folder))
             yield heard
+
+
+def _discard(heard: _Heard) -> None:
+    """Remove the shared-memory files of a track that will not be measured."""
+    if isinstance(heard.audio, SharedArray):
+        heard.audio.remove()
+    if heard.native is not None:
+        heard.native.remove()
 
 
 def _hear_isolated(path: str, specs: dict[_Group, InputSpec], ship_audio: bool, native_folder: str | None
@@ -537,12 +548,15 @@ def _measured_ahead(heard_files: Iterator[_Heard], front_ends: DeviceFrontEnds, 
 
 def _measure_on_device(front_ends: DeviceFrontEnds, heard: _Heard, groups: list[_Group]) -> None:
     """Tempo, key and the model windows of a track whose worker handed over its audio."""
+    native, heard.native = heard.native, None
+    if native is not None:
+        try:
+            heard.loudness = front_ends.loudness(native)  # removes the file, whatever happens
+        except Exception:  # no loudness is no reason to lose the track's other results
+            log.exception("measuring the loudness on the device failed")
     audio, heard.audio = heard.audio, None
     if isinstance(audio, SharedArray):
         audio = audio.take()
-    native, heard.native = heard.native, None
-    if native is not None:
-        heard.loudness = front_ends.loudness(native)
     if audio is None or heard.error:
         return
     heard.tempo = front_ends.tempo(audio)

@@ -13,7 +13,7 @@ filter to come to rest, the next channel, and so on; one graph run measures the 
 
 The files are named after the job's process, so that what a cancelled job leaves behind, and what a job
 that crashed left behind, is removed by the next. Where there is no such folder, or no room in it, the
-worker hands the audio over through the pipe, and a track over ``NATIVE_SECONDS`` has its loudness
+worker hands the audio over through the pipe, and a track over ``NATIVE_BYTES`` has its loudness
 measured in the worker, as it streams.
 """
 
@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +31,11 @@ import numpy as np
 
 from jamcaps_desktop.audio.frontend_graphs import BlockPlan, block_plan
 
-NATIVE_SECONDS = 10 * 60  # longer tracks are measured for loudness in the worker, as they stream
+# a worker holds a track's samples at the file's own rate until the end of the file: tracks with more
+# than this many bytes of them (float32; about six minutes of CD audio) are measured in the worker, as
+# they stream, so that a worker never needs more than a few hundred megabytes
+NATIVE_BYTES = 128 * 1024 * 1024
+STALE_SECONDS = 3600  # files of a vanished job older than this are removed (a live job's last seconds)
 # half precision halves what is written, mapped and copied to the GPU; its rounding (about -66 dB below
 # each sample) moves a loudness by under 0.001 LU. The sample peak is taken from the float32 samples.
 NATIVE_DTYPE = np.float16
@@ -81,7 +87,8 @@ def native_audio_folder() -> str | None:
     if not SHARED_MEMORY.is_dir() or not os.access(SHARED_MEMORY, os.W_OK | os.X_OK):
         return None
     _remove_stale()
-    return str(SHARED_MEMORY / f"{_PREFIX}{os.getpid()}-")
+    # the process and a token of the job: two jobs in one process (two libraries) keep apart
+    return str(SHARED_MEMORY / f"{_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-")
 
 
 def separation(plan: BlockPlan) -> int:
@@ -106,25 +113,33 @@ def save_array(array: np.ndarray, target: str) -> SharedArray | None:
     return SharedArray(path, array.dtype.str, tuple(array.shape))
 
 
-def save_native(planes: np.ndarray, rate: int, names: list[str], target: str) -> NativeAudio | None:
-    """Lay [channels, samples] out for the loudness graph and write it under ``target``; None where it does
-    not fit, or where the track is too short to have a loudness."""
+def save_native(chunks: list[np.ndarray] | np.ndarray, rate: int, names: list[str], target: str
+                ) -> NativeAudio | None:
+    """Lay [channels, samples] chunks (of one channel count) out for the loudness graph and write them under
+    ``target``; None where they do not fit, or where the track is too short to have a loudness."""
+    parts = [chunks] if isinstance(chunks, np.ndarray) else chunks
     plan = block_plan(rate)
-    channels = planes.shape[0]
-    steps = planes.shape[1] // plan.step
+    channels = parts[0].shape[0]
+    steps = sum(part.shape[1] for part in parts) // plan.step
     if steps < 4:
         return None
     used = steps * plan.step
     gap = separation(plan) * plan.block
     layout = np.zeros(plan.context * plan.block + channels * used + (channels - 1) * gap, dtype=NATIVE_DTYPE)
-    offset = plan.context * plan.block
+    start = plan.context * plan.block
     for channel in range(channels):
-        layout[offset:offset + used] = planes[channel, :used]
-        offset += used + gap
+        filled = 0
+        for part in parts:  # straight from the decoded chunks: no joined copy of the whole track
+            take = min(part.shape[1], used - filled)
+            if take <= 0:
+                break
+            layout[start + filled:start + filled + take] = part[channel, :take]
+            filled += take
+        start += used + gap
     array = save_array(layout, target)
     if array is None:
         return None
-    peak = float(max(planes.max(initial=0.0), -planes.min(initial=0.0)))
+    peak = max((float(max(part.max(initial=0.0), -part.min(initial=0.0))) for part in parts), default=0.0)
     return NativeAudio(array, channels, steps, rate, list(names), peak)
 
 
@@ -141,7 +156,8 @@ def _remove_stale() -> None:
     with contextlib.suppress(OSError):
         for path in SHARED_MEMORY.glob(f"{_PREFIX}*"):
             pid = path.name[len(_PREFIX):].split("-", 1)[0]
-            if pid.isdigit() and not _alive(int(pid)):
+            # by age too: a job in another container sharing this folder is invisible to ``_alive``
+            if pid.isdigit() and not _alive(int(pid)) and time.time() - path.stat().st_mtime > STALE_SECONDS:
                 with contextlib.suppress(OSError):
                     path.unlink()
 

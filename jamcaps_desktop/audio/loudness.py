@@ -73,8 +73,17 @@ class LoudnessMeter:
         self._peak = 0.0
         self._queued: list[np.ndarray] = []
         self._queued_samples = 0
+        self._channels: int | None = None
+        self.left_out = 0  # samples in another channel layout than the first
 
     def feed(self, chunk: np.ndarray) -> None:
+        # a stream whose channels change midway (joined recordings) is measured in its first layout: the
+        # gates and channel weights of BS.1770 have no meaning across two layouts
+        if self._channels is None:
+            self._channels = chunk.shape[0]
+        elif chunk.shape[0] != self._channels:
+            self.left_out += chunk.shape[1]
+            return
         # decoders hand out small chunks: gather about a second before filtering
         self._queued.append(chunk)
         self._queued_samples += chunk.shape[1]
