@@ -123,3 +123,29 @@ def test_tempo_key_and_loudness_are_measured(installed_models, library, tmp_path
     # without models only the measurements are made; with them, the measurements are not redone
     analyze(library, device="cpu")
     assert library.conn.execute("SELECT count(*) FROM analyses WHERE status = 'ok'").fetchone()[0] == 4
+
+
+def test_worker_thread_limits_are_set_once_and_a_users_value_is_kept(monkeypatch):
+    from jamcaps_desktop.jobs import workers
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    for name in workers._THREAD_VARIABLES:
+        if name != "OMP_NUM_THREADS":
+            monkeypatch.delenv(name, raising=False)
+    writes = []
+    real_setitem = type(os.environ).__setitem__
+
+    def counting(self, key, value):
+        writes.append(key)
+        real_setitem(self, key, value)
+
+    with workers.single_threaded_workers():
+        assert os.environ["OMP_NUM_THREADS"] == "3"  # the user's choice
+        assert all(os.environ[name] == "1" for name in workers._THREAD_VARIABLES if name != "OMP_NUM_THREADS")
+        monkeypatch.setattr(type(os.environ), "__setitem__", counting)
+        with workers.single_threaded_workers():  # nested, as in the measuring thread: writes nothing
+            pass
+        monkeypatch.setattr(type(os.environ), "__setitem__", real_setitem)
+        assert not writes
+    assert os.environ["OMP_NUM_THREADS"] == "3"
+    assert not any(name in os.environ for name in workers._THREAD_VARIABLES if name != "OMP_NUM_THREADS")

@@ -21,6 +21,7 @@ is resumable; a file that cannot be decoded gets an error row and the job goes o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import multiprocessing
@@ -453,7 +454,10 @@ def analyze(library: Library, *, models: list[str] | None = None, device: str = 
         # threads copy the audio over and measure; 13 workers of 16 cores measured faster than 15)
         workers = max(1, cores - (3 if front_ends is not None else 1)) if on_gpu else min(4, cores)
     started = time.monotonic()
-    with library.job_lock("analyze"):
+    # with the front ends on the device, decoding pools start in the measuring thread: the workers'
+    # environment is set here, once, before any thread runs (see ``single_threaded_workers``)
+    environment = single_threaded_workers() if front_ends is not None else contextlib.nullcontext()
+    with library.job_lock("analyze"), environment:
         todo, summary.skipped = _todo(library, loaded, limit)
         progress(Progress("analyze", 0, len(todo)))
         native_folder = native_audio_folder() if front_ends is not None else None

@@ -88,14 +88,13 @@ def single_threaded_workers() -> Iterator[None]:
     variables must be in the environment when a worker starts, before it loads numpy; the job's own
     process, which loaded its libraries already, is unaffected. A value the user set is kept.
     """
-    saved = {name: os.environ.get(name) for name in _THREAD_VARIABLES}
-    for name in _THREAD_VARIABLES:
-        os.environ.setdefault(name, "1")
+    # only what is missing is written (and removed again): the environment is not thread-safe, so a block
+    # nested in one that already set the variables, in a thread beside others, changes nothing
+    added = [name for name in _THREAD_VARIABLES if name not in os.environ]
+    for name in added:
+        os.environ[name] = "1"
     try:
         yield
     finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        for name in added:
+            os.environ.pop(name, None)
