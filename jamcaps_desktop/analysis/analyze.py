@@ -338,14 +338,13 @@ class _Batcher:
         self.models = models
         self.batch = batch
         self.front_ends = front_ends  # where set, the windows are audio and their features are made on the device
-        # on a GPU, the models of one input run at once, each session on its own stream
-        on_gpu = front_ends is not None and front_ends.device_type == "cuda"
-        most = max((sum(m.group == model.group for m in models) for model in models), default=1)
-        self._pool = ThreadPoolExecutor(max_workers=most, thread_name_prefix="analysis-model") \
-            if on_gpu and most > 1 else None
         self.groups: dict[_Group, list[_Loaded]] = {}
         for model in models:
             self.groups.setdefault(model.group, []).append(model)
+        # on a GPU, the models of one input run at once, each session on its own stream
+        on_gpu = front_ends is not None and front_ends.device_type == "cuda"
+        most = max(map(len, self.groups.values()), default=1)
+        self._pool = ThreadPoolExecutor(most, thread_name_prefix="analysis-model") if on_gpu and most > 1 else None
         self.pending: deque[_TrackWork] = deque()
 
     def add(self, row: dict[str, Any], heard: _Heard) -> list[_TrackWork]:
@@ -397,9 +396,9 @@ class _Batcher:
 def _run_model(model: _Loaded, batch: Any, owners: list[tuple[_TrackWork, int]]) -> None:
     """Run a batch of model inputs: a numpy array, or an OrtValue already on the model's device."""
     names = [n for n in (model.label_output, model.embedding_output) if n]
-    mask = None
-    if model.mask_input:  # whole windows: nothing is padding (a short tail is zero-filled, as a recording's silence)
-        mask = np.zeros((batch.shape if isinstance(batch, np.ndarray) else batch.shape())[:2], dtype=bool)
+    # whole windows: nothing is padding (a short tail is zero-filled, as a recording's silence)
+    shape = batch.shape if isinstance(batch, np.ndarray) else batch.shape()
+    mask = np.zeros(shape[:2], dtype=bool) if model.mask_input else None
     if isinstance(batch, np.ndarray):
         feeds = {model.input_name: batch}
         if model.mask_input:
@@ -551,7 +550,7 @@ def _measured_ahead(heard_files: Iterator[_Heard], front_ends: DeviceFrontEnds, 
 
 
 def _measure_on_device(front_ends: DeviceFrontEnds, heard: _Heard, groups: list[_Group]) -> None:
-    """Tempo, key and the model windows of a track whose worker handed over its audio."""
+    """Loudness, tempo, key and the model windows of a track whose worker handed over its audio."""
     native, heard.native = heard.native, None
     if native is not None:
         try:

@@ -13,6 +13,7 @@ measurement would have made; the loudness takes one run per track (``native_audi
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import numpy as np
@@ -51,6 +52,7 @@ class DeviceFrontEnds:
         self.device_type = "cuda" if provider == "CUDAExecutionProvider" else "cpu"
         self._device = device
         self._loudness: dict[int, Any] = {}  # sessions per sample rate
+        self._loudness_lock = threading.Lock()  # tracks are measured in several threads: one session a rate
 
     def features(self, group: Any, batch: np.ndarray) -> Any:
         """The model input of a batch of windows, as an OrtValue on the device."""
@@ -74,10 +76,11 @@ class DeviceFrontEnds:
         """The integrated loudness of a track's channels at their own rate, laid out by ``save_native``
         (its file is removed)."""
         try:
-            if native.rate not in self._loudness:
-                graph = graphs.loudness_graph(native.rate)
-                self._loudness[native.rate] = make_session(graph.SerializeToString(), self._device,
-                                                           name="the loudness front end", varying_shapes=True)
+            with self._loudness_lock:
+                if native.rate not in self._loudness:
+                    graph = graphs.loudness_graph(native.rate)
+                    self._loudness[native.rate] = make_session(graph.SerializeToString(), self._device,
+                                                               name="the loudness front end", varying_shapes=True)
             plan = native.plan
             blocks = native.array.take().reshape(-1, plan.block)
             power = self._loudness[native.rate].run(None, {graphs.LOUDNESS_BLOCKS: blocks})[0]
@@ -127,7 +130,7 @@ class DeviceFrontEnds:
         profile = np.zeros(12)
         for first in range(0, frames, PITCH_STRETCH):
             count = min(PITCH_STRETCH, frames - first)
-            stretch = audio[first * hop:(first + count + 1) * hop]
+            stretch = audio[first * hop:(first + count - 1) * hop + fft]
             profile += self.pitches.run(None, {graphs.SIGNAL: _float32(stretch)})[0]
         return profile, frames
 

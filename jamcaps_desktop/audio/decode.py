@@ -149,7 +149,7 @@ class _Converter:
             if rate is None:
                 self.stats.source_rate = frame.sample_rate or self.stats.source_rate  # HE-AAC doubles its own
             if rate is None and not mono and frame.format.name == "fltp":
-                yield from self._emit(index, [frame], 1.0)  # already what is wanted: no conversion
+                yield from self._emit(index, [frame])  # already what is wanted: no conversion
                 continue
             if self.resamplers[index] is None:
                 gain = _MONO_GAIN.get(frame.layout.name) if mono else None
@@ -157,17 +157,17 @@ class _Converter:
                 self.gains[index] = gain
                 self.resamplers[index] = av.AudioResampler(format="fltp", layout=layout, rate=rate,
                                                            frame_size=OUTPUT_FRAME)
-            yield from self._emit(index, self.resamplers[index].resample(frame), self.gains[index])
+            yield from self._emit(index, self.resamplers[index].resample(frame))
 
     def finish(self) -> Iterator[tuple[int, np.ndarray]]:
         """What the resamplers still hold; the next block starts new ones."""
         for index, resampler in enumerate(self.resamplers):
             if resampler is not None:
-                yield from self._emit(index, resampler.resample(None), self.gains[index])
+                yield from self._emit(index, resampler.resample(None))
         self.resamplers = [None] * len(self.outputs)
 
-    def _emit(self, index: int, frames: list[av.AudioFrame], gain: float | None) -> Iterator[tuple[int, np.ndarray]]:
-        mono, limit = self.outputs[index][1], self._limit(index)
+    def _emit(self, index: int, frames: list[av.AudioFrame]) -> Iterator[tuple[int, np.ndarray]]:
+        mono, limit, gain = self.outputs[index][1], self._limit(index), self.gains[index]
         for out in frames:
             planes = out.to_ndarray()  # [channels, samples] for a planar format
             if not mono:

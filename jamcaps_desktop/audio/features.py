@@ -52,6 +52,11 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float = 0.0,
     return (weights * enorm[:, None]).astype(np.float32)
 
 
+def periodic_hann(size: int) -> np.ndarray:
+    """The periodic Hann window (librosa's and scipy's default for spectra), float64."""
+    return 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(size) / size)
+
+
 def power_spectrogram(signal: np.ndarray, n_fft: int, hop: int, *, center: bool = True,
                       pad_mode: str = "constant") -> np.ndarray:
     """|STFT|² as [1 + n_fft // 2, frames] with a periodic Hann window (librosa's defaults)."""
@@ -61,7 +66,7 @@ def power_spectrogram(signal: np.ndarray, n_fft: int, hop: int, *, center: bool 
     if len(signal) < n_fft:
         signal = np.pad(signal, (0, n_fft - len(signal)))
     frames = 1 + (len(signal) - n_fft) // hop
-    window = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)
+    window = periodic_hann(n_fft).astype(np.float32)
     strides = (signal.strides[0] * hop, signal.strides[0])
     framed = np.lib.stride_tricks.as_strided(signal, shape=(frames, n_fft), strides=strides)
     spectrum = scipy.fft.rfft(framed * window, n=n_fft, axis=1)
@@ -117,6 +122,11 @@ def kaldi_mel_banks(bands: int = KALDI_BANDS, low_hz: float = 20.0, high_hz: flo
     return np.pad(banks, ((0, 0), (0, 1)))
 
 
+def povey_window(size: int) -> np.ndarray:
+    """Kaldi's default window: a symmetric Hann raised to the power 0.85 (float64)."""
+    return (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(size) / (size - 1))) ** 0.85
+
+
 def kaldi_fbank(signal: np.ndarray) -> np.ndarray:
     """[frames, 128] log mel energies of 16 kHz audio scaled to 16-bit range, Kaldi style: 25 ms frames every
     10 ms without edge padding, DC removed, pre-emphasis 0.97, Povey window, 512-point power spectrum."""
@@ -132,7 +142,7 @@ def kaldi_fbank(signal: np.ndarray) -> np.ndarray:
     framed = framed - framed.mean(axis=1, keepdims=True)
     previous = np.concatenate([framed[:, :1], framed[:, :-1]], axis=1)
     framed = framed - 0.97 * previous
-    window = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(KALDI_FRAME) / (KALDI_FRAME - 1))) ** 0.85
+    window = povey_window(KALDI_FRAME)
     power = np.abs(scipy.fft.rfft(framed * window, n=KALDI_FFT, axis=1)) ** 2
     energies = power @ _KALDI_BANKS.T.astype(np.float64)
     return np.log(np.maximum(energies, np.finfo(np.float32).eps)).astype(np.float32)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import scipy.linalg
 
 from jamcaps_desktop.audio import key as key_module
 from jamcaps_desktop.audio import loudness as loudness_module
@@ -38,6 +39,8 @@ from jamcaps_desktop.audio.features import (
     MUSICNN_RATE,
     kaldi_mel_banks,
     mel_filterbank,
+    periodic_hann,
+    povey_window,
 )
 from jamcaps_desktop.models.onnx_graph import GraphBuilder
 
@@ -60,10 +63,6 @@ def _dft_kernels(size: int, bins: np.ndarray, frame_map: np.ndarray | None = Non
     if frame_map is not None:
         kernels = kernels @ frame_map
     return kernels
-
-
-def _hann(size: int) -> np.ndarray:
-    return 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(size) / size)
 
 
 def _int64(*values: int) -> np.ndarray:
@@ -132,7 +131,7 @@ def musicnn_logmel_graph(window_samples: int, frames: int) -> Any:
     bins = MUSICNN_FFT // 2 + 1
     half = MUSICNN_FFT // 2
     padded = g.node("Pad", [AUDIO, g.const(_int64(0, half, 0, half), "pads")], mode="constant")
-    kernels = _dft_kernels(MUSICNN_FFT, np.arange(bins), window=_hann(MUSICNN_FFT))
+    kernels = _dft_kernels(MUSICNN_FFT, np.arange(bins), window=periodic_hann(MUSICNN_FFT))
     spectrum = _transform(g, _framed(g, padded, MUSICNN_FFT, MUSICNN_HOP, 1), kernels)  # [windows, frames + 1, 2·bins]
     power = g.slice(g.power(spectrum, bins, axis=2), 0, frames, axis=1)
     filters = mel_filterbank(MUSICNN_RATE, MUSICNN_FFT, MUSICNN_BANDS)
@@ -156,8 +155,8 @@ def kaldi_fbank_graph(window_samples: int, frames: int | None = None) -> Any:
     centring = np.eye(size) - np.full((size, size), 1.0 / size)
     emphasis = np.eye(size) - 0.97 * np.eye(size, k=-1)
     emphasis[0, 0] = 1.0 - 0.97
-    povey = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(size) / (size - 1))) ** 0.85
-    kernels = _dft_kernels(size, np.arange(bins), frame_map=np.diag(povey) @ emphasis @ centring, fft=KALDI_FFT)
+    kernels = _dft_kernels(size, np.arange(bins), frame_map=np.diag(povey_window(size)) @ emphasis @ centring,
+                           fft=KALDI_FFT)
     scaled = g.node("Mul", [AUDIO, g.scalar(2.0 ** 15)])
     power = g.power(_transform(g, _framed(g, scaled, size, KALDI_SHIFT, 1), kernels), bins, axis=2)
     if frames:  # [windows, frames, bins]
@@ -190,11 +189,10 @@ def onset_graph() -> Any:
 
     g = _Graph()
     fft, bins = tempo_module.FFT, tempo_module.FFT // 2 + 1
-    kernels = _dft_kernels(fft, np.arange(bins), window=_hann(fft))
+    kernels = _dft_kernels(fft, np.arange(bins), window=periodic_hann(fft))
     spectrum = _transform(g, _framed(g, SIGNAL, fft, tempo_module.HOP, 0), kernels)  # [frames, 2·bins]
     magnitude = g.node("Sqrt", [g.power(spectrum, bins, axis=1)])
-    filters = mel_filterbank(tempo_module.RATE, fft, tempo_module.BANDS, fmin=30.0, fmax=7600.0)
-    pooled = g.node("MatMul", [magnitude, g.const(filters.T.copy(), "mel")])
+    pooled = g.node("MatMul", [magnitude, g.const(tempo_module.band_filters().T.copy(), "mel")])
     bands = g.node("Log", [g.node("Add", [g.node("Mul", [pooled, g.scalar(100.0)]), g.scalar(1.0)])])  # [frames, 40]
     big = 1 << 40
     rises = g.node("Relu", [g.node("Sub", [g.slice(bands, 1, big, 0), g.slice(bands, 0, -1, 0)])])
@@ -214,10 +212,9 @@ def pitch_graph() -> Any:
     from onnx import TensorProto, helper
 
     g = _Graph()
-    fft, hop, rate = key_module.FFT, key_module.HOP, key_module.RATE
-    freqs = np.fft.rfftfreq(fft, 1.0 / rate)
-    chosen = np.flatnonzero((freqs >= key_module.FMIN) & (freqs <= key_module.FMAX))
-    kernels = _dft_kernels(fft, chosen, window=_hann(fft))
+    fft, hop = key_module.FFT, key_module.HOP
+    chosen, lower, upper_share = key_module.analysed_bins()
+    kernels = _dft_kernels(fft, chosen, window=periodic_hann(fft))
     spectrum = _transform(g, _framed(g, SIGNAL, fft, hop, 0), kernels)  # [frames, 2·bins]
     count = len(chosen)
     magnitude = g.node("Sqrt", [g.power(spectrum, count, axis=1)])  # [frames, bins]
@@ -242,12 +239,9 @@ def pitch_graph() -> Any:
     level = g.node("Relu", [g.node("Add", [decibels, g.scalar(key_module.DYNAMIC_RANGE_DB)])])
     weights = g.node("Mul", [level, g.node("Mul", [is_peak, prominent])])
     per_bin = g.node("ReduceSum", [weights, g.const(_int64(0), "axis")], keepdims=1)  # [1, bins]
-    semitones = 12 * np.log2(freqs[chosen] / 440.0) + 9
-    lower = np.floor(semitones)
-    upper_share = semitones - lower
-    share = np.zeros((count, 12))
-    share[np.arange(count), lower.astype(int) % 12] += 1 - upper_share
-    share[np.arange(count), (lower.astype(int) + 1) % 12] += upper_share
+    share = np.zeros((count, 12))  # each bin's weight split between its two nearest pitch classes
+    share[np.arange(count), lower] += 1 - upper_share
+    share[np.arange(count), (lower + 1) % 12] += upper_share
     profile = g.node("MatMul", [per_bin, g.const(share.astype(np.float32), "classes")])
     g.nodes.append(helper.make_node("Squeeze", [profile, g.const(_int64(0), "axis")], [PITCH_PROFILE]))
     return g.model([helper.make_tensor_value_info(SIGNAL, TensorProto.FLOAT, ["samples"])],
@@ -299,7 +293,7 @@ class BlockPlan:
 
 @functools.lru_cache(maxsize=16)
 def block_plan(rate: int) -> BlockPlan:
-    step = max(1, round(rate / 10))  # as LoudnessMeter steps
+    step = loudness_module.step_samples(rate)
     divisors = [d for d in range(1, 65) if step % d == 0]
     per_step = min(divisors, key=lambda d: abs(step // d - 480))
     block = step // per_step
@@ -325,11 +319,9 @@ def loudness_graph(rate: int) -> Any:
     powers = [np.eye(a.shape[0])]
     for _ in range(size):
         powers.append(a @ powers[-1])
-    impulse = np.array([d] + [float((c @ powers[i] @ b)[0, 0]) for i in range(size - 1)])
-    toeplitz = np.zeros((size, size))
-    for lag in range(size):
-        toeplitz += np.diag(np.full(size - lag, impulse[lag]), -lag)
-    ringing = np.vstack([c @ powers[n] for n in range(size)])  # [block, order]
+    ringing = np.vstack([c @ powers[n] for n in range(size)])  # [block, order]: C·A^n
+    impulse = np.concatenate([[d], (ringing[:-1] @ b).ravel()])  # D, then C·A^(n-1)·B
+    toeplitz = scipy.linalg.toeplitz(impulse, np.zeros(size))  # y_n = Σ_j impulse[n - j]·x_j
     gather = np.hstack([powers[size - 1 - j] @ b for j in range(size)])  # [order, block]
     carry = powers[size]
     carried = [np.eye(a.shape[0])]

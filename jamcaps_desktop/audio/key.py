@@ -22,6 +22,7 @@ import numpy as np
 import scipy.fft
 from scipy.ndimage import uniform_filter1d
 
+from jamcaps_desktop.audio.features import periodic_hann
 from jamcaps_desktop.audio.framing import FrameStream
 from jamcaps_desktop.tags.keys import key_name
 
@@ -74,19 +75,23 @@ def _templates() -> np.ndarray:
 _TEMPLATES = _templates()
 
 
+def analysed_bins() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The spectrum bins between FMIN and FMAX, the pitch class (0 = C) just below each, and the share of
+    each bin's weight that goes to the class above (how far it is from that semitone, A = 440 Hz)."""
+    freqs = np.fft.rfftfreq(FFT, 1.0 / RATE)
+    bins = np.flatnonzero((freqs >= FMIN) & (freqs <= FMAX))
+    semitones = 12 * np.log2(freqs[bins] / 440.0) + 9
+    lower = np.floor(semitones)
+    return bins, lower.astype(int) % 12, semitones - lower
+
+
 class PitchProfile:
     """Feed mono 16 kHz chunks in order; ``profile()`` is the summed 12-bin pitch-class profile."""
 
     def __init__(self) -> None:
-        freqs = np.fft.rfftfreq(FFT, 1.0 / RATE)
-        self._bins = np.flatnonzero((freqs >= FMIN) & (freqs <= FMAX))
-        semitones = 12 * np.log2(freqs[self._bins] / 440.0) + 9  # 0 = C
-        lower = np.floor(semitones)
-        upper_share = semitones - lower
-        self._lower = lower.astype(int) % 12
+        self._bins, self._lower, self._upper_share = analysed_bins()
         self._upper = (self._lower + 1) % 12
-        self._upper_share = upper_share
-        self._window = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(FFT) / FFT)).astype(np.float32)
+        self._window = periodic_hann(FFT).astype(np.float32)
         self._stream = FrameStream(FFT, HOP)
         self._sum = np.zeros(12)
         self._frames = 0

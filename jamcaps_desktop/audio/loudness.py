@@ -51,6 +51,11 @@ def k_weighting(rate: int) -> np.ndarray:
     return np.array([shelf, highpass])
 
 
+def step_samples(rate: int) -> int:
+    """Samples in a 100 ms step (the gating blocks are four of them)."""
+    return max(1, round(rate / 10))
+
+
 def _weight(name: str) -> float:
     if name in ("LFE", "LFE2", "LOW_FREQUENCY"):
         return 0.0
@@ -66,7 +71,7 @@ class LoudnessMeter:
         self.rate = rate
         self._sos = k_weighting(rate)
         self._sos32 = self._sos.astype(np.float32)
-        self._step = max(1, round(rate / 10))  # 100 ms
+        self._step = step_samples(rate)
         self._state: np.ndarray | None = None
         self._pending = np.zeros((0, 0), dtype=np.float64)
         self._steps: list[np.ndarray] = []  # per 100 ms step: mean square per channel
@@ -74,7 +79,6 @@ class LoudnessMeter:
         self._queued: list[np.ndarray] = []
         self._queued_samples = 0
         self._channels: int | None = None
-        self.left_out = 0  # samples in another channel layout than the first
 
     def feed(self, chunk: np.ndarray) -> None:
         # a stream whose channels change midway (joined recordings) is measured in its first layout: the
@@ -82,7 +86,6 @@ class LoudnessMeter:
         if self._channels is None:
             self._channels = chunk.shape[0]
         elif chunk.shape[0] != self._channels:
-            self.left_out += chunk.shape[1]
             return
         # decoders hand out small chunks: gather about a second before filtering
         self._queued.append(chunk)

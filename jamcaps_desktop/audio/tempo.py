@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.fft
 
-from jamcaps_desktop.audio.features import mel_filterbank
+from jamcaps_desktop.audio.features import mel_filterbank, periodic_hann
 from jamcaps_desktop.audio.framing import FrameStream
 
 RATE = 16000
@@ -44,12 +44,17 @@ class Tempo:
     confidence: float  # 0–1: how clearly the winning period stands above the others
 
 
+def band_filters() -> np.ndarray:
+    """[BANDS, 1 + FFT / 2]: the mel bands (30 Hz to 7.6 kHz) each frame's magnitude spectrum is pooled into."""
+    return mel_filterbank(RATE, FFT, BANDS, fmin=30.0, fmax=7600.0)
+
+
 class OnsetEnvelope:
     """Feed mono 16 kHz chunks in order; ``envelope()`` returns the onset strength, 100 values a second."""
 
     def __init__(self) -> None:
-        self._filters = mel_filterbank(RATE, FFT, BANDS, fmin=30.0, fmax=7600.0)
-        self._window = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(FFT) / FFT)).astype(np.float32)
+        self._filters = band_filters()
+        self._window = periodic_hann(FFT).astype(np.float32)
         self._stream = FrameStream(FFT, HOP, lead=FFT // 2)  # frame i centred on t = i·10 ms
         self._previous: np.ndarray | None = None
         self._values: list[np.ndarray] = []
