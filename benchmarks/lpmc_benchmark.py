@@ -1,11 +1,15 @@
 """LP-MusicCaps speed: the app's ONNX graphs (float32, float16) against the PyTorch eager port.
 
-    python benchmarks/lpmc_benchmark.py [--device cuda|cpu] [--batches 1,8,32] [--tokens 32]
+    python benchmarks/lpmc_benchmark.py [--device cuda|cpu] [--batches 1,8,32] [--tokens 32] [--rounds 3]
 
 Full-size model (bart-base sizes, the real front end's shapes) with random weights; 10-s chunks;
 beam search with 5 beams as captioning runs it, every caption made exactly ``--tokens`` long (end of
-sequence is held back until then) so that every variant does the same work. Reported: captions per
-second end to end (front end, encoder, search), and the share of that time spent in the model calls.
+sequence is held back until then) so that every variant does the same work. Each variant runs the whole
+way from the audio on the host to the token ids: the app's graphs through ``CaptionPipeline`` (front
+end, encoder, cross-attention cache and search steps on the device), the PyTorch port through its own
+front end, encoder and ``TorchSteps``; both driven by the same search (``models.lpmc_search.search``).
+Reported: captions per second (median of ``--rounds`` after a warm-up), and how many captions have the
+same ids as the float32 graphs'.
 """
 
 from __future__ import annotations
@@ -59,89 +63,74 @@ def random_weights(seed: int = 0) -> dict[str, np.ndarray]:
     return w
 
 
-class _Timed:
-    """A session whose run() time is added up (the model's share of the whole)."""
-
-    def __init__(self, session, clock: list[float]) -> None:
-        self.session, self.clock = session, clock
-
-    def run(self, names, feeds):
-        start = time.perf_counter()
-        try:
-            return self.session.run(names, feeds)
-        finally:
-            self.clock[0] += time.perf_counter() - start
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     parser.add_argument("--batches", default="1,8,32")
     parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--skip-eager", action="store_true")
     args = parser.parse_args()
 
     from jamcaps_desktop.models import lpmc
+    from jamcaps_desktop.models.captioner_install import GRAPHS, HALF_GRAPHS, CaptionPipeline, build_graphs
     from jamcaps_desktop.models.engine import make_session
+    from jamcaps_desktop.models.lpmc_search import search
 
     weights = random_weights()
     work = Path(os.environ.get("TMPDIR", "/tmp")) / "jamcaps-lpmc-bench"
     work.mkdir(parents=True, exist_ok=True)
-    variants = {}
-    for label, half in (("onnx fp32", False), ("onnx fp16", True)):
-        if half and args.device == "cpu":
-            continue
-        encoder, step = work / f"encoder-{label[-4:]}.onnx", work / f"step-{label[-4:]}.onnx"
-        encoder.write_bytes(lpmc.build_encoder(weights, CONFIG, half=half).SerializeToString())
-        step.write_bytes(lpmc.build_decoder_step(weights, CONFIG, half=half).SerializeToString())
-        variants[label] = (make_session(encoder, args.device), make_session(step, args.device))
+    for file_name, graph in build_graphs(weights, CONFIG).items():
+        (work / file_name).write_bytes(graph.SerializeToString())
+    generation = {"num_beams": 5, "max_length": args.tokens + 1, "min_length": args.tokens}
+
+    def onnx_variant(files: tuple[str, ...]):
+        sessions = [make_session(work / f, args.device, varying_shapes=True) for f in files]
+        pipeline = CaptionPipeline(*sessions, CONFIG)
+        return lambda audio: pipeline.search(pipeline.encode(audio), **generation)[0]
+
+    variants = {"onnx fp32": onnx_variant(GRAPHS)}
+    if args.device == "cuda":
+        variants["onnx fp16"] = onnx_variant(("log_mel.onnx", *HALF_GRAPHS))
     if not args.skip_eager:
         import torch
 
-        from jamcaps_desktop.export.lpmc_torch import LPMCPort, StepSession
+        from jamcaps_desktop.export.lpmc_torch import LPMCPort, TorchSteps
 
         torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
         port = LPMCPort(weights, CONFIG).to(args.device)
 
-        class _EagerEncoder:
-            def __init__(self, half: bool) -> None:
-                self.half = half
+        def eager_variant(half: bool):
+            steps = TorchSteps(port, args.device, half=half)
 
-            def run(self, _names, feeds):
-                with torch.inference_mode(), torch.autocast(args.device, dtype=torch.float16, enabled=self.half):
-                    out = port.encode(torch.from_numpy(feeds["log_mel"]).to(args.device))
-                    return [out.float().cpu().numpy()]
+            def caption(audio: np.ndarray) -> list[list[int]]:
+                with torch.inference_mode(), torch.autocast(args.device, dtype=torch.float16, enabled=half):
+                    samples = torch.from_numpy(audio).to(args.device)
+                    hidden = port.encode(port.log_mel(samples).float()).float().cpu().numpy()
+                return search(steps, hidden, CONFIG, **generation)[0]
 
-        variants["pytorch eager fp32"] = (_EagerEncoder(False), StepSession(port, args.device))
+            return caption
+
+        variants["pytorch eager fp32"] = eager_variant(False)
         if args.device == "cuda":
-            variants["pytorch eager fp16 autocast"] = (_EagerEncoder(True), StepSession(port, args.device, half=True))
-    mel_filters = weights["audio_encoder.mel_encoder.mel_scale.fb"]
+            variants["pytorch eager fp16 autocast"] = eager_variant(True)
     rng = np.random.default_rng(1)
     results: dict[str, dict[str, object]] = {}
     for batch in (int(b) for b in args.batches.split(",")):
         audio = (rng.standard_normal((batch, lpmc.CHUNK_SAMPLES)) * 0.1).astype(np.float32)
-        for label, (encoder, step) in variants.items():
-            clock = [0.0]
-
-            def once(encoder=encoder, step=step, clock=clock, audio=audio) -> list[list[int]]:
-                hidden = _Timed(encoder, clock).run(None, {"log_mel": lpmc.log_mel(audio, mel_filters)})[0]
-                decoder = lpmc.CachedDecoder(_Timed(step, clock), CONFIG)
-                ids, _ = lpmc.beam_search(decoder, hidden, CONFIG, num_beams=5, max_length=args.tokens + 1,
-                                          min_length=args.tokens)
-                return ids
-
-            once()  # warm-up
-            times, shares = [], []
-            for _ in range(3):
-                clock[0] = 0.0
+        reference = None
+        for label, caption in variants.items():
+            ids = caption(audio)  # warm-up
+            reference = reference or ids
+            times = []
+            for _ in range(args.rounds):
                 start = time.perf_counter()
-                once()
-                elapsed = time.perf_counter() - start
-                times.append(elapsed)
-                shares.append(clock[0] / elapsed)
+                caption(audio)
+                times.append(time.perf_counter() - start)
             results.setdefault(label, {})[str(batch)] = {
                 "captions_per_s": round(batch / statistics.median(times), 2),
-                "model_share": round(statistics.median(shares), 2)}
+                "same_ids_as_onnx_fp32": f"{sum(a == b for a, b in zip(ids, reference, strict=True))}/{batch}"}
             print(f"{label}, batch {batch}: {results[label][str(batch)]}", file=sys.stderr, flush=True)
     report = {f"captions/s (10-s chunks, beam 5, {args.tokens} tokens each) by batch": results,
               "machine": machine_line()}

@@ -113,24 +113,103 @@ def test_the_captioner_installs_with_consent_and_captions_a_track(shared_referen
     assert stored["model"] == "lp-musiccaps" and stored["text"] in [c["text"] for c in stored["chunks"]]
 
 
-def test_the_cached_decoder_gives_the_same_search(oracle):
+def _padded(ids, expected, pad):
+    return np.array([row + [pad] * (expected.shape[1] - len(row)) for row in ids])
+
+
+def _onnx_steps(weights, cfg, half):
+    from jamcaps_desktop.models import lpmc_search
+
+    def session(graph):
+        return ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+
+    return lpmc_search.OnnxSteps(session(lpmc_search.build_cross_cache(weights, cfg, half=half)),
+                                 session(lpmc_search.build_search_step(weights, cfg, half=half)), cfg)
+
+
+def _check_search(steps, cfg, data, score_tolerance):
+    """Greedy (one beam), three beams and the default five give the official ids and scores."""
+    from jamcaps_desktop.models.lpmc_search import search
+
+    greedy, _ = search(steps, data["encoder_hidden"], cfg, num_beams=1, max_length=21)
+    assert np.array_equal(_padded(greedy, data["greedy_ids"], cfg["pad_token_id"]), data["greedy_ids"])
+    for beams, key, length in ((3, "beam3", 21), (5, "default_beam5", 128)):
+        ids, scores = search(steps, data["encoder_hidden"], cfg, num_beams=beams, max_length=length)
+        expected = data[f"{key}_ids"]
+        assert np.array_equal(_padded(ids, expected, cfg["pad_token_id"]), expected)
+        assert np.allclose(scores, data[f"{key}_sequence_scores"], atol=score_tolerance)
+
+
+@pytest.mark.parametrize("half", [False, True], ids=["float32", "float16"])
+def test_the_search_graphs_give_the_official_ids(oracle, half):
     cfg, weights, data, _encoder, _decoder = oracle
-    step = ort.InferenceSession(lpmc.build_decoder_step(weights, cfg).SerializeToString(),
-                                providers=["CPUExecutionProvider"])
-    cached = lpmc.CachedDecoder(step, cfg)
-    greedy = lpmc.greedy(cached, data["encoder_hidden"], cfg, max_length=21, min_length=2)
-    assert np.array_equal(np.array(greedy), data["greedy_ids"])
-    ids, scores = lpmc.beam_search(lpmc.CachedDecoder(step, cfg), data["encoder_hidden"], cfg, num_beams=5,
-                                   max_length=128)
-    expected = data["default_beam5_ids"]
-    padded = [row + [cfg["pad_token_id"]] * (expected.shape[1] - len(row)) for row in ids]
-    assert np.array_equal(np.array(padded), expected)
-    assert np.allclose(scores, data["default_beam5_sequence_scores"], atol=1e-4)
+    # float16 inside: the same ids, scores within a few ten-thousandths
+    _check_search(_onnx_steps(weights, cfg, half), cfg, data, 1e-3 if half else 1e-5)
+
+
+def test_the_search_graphs_follow_the_rules():
+    """On random weights over 40 tokens: a full-size vocabulary's rules hold in every caption (no 3-gram
+    twice, <s> first, </s> last and only there) and the graphs pick what the host-side reference picks."""
+    from jamcaps_desktop.models import lpmc_search
+
+    cfg = {"d_model": 16, "encoder_layers": 1, "decoder_layers": 2, "encoder_attention_heads": 2,
+           "decoder_attention_heads": 2, "vocab_size": 24, "bos_token_id": 0, "pad_token_id": 1, "eos_token_id": 2,
+           "decoder_start_token_id": 2, "forced_bos_token_id": 0, "forced_eos_token_id": 2, "no_repeat_ngram_size": 3}
+    rng = np.random.default_rng(5)
+    weights = _random_bart(cfg, rng)
+    hidden = rng.standard_normal((3, 5, 16)).astype(np.float32)
+    whole = ort.InferenceSession(lpmc.build_decoder(weights, cfg).SerializeToString(),
+                                 providers=["CPUExecutionProvider"])
+    for beams in (1, 2, 4):
+        expected, expected_scores = lpmc.beam_search(whole, hidden, cfg, num_beams=beams, max_length=40, min_length=30)
+        ids, scores = lpmc_search.search(_onnx_steps(weights, cfg, False), hidden, cfg, num_beams=beams,
+                                         max_length=40, min_length=30)
+        assert ids == expected
+        assert np.allclose(scores, expected_scores, atol=1e-5)
+        for row in ids:
+            assert row[:2] == [2, 0] and row[-1] == 2 and 2 not in row[1:-1] and len(row) >= 31
+            grams = [tuple(row[i:i + 3]) for i in range(len(row) - 2)]
+            assert len(grams) == len(set(grams))
+
+
+def _random_bart(cfg, rng):
+    d, vocabulary = cfg["d_model"], cfg["vocab_size"]
+
+    def n(*shape):
+        return (rng.standard_normal(shape) * 0.5).astype(np.float32)
+
+    weights = {"bart.model.shared.weight": n(vocabulary, d), "bart.final_logits_bias": n(1, vocabulary),
+               "bart.model.decoder.embed_positions.weight": n(64, d),
+               "bart.model.decoder.layernorm_embedding.weight": 1 + n(d),
+               "bart.model.decoder.layernorm_embedding.bias": n(d)}
+    for layer in range(cfg["decoder_layers"]):
+        key = f"bart.model.decoder.layers.{layer}"
+        for block in ("self_attn", "encoder_attn"):
+            for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
+                weights[f"{key}.{block}.{proj}.weight"], weights[f"{key}.{block}.{proj}.bias"] = n(d, d), n(d)
+            weights[f"{key}.{block}_layer_norm.weight"], weights[f"{key}.{block}_layer_norm.bias"] = 1 + n(d), n(d)
+        weights[f"{key}.fc1.weight"], weights[f"{key}.fc1.bias"] = n(4 * d, d), n(4 * d)
+        weights[f"{key}.fc2.weight"], weights[f"{key}.fc2.bias"] = n(d, 4 * d), n(d)
+        weights[f"{key}.final_layer_norm.weight"], weights[f"{key}.final_layer_norm.bias"] = 1 + n(d), n(d)
+    return weights
+
+
+def test_the_front_end_graph_matches_the_official_log_mel(oracle):
+    from jamcaps_desktop.audio.frontend_graphs import captioner_logmel_graph
+
+    cfg, weights, data, encoder, _decoder = oracle
+    graph = captioner_logmel_graph(np.asarray(weights["audio_encoder.mel_encoder.mel_scale.fb"]))
+    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    mel = session.run(None, {"audio": data["audio"]})[0]
+    assert mel.shape == data["log_mel"].shape
+    # float32 products instead of an FFT: within the numpy front end's tolerance, and the same encoder states
+    assert np.abs(mel - data["log_mel"]).max() < 0.05
+    assert np.abs(encoder.run(None, {"log_mel": mel})[0] - data["encoder_hidden"]).max() < 1e-3
 
 
 def test_the_pytorch_port_matches_the_official_numbers(oracle):
     torch = pytest.importorskip("torch")
-    from jamcaps_desktop.export.lpmc_torch import LPMCPort, StepSession
+    from jamcaps_desktop.export.lpmc_torch import LPMCPort, TorchSteps
 
     cfg, weights, data, _encoder, _decoder = oracle
     port = LPMCPort(weights, cfg)
@@ -139,6 +218,4 @@ def test_the_pytorch_port_matches_the_official_numbers(oracle):
         hidden = port.encode(torch.from_numpy(data["log_mel"])).numpy()
     assert np.abs(mel - data["log_mel"]).max() < 0.05
     assert np.abs(hidden - data["encoder_hidden"]).max() < 1e-4
-    cached = lpmc.CachedDecoder(StepSession(port), cfg)
-    assert np.array_equal(np.array(lpmc.greedy(cached, data["encoder_hidden"], cfg, max_length=21)),
-                          data["greedy_ids"])
+    _check_search(TorchSteps(port), cfg, data, 1e-5)

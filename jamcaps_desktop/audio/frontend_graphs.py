@@ -172,6 +172,27 @@ def kaldi_fbank_graph(window_samples: int, frames: int | None = None) -> Any:
                    "kaldi_fbank")
 
 
+def captioner_logmel_graph(mel_filters: np.ndarray, fft: int = 1024, hop: int = 160) -> Any:
+    """``audio`` [chunks, samples] → ``log_mel`` [chunks, bands, frames]: the LP-MusicCaps front end
+    (``models.lpmc.log_mel``: centred periodic-Hann STFT with reflection, the power of the real part only,
+    the checkpoint's mel filters ``mel_filters`` [fft/2 + 1, bands], 10·log10 with a floor of 1e-10)."""
+    from onnx import TensorProto, helper
+
+    g = _Graph()
+    bins = fft // 2 + 1
+    padded = g.node("Pad", [AUDIO, g.const(_int64(0, fft // 2, 0, fft // 2), "pads")], mode="reflect")
+    real_part = _dft_kernels(fft, np.arange(bins), window=periodic_hann(fft))[:bins]
+    real = _transform(g, _framed(g, padded, fft, hop, 1), real_part)                     # [chunks, frames, bins]
+    mel = g.node("MatMul", [g.node("Mul", [real, real]),
+                            g.const(np.asarray(mel_filters, dtype=np.float32), "mel")])      # [chunks, frames, bands]
+    decibels = g.node("Mul", [g.node("Log", [g.node("Max", [mel, g.scalar(1e-10)])]), g.scalar(10 / np.log(10.0))])
+    g.nodes.append(helper.make_node("Transpose", [decibels], ["log_mel"], perm=[0, 2, 1]))
+    bands = int(np.shape(mel_filters)[1])
+    return g.model([helper.make_tensor_value_info(AUDIO, TensorProto.FLOAT, ["chunks", "samples"])],
+                   [helper.make_tensor_value_info("log_mel", TensorProto.FLOAT, ["chunks", bands, "frames"])],
+                   "lpmc_logmel")
+
+
 WINDOW_GRAPHS = {"musicnn-logmel": musicnn_logmel_graph, "kaldi-fbank-128": kaldi_fbank_graph}
 
 # -- the tempo and key measurements over a whole track, one stretch at a time -------------------------------

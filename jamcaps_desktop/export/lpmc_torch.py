@@ -2,8 +2,8 @@
 ONNX graphs of ``models.lpmc`` are checked and timed against. It loads the official checkpoint's
 ``state_dict`` and computes what ``models.lpmc`` describes: the STFT front end (the real part's power),
 the convolutions and sinusoids, BART's encoder, and BART's decoder one step at a time with a key/value
-cache. ``StepSession`` answers like an ONNX Runtime session of the one-step graph, so the same search
-code (``models.lpmc.CachedDecoder``, ``greedy``, ``beam_search``) drives either.
+cache. ``TorchSteps`` computes a search step on the port's device as the app's search graphs do
+(``models.lpmc_search``), so the same search (``models.lpmc_search.search``) drives either.
 """
 
 from __future__ import annotations
@@ -78,8 +78,22 @@ class LPMCPort(nn.Module):
             x = self._norm(x + inner, key + ".final_layer_norm")
         return x
 
-    def step(self, ids: Tensor, hidden: Tensor, past: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
-        """One decoding step: the newest token of each row, the encoder states and the cache."""
+    def cross_cache(self, hidden: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """Every decoder layer's cross-attention keys and values of the encoder's states [B, S, d], once per
+        search: [B, 1, H, S, d/H] each, the 1 broadcasting over a chunk's beams."""
+        h = self.dec_heads
+        cache = []
+        for layer in range(int(self.cfg["decoder_layers"])):
+            key = f"{PREFIX}decoder.layers.{layer}.encoder_attn"
+            cache.append((self._heads(self._linear(hidden, key + ".k_proj"), h).unsqueeze(1),
+                          self._heads(self._linear(hidden, key + ".v_proj"), h).unsqueeze(1)))
+        return cache
+
+    def step(self, ids: Tensor, past: list[Tensor], cross: list[tuple[Tensor, Tensor]], beams: int
+             ) -> tuple[Tensor, list[Tensor]]:
+        """One decoding step of N = chunks × beams rows: the newest token of each row [N, 1], the cache
+        [N, H, P, d/H] per layer's keys and values, and ``cross_cache``'s keys and values → logits [N, 1, V]
+        and the cache with this step."""
         w, h = self.w, self.dec_heads
         table = w[PREFIX + "shared.weight"]
         position = past[0].shape[2]
@@ -87,6 +101,7 @@ class LPMCPort(nn.Module):
         x = x + w[PREFIX + "decoder.embed_positions.weight"][2 + position]
         x = self._norm(x, PREFIX + "decoder.layernorm_embedding")
         present: list[Tensor] = []
+        rows = ids.shape[0]
         for layer in range(int(self.cfg["decoder_layers"])):
             key = f"{PREFIX}decoder.layers.{layer}"
             q = self._heads(self._linear(x, key + ".self_attn.q_proj"), h)
@@ -94,31 +109,76 @@ class LPMCPort(nn.Module):
             v = torch.cat([past[2 * layer + 1], self._heads(self._linear(x, key + ".self_attn.v_proj"), h)], dim=2)
             present += [k, v]
             x = self._norm(x + self._attend(q, k, v, h, key + ".self_attn"), key + ".self_attn_layer_norm")
-            q = self._heads(self._linear(x, key + ".encoder_attn.q_proj"), h)
-            ck = self._heads(self._linear(hidden, key + ".encoder_attn.k_proj"), h)
-            cv = self._heads(self._linear(hidden, key + ".encoder_attn.v_proj"), h)
-            x = self._norm(x + self._attend(q, ck, cv, h, key + ".encoder_attn"), key + ".encoder_attn_layer_norm")
+            q = self._heads(self._linear(x, key + ".encoder_attn.q_proj"), h) * (self.d // h) ** -0.5
+            ck, cv = cross[layer]
+            grouped = q.reshape(-1, beams, *q.shape[1:])                            # [B, beams, H, 1, hd]
+            context = ((grouped @ ck.transpose(-1, -2)).softmax(-1) @ cv).reshape(rows, h, 1, self.d // h)
+            attended = self._linear(context.transpose(1, 2).reshape(rows, 1, self.d), key + ".encoder_attn.out_proj")
+            x = self._norm(x + attended, key + ".encoder_attn_layer_norm")
             inner = self._linear(functional.gelu(self._linear(x, key + ".fc1")), key + ".fc2")
             x = self._norm(x + inner, key + ".final_layer_norm")
         logits = x @ table.T + w["bart.final_logits_bias"].reshape(-1)
         return logits, present
 
 
-class StepSession:
-    """The port's decoding step behind the interface of an ONNX Runtime session of the one-step graph."""
+class TorchSteps:
+    """The port's decoding steps for ``models.lpmc_search.search``, the generation rules and the choice of
+    each chunk's best candidates computed in PyTorch on the port's device, as the graphs compute them."""
 
     def __init__(self, port: LPMCPort, device: str = "cpu", half: bool = False) -> None:
         self.port, self.device, self.half = port, device, half
+        self.layers, self.heads = int(port.cfg["decoder_layers"]), port.dec_heads
+        cfg = port.cfg
+        self.eos = int(cfg.get("eos_token_id", 2))
+        self.ngram = int(cfg.get("no_repeat_ngram_size", 0) or 0)
+        self._cross: list[tuple[Tensor, Tensor]] = []
+        self._sequences: Tensor | None = None
+        self._past: list[Tensor] = []
 
-    def get_inputs(self) -> list[Any]:
-        return []
+    def _context(self) -> Any:
+        return torch.autocast(self.device, dtype=torch.float16, enabled=self.half)
 
-    def run(self, _names: Any, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        layers = int(self.port.cfg["decoder_layers"])
-        with torch.inference_mode(), torch.autocast(self.device, dtype=torch.float16, enabled=self.half):
-            ids = torch.from_numpy(feeds["decoder_input_ids"]).to(self.device)
-            hidden = torch.from_numpy(feeds["encoder_hidden"]).to(self.device)
-            past = [torch.from_numpy(feeds[f"past_{kind}_{i}"]).to(self.device)
-                    for i in range(layers) for kind in ("key", "value")]
-            logits, present = self.port.step(ids, hidden, past)
-            return [logits.float().cpu().numpy()] + [p.float().cpu().numpy() for p in present]
+    @torch.inference_mode()
+    def start(self, encoder_hidden: np.ndarray, beams: int) -> None:
+        with self._context():
+            hidden = torch.from_numpy(np.asarray(encoder_hidden, np.float32)).to(self.device)
+            self._cross = self.port.cross_cache(hidden)
+        self._sequences, self._past = None, []
+
+    @torch.inference_mode()
+    def step(self, tokens: np.ndarray, parents: np.ndarray, beam_scores: np.ndarray, beams: int,
+             eos_banned: bool, forced_token: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        new = torch.from_numpy(np.ascontiguousarray(tokens, np.int64)).to(self.device)
+        rows = new.shape[0]
+        if self._sequences is None:
+            sequences = new[:, None]
+            dtype = torch.float16 if self.half else torch.float32
+            past = [torch.zeros(rows, self.heads, 0, self.port.d // self.heads, dtype=dtype, device=self.device)
+                    for _ in range(2 * self.layers)]
+        else:
+            order = torch.from_numpy(np.ascontiguousarray(parents, np.int64)).to(self.device)
+            sequences = torch.cat([self._sequences[order], new[:, None]], dim=1)
+            past = [tensor[order] for tensor in self._past]
+        with self._context():
+            logits, self._past = self.port.step(new[:, None], past, self._cross, beams)
+        self._sequences = sequences
+        scores = functional.log_softmax(logits[:, -1].float(), dim=-1)
+        vocabulary = scores.shape[-1]
+        if eos_banned:
+            scores[:, self.eos] = -math.inf
+        length, size = sequences.shape[1], self.ngram
+        if size > 0 and length >= size:
+            count = length - size + 1
+            match = torch.ones(rows, count, dtype=torch.bool, device=self.device)
+            for m in range(size - 1):
+                match &= sequences[:, m:m + count] == sequences[:, count + m:count + m + 1]
+            banned = torch.where(match, sequences[:, size - 1:], vocabulary)
+            padded = torch.cat([scores, scores.new_full((rows, 1), -math.inf)], dim=1)
+            scores = padded.scatter(1, banned, -math.inf)[:, :vocabulary]
+        if forced_token >= 0:
+            scores = torch.full_like(scores, -math.inf)
+            scores[:, forced_token] = 0.0
+        scores = scores + torch.from_numpy(np.asarray(beam_scores, np.float32)).to(self.device)[:, None]
+        top = scores.reshape(-1, beams * vocabulary).topk(2 * beams, dim=-1)
+        indices = top.indices.cpu().numpy()
+        return top.values.cpu().numpy(), indices // vocabulary, indices % vocabulary

@@ -2,8 +2,10 @@
 files, and running it.
 
 Its weights come under conflicting terms, so it is installed only with the user's explicit consent
-(``accept_licence``); nothing else in the app needs it. The checkpoint is read without torch, its
-encoder and decoder graphs built (``models.lpmc``) and run once on a test clip before anything is kept.
+(``accept_licence``); nothing else in the app needs it. The checkpoint is read without torch, its graphs
+built — the front end (``audio.frontend_graphs``), the encoder (``models.lpmc``), the cross-attention cache
+and the search step (``models.lpmc_search``), in float32 and for CUDA in float16 — and run once on a test
+clip before anything is kept.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def _locate(local: Path, source: dict[str, Any]) -> tuple[Path, Path]:
 
 def install_captioner(name: str, spec: dict[str, Any], local: str | os.PathLike[str] | None, *,
                       accept_licence: bool = False):  # -> InstalledModel
-    from jamcaps_desktop.models import lpmc, registry
+    from jamcaps_desktop.models import registry
     from jamcaps_desktop.models.checkpoint_install import _download, _pin, checked_digest
     from jamcaps_desktop.models.torch_checkpoint import CheckpointError, read_checkpoint
 
@@ -65,19 +67,16 @@ def install_captioner(name: str, spec: dict[str, Any], local: str | os.PathLike[
             if not isinstance(weights, dict) or MEL_KEY not in {k.removeprefix("module.") for k in weights}:
                 raise CheckpointError("it holds no LP-MusicCaps state_dict")
             weights = {k.removeprefix("module."): v for k, v in weights.items()}
-            encoder = lpmc.build_encoder(weights, spec["config"])
-            step = lpmc.build_decoder_step(weights, spec["config"])
+            graphs = build_graphs(weights, spec["config"])
         except (CheckpointError, KeyError, ValueError) as exc:
             raise registry.ModelError(f"{name}: {checkpoint_path.name} cannot be converted ({exc})") from exc
-        _check(encoder, step, spec["config"], np.asarray(weights[MEL_KEY], dtype=np.float32))
+        _check(graphs, spec["config"])
         with registry.staged_install(models / name) as staging:
-            (staging / "encoder.onnx").write_bytes(encoder.SerializeToString())
-            (staging / "decoder_step.onnx").write_bytes(step.SerializeToString())
-            np.save(staging / "mel_filters.npy", np.asarray(weights[MEL_KEY], dtype=np.float32))
+            for file_name, graph in graphs.items():
+                (staging / file_name).write_bytes(graph.SerializeToString())
             for file_name in TOKENIZER_FILES:
                 shutil.copyfile(folder / file_name, staging / file_name)
-            files = {f: registry.file_sha256(staging / f)
-                     for f in ("decoder_step.onnx", "mel_filters.npy", *TOKENIZER_FILES)}
+            files = {f: registry.file_sha256(staging / f) for f in (*graphs, *TOKENIZER_FILES) if f != "encoder.onnx"}
             registry.write_record(staging, {"manifest": spec, "file": "encoder.onnx", "labels": [], "files": files,
                                             "sha256": registry.file_sha256(staging / "encoder.onnx"),
                                             "checkpoint_sha256": digest})
@@ -86,40 +85,95 @@ def install_captioner(name: str, spec: dict[str, Any], local: str | os.PathLike[
     return registry.verify(name)
 
 
-def _check(encoder: Any, step: Any, config: dict[str, Any], mel_filters: np.ndarray) -> None:
+GRAPHS = ("log_mel.onnx", "encoder.onnx", "cross_cache.onnx", "search_step.onnx")
+HALF_GRAPHS = ("encoder.fp16.onnx", "cross_cache.fp16.onnx", "search_step.fp16.onnx")  # for CUDA
+
+
+def build_graphs(weights: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """The captioner's graphs by file name: the front end, and the encoder, cross-attention cache and
+    search step in float32 and (for CUDA) float16."""
+    from jamcaps_desktop.audio.frontend_graphs import captioner_logmel_graph
+    from jamcaps_desktop.models import lpmc, lpmc_search
+
+    graphs = {"log_mel.onnx": captioner_logmel_graph(np.asarray(weights[MEL_KEY], dtype=np.float32))}
+    for suffix, half in ((".onnx", False), (".fp16.onnx", True)):
+        graphs["encoder" + suffix] = lpmc.build_encoder(weights, config, half=half)
+        graphs["cross_cache" + suffix] = lpmc_search.build_cross_cache(weights, config, half=half)
+        graphs["search_step" + suffix] = lpmc_search.build_search_step(weights, config, half=half)
+    return graphs
+
+
+def _check(graphs: dict[str, Any], config: dict[str, Any]) -> None:
+    """Caption a test clip with the float32 graphs (a few tokens): every number must be finite."""
     import onnxruntime as ort
 
-    from jamcaps_desktop.models import lpmc
+    from jamcaps_desktop.models.lpmc import CHUNK_SAMPLES
     from jamcaps_desktop.models.registry import ModelError
 
-    clip = (np.random.default_rng(0).standard_normal(lpmc.CHUNK_SAMPLES) * 0.1).astype(np.float32)
-    encoder_session = ort.InferenceSession(encoder.SerializeToString(), providers=["CPUExecutionProvider"])
-    decoder = lpmc.CachedDecoder(ort.InferenceSession(step.SerializeToString(), providers=["CPUExecutionProvider"]),
-                                 config)
-    hidden = encoder_session.run(None, {"log_mel": lpmc.log_mel(clip[None], mel_filters)})[0]
-    logits = decoder.run(["logits"], {"decoder_input_ids": np.array([[2, 0]], dtype=np.int64),
-                                      "encoder_hidden": hidden})[0]
-    if not (np.all(np.isfinite(hidden)) and np.all(np.isfinite(logits))):
+    sessions = {name: ort.InferenceSession(graphs[name].SerializeToString(), providers=["CPUExecutionProvider"])
+                for name in GRAPHS}
+    clip = (np.random.default_rng(0).standard_normal((1, CHUNK_SAMPLES)) * 0.1).astype(np.float32)
+    captioner = CaptionPipeline(*(sessions[name] for name in GRAPHS), config)
+    hidden = captioner.encode(clip)
+    _ids, scores = captioner.search(hidden, num_beams=2, max_length=4, min_length=2)
+    if not (np.all(np.isfinite(hidden.numpy())) and np.all(np.isfinite(scores))):
         raise ModelError("the converted captioner gives non-finite values on a test clip")
 
 
+class CaptionPipeline:
+    """The captioner's sessions chained on their device: audio → log-mel → encoder states → search."""
+
+    def __init__(self, front_end: Any, encoder: Any, cross: Any, step: Any, config: dict[str, Any]) -> None:
+        from jamcaps_desktop.models.lpmc_search import OnnxSteps
+
+        self.front_end, self.encoder, self.config = front_end, encoder, config
+        self.steps = OnnxSteps(cross, step, config)
+
+    def encode(self, chunks: np.ndarray) -> Any:
+        """[chunks, samples] → the encoder's states, an OrtValue on the device."""
+        mel = self.front_end.io_binding()
+        mel.bind_cpu_input("audio", np.ascontiguousarray(chunks, dtype=np.float32))
+        mel.bind_output("log_mel", self.steps.device)
+        self.front_end.run_with_iobinding(mel)
+        states = self.encoder.io_binding()
+        states.bind_ortvalue_input("log_mel", mel.get_outputs()[0])
+        states.bind_output("encoder_hidden", self.steps.device)
+        self.encoder.run_with_iobinding(states)
+        return states.get_outputs()[0]
+
+    def search(self, hidden: Any, **generation: Any) -> tuple[list[list[int]], list[float]]:
+        from jamcaps_desktop.models.lpmc_search import search
+
+        return search(self.steps, hidden, self.config, **generation)
+
+
 class Captioner:
-    """The installed LP-MusicCaps model: 10-s chunks of a track to captions."""
+    """The installed LP-MusicCaps model: 10-s chunks of a track to captions. On CUDA the float16 graphs
+    run, and everything from the audio to each step's best candidates stays on the GPU."""
 
     def __init__(self, model: Any, device: str = "auto") -> None:
         from tokenizers import ByteLevelBPETokenizer
 
-        from jamcaps_desktop.models.engine import make_session
+        from jamcaps_desktop.models.engine import cuda_wanted, make_session
+        from jamcaps_desktop.models.registry import ModelError
 
         self.name = model.name
         self.config = model.manifest["config"]
         self.generation = model.manifest.get("generation", {"num_beams": 5, "max_length": 128, "min_length": 2})
-        from jamcaps_desktop.models.lpmc import CachedDecoder
+        missing = [f for f in (*GRAPHS, *HALF_GRAPHS) if not (model.folder / f).is_file()]
+        if missing:
+            raise ModelError(f"the model {self.name} was installed by an older version of the app ({missing[0]} is "
+                             f"missing); reinstall it with 'jamcaps models install {self.name} --accept-licence'")
+        def session(file_name: str) -> Any:
+            return make_session(model.folder / file_name, device, name=f"{self.name} {file_name.split('.')[0]}",
+                                varying_shapes=True)
 
-        self.encoder = make_session(model.folder / "encoder.onnx", device)
-        # one token's work per step, with the key/value cache
-        self.decoder = CachedDecoder(make_session(model.folder / "decoder_step.onnx", device), self.config)
-        self.mel_filters = np.load(model.folder / "mel_filters.npy")
+        front_end = session("log_mel.onnx")
+        self.device = front_end.get_providers()[0]
+        on_gpu = self.device == "CUDAExecutionProvider" and cuda_wanted(device)
+        self.pipeline = CaptionPipeline(front_end, *(session(f) for f in (HALF_GRAPHS if on_gpu else GRAPHS[1:])),
+                                  self.config)
+        self.batch = 32 if self.device == "CUDAExecutionProvider" else 8
         self.tokenizer = ByteLevelBPETokenizer(str(model.folder / "vocab.json"), str(model.folder / "merges.txt"))
 
     @classmethod
@@ -128,16 +182,16 @@ class Captioner:
 
         return cls(registry.verify(name), device)
 
-    def caption_chunks(self, samples: np.ndarray, batch: int = 8) -> list[tuple[float, float, str]]:
+    def caption_chunks(self, samples: np.ndarray, batch: int | None = None) -> list[tuple[float, float, str]]:
         """(start s, end s, caption) for each 10-s chunk of 16-kHz ``samples``."""
         from jamcaps_desktop.models import lpmc
 
         chunks = lpmc.chunks_of(samples)
+        batch = batch or self.batch
         out: list[tuple[float, float, str]] = []
         for first in range(0, len(chunks), batch):
             group = chunks[first:first + batch]
-            hidden = self.encoder.run(None, {"log_mel": lpmc.log_mel(group, self.mel_filters)})[0]
-            ids, _scores = lpmc.beam_search(self.decoder, hidden, self.config, **self.generation)
+            ids, _scores = self.pipeline.search(self.pipeline.encode(group), **self.generation)
             for offset, sequence in enumerate(ids):
                 start = (first + offset) * lpmc.CHUNK_SAMPLES / lpmc.SAMPLE_RATE
                 text = self.tokenizer.decode([t for t in sequence if t > 3], skip_special_tokens=True).strip()

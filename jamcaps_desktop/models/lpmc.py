@@ -1,5 +1,5 @@
 """The LP-MusicCaps captioner (audio → caption, Doh et al. 2023) as ONNX graphs built from its checkpoint's
-weights with numpy and ``onnx.helper`` (no torch), and greedy decoding on them.
+weights with numpy and ``onnx.helper`` (no torch), and a host-side reference of its decoding.
 
 The network, as the official ``BartCaptionModel`` computes it in evaluation:
 
@@ -14,12 +14,14 @@ The network, as the official ``BartCaptionModel`` computes it in evaluation:
 
 Generation follows the official call: the decoder starts from ``</s>``, the first generated token is
 forced to ``<s>``, end of sequence is forced at the last position and forbidden before ``min_length``,
-and no 3-gram repeats.
+and no 3-gram repeats. ``greedy`` and ``beam_search`` here run it on the whole-prefix decoder graph, in
+numpy, as plainly as the original states it: they are the reference the captioning search
+(``models.lpmc_search``: one token per step, the rules and the choice of candidates on the model's
+device) is checked against.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -61,7 +63,7 @@ def chunks_of(samples: np.ndarray) -> np.ndarray:
     return samples[: count * CHUNK_SAMPLES].reshape(count, CHUNK_SAMPLES)
 
 
-class _Builder:
+class Builder:
     def __init__(self, weights: dict[str, np.ndarray], cfg: dict[str, Any], half: bool = False) -> None:
         self.weights, self.cfg = weights, cfg
         self.g = GraphBuilder()
@@ -147,7 +149,7 @@ def build_encoder(weights: dict[str, np.ndarray], cfg: dict[str, Any], half: boo
     """``log_mel`` [B, 128, frames] → ``encoder_hidden`` [B, 32, d] (float16 inside with ``half``)."""
     from onnx import TensorProto, helper
 
-    b = _Builder(weights, cfg, half)
+    b = Builder(weights, cfg, half)
     x = b.inside("log_mel")
     x = b.gelu(b.node("Conv", [x, b.c(b.w("audio_encoder.conv1.weight"), "conv"),
                                b.c(b.w("audio_encoder.conv1.bias"), "bias")], kernel_shape=[3], pads=[1, 1]))
@@ -178,7 +180,7 @@ def build_decoder(weights: dict[str, np.ndarray], cfg: dict[str, Any]) -> onnx.M
     """``decoder_input_ids`` [B, T] and ``encoder_hidden`` [B, S, d] → ``logits`` [B, T, vocabulary]."""
     from onnx import TensorProto, helper
 
-    b = _Builder(weights, cfg)
+    b = Builder(weights, cfg)
     table = b.w(PREFIX + "shared.weight")
     x = b.node("Gather", [b.c(table, "embed_tokens"), "decoder_input_ids"], axis=0)          # [B, T, d]
     if cfg.get("scale_embedding"):
@@ -349,118 +351,3 @@ def _add_hypothesis(hypotheses: list[tuple[float, list[int]]], keep: int, score:
         hypotheses.append((score, list(sequence)))
         if len(hypotheses) > keep:
             hypotheses.remove(min(hypotheses, key=lambda h: h[0]))
-
-
-def build_decoder_step(weights: dict[str, np.ndarray], cfg: dict[str, Any], half: bool = False) -> onnx.ModelProto:
-    """One decoding step with a key/value cache: ``decoder_input_ids`` [B, 1] (the newest token),
-    ``encoder_hidden`` [B, S, d] and, per layer, ``past_key_i`` / ``past_value_i`` [B, H, P, d/H] (P = the
-    tokens before, 0 at the start) → ``logits`` [B, 1, vocabulary] and ``present_key_i`` /
-    ``present_value_i`` [B, H, P + 1, d/H]. Each step costs one token's work instead of the whole prefix.
-    Inputs and outputs are float32; ``half`` computes in float16 inside."""
-    from onnx import TensorProto, helper
-
-    b = _Builder(weights, cfg, half)
-    encoder_hidden = b.inside("encoder_hidden")
-    heads = int(cfg["decoder_attention_heads"])
-    head_dim = b.d // heads
-    layers = int(cfg["decoder_layers"])
-    table = b.w(PREFIX + "shared.weight")
-    x = b.node("Gather", [b.c(table, "embed_tokens"), "decoder_input_ids"], axis=0)            # [B, 1, d]
-    if cfg.get("scale_embedding"):
-        x = b.node("Mul", [x, b.scalar(math.sqrt(b.d))])
-    past_length = b.node("Shape", ["past_key_0"], start=2, end=3)                            # [1]
-    position = b.node("Slice", [b.c(b.w(PREFIX + "decoder.embed_positions.weight"), "positions"),
-                                b.node("Add", [past_length, b.ints(2)]), b.node("Add", [past_length, b.ints(3)]),
-                                b.ints(0)])                                                   # [1, d]
-    x = b.layer_norm(b.node("Add", [x, position]), PREFIX + "decoder.layernorm_embedding")
-    split = b.ints(0, 0, heads, head_dim)
-    merged = b.ints(0, 0, b.d)
-
-    def heads_of(tensor: str, transpose_keys: bool = False) -> str:
-        return b.node("Transpose", [b.node("Reshape", [tensor, split])],
-                      perm=[0, 2, 3, 1] if transpose_keys else [0, 2, 1, 3])
-
-    outputs = []
-    for layer in range(layers):
-        key = f"{PREFIX}decoder.layers.{layer}"
-        q = heads_of(b.node("Mul", [b.linear(x, key + ".self_attn.q_proj"), b.scalar(head_dim ** -0.5)]))
-        k = b.node("Concat", [b.inside(f"past_key_{layer}"), heads_of(b.linear(x, key + ".self_attn.k_proj"))],
-                   axis=2)
-        v = b.node("Concat", [b.inside(f"past_value_{layer}"), heads_of(b.linear(x, key + ".self_attn.v_proj"))],
-                   axis=2)
-        b.output(k, f"present_key_{layer}")
-        b.output(v, f"present_value_{layer}")
-        scores = b.node("MatMul", [q, b.node("Transpose", [k], perm=[0, 1, 3, 2])])          # [B, H, 1, P+1]
-        context = b.node("MatMul", [b.node("Softmax", [scores], axis=-1), v])
-        attended = b.linear(b.node("Reshape", [b.node("Transpose", [context], perm=[0, 2, 1, 3]), merged]),
-                            key + ".self_attn.out_proj")
-        x = b.layer_norm(b.node("Add", [x, attended]), key + ".self_attn_layer_norm")
-        x = b.layer_norm(b.node("Add", [x, b.attention(x, encoder_hidden, key + ".encoder_attn", heads)]),
-                         key + ".encoder_attn_layer_norm")
-        inner = b.linear(b.gelu(b.linear(x, key + ".fc1")), key + ".fc2")
-        x = b.layer_norm(b.node("Add", [x, inner]), key + ".final_layer_norm")
-        outputs += [helper.make_tensor_value_info(f"present_{kind}_{layer}", TensorProto.FLOAT,
-                                                  ["batch", heads, "total", head_dim]) for kind in ("key", "value")]
-    logits = b.node("MatMul", [x, b.c(table.T, "lm_head")])
-    bias = np.asarray(weights.get("bart.final_logits_bias", np.zeros((1, table.shape[0]))), dtype=np.float32)
-    b.output(b.node("Add", [logits, b.c(bias.reshape(-1), "final_logits_bias")]), "logits")
-    inputs = [helper.make_tensor_value_info("decoder_input_ids", TensorProto.INT64, ["batch", 1]),
-              helper.make_tensor_value_info("encoder_hidden", TensorProto.FLOAT, ["batch", "positions", b.d])]
-    for layer in range(layers):
-        inputs += [helper.make_tensor_value_info(f"past_{kind}_{layer}", TensorProto.FLOAT,
-                                                 ["batch", heads, "past", head_dim]) for kind in ("key", "value")]
-    return b.model(inputs, [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 1, table.shape[0]]),
-                            *outputs], "lpmc-decoder-step")
-
-
-class CachedDecoder:
-    """Runs the one-step graph with its key/value cache, answering like the whole-prefix decoder session
-    (``run(["logits"], {"decoder_input_ids": ids, "encoder_hidden": h})`` → logits of the last position),
-    so greedy and beam search use either. The cache follows the sequences: when a row's prefix is a
-    known row's prefix plus one token (beam search reorders rows), that row's cache is reused."""
-
-    def __init__(self, session: Any, cfg: dict[str, Any]) -> None:
-        self.session = session
-        self.layers = int(cfg["decoder_layers"])
-        self.heads = int(cfg["decoder_attention_heads"])
-        self.head_dim = int(cfg["d_model"]) // self.heads
-        self._prefixes: list[tuple[bytes, tuple[int, ...]]] = []
-        self._cache: list[np.ndarray] = []
-        self._hidden: np.ndarray | None = None
-        self._audio: list[bytes] = []
-
-    def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        ids = feeds["decoder_input_ids"]
-        hidden = feeds["encoder_hidden"]
-        batch, length = ids.shape
-        # a cache belongs to a token prefix *and* the audio it attends to (rows with the same tokens but
-        # different chunks have different caches)
-        if hidden is not self._hidden:  # a search passes the same states at every step: hash them once
-            self._hidden = hidden
-            self._audio = [hashlib.blake2b(np.ascontiguousarray(row).tobytes(), digest_size=8).digest()
-                           for row in hidden]
-        audio = self._audio
-        prefixes = [(audio[i], tuple(int(t) for t in row[:-1])) for i, row in enumerate(ids)]
-        known = {prefix: index for index, prefix in enumerate(self._prefixes)}
-        if length == 1 or any(p not in known for p in prefixes):
-            # no usable cache (a new search, or rows it cannot follow): feed the prefix token by token
-            past = [np.zeros((batch, self.heads, 0, self.head_dim), dtype=np.float32)
-                    for _ in range(2 * self.layers)]
-            logits = None
-            for step in range(length):
-                logits, past = self._step(ids[:, step:step + 1], hidden, past)
-        else:
-            order = [known[p] for p in prefixes]
-            past = [tensor[order] for tensor in self._cache]
-            logits, past = self._step(ids[:, -1:], hidden, past)
-        self._prefixes = [(audio[i], tuple(int(t) for t in row)) for i, row in enumerate(ids)]
-        self._cache = past
-        return [logits]
-
-    def _step(self, ids: np.ndarray, hidden: np.ndarray, past: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-        feeds: dict[str, np.ndarray] = {"decoder_input_ids": ids.astype(np.int64), "encoder_hidden": hidden}
-        for layer in range(self.layers):
-            feeds[f"past_key_{layer}"] = past[2 * layer]
-            feeds[f"past_value_{layer}"] = past[2 * layer + 1]
-        outputs = self.session.run(None, feeds)
-        return outputs[0], list(outputs[1:])

@@ -1,0 +1,374 @@
+"""Beam search for the LP-MusicCaps captioner with the per-step work on the model's device.
+
+A search step over 50,265 log-probabilities per row is heavy arithmetic, and a key/value cache that
+follows the beams is megabytes a step: both stay where the model runs. Per step, only the ``2·beams``
+best candidates of each chunk (scores and indices) come back to the host, and only the chosen tokens,
+their parent rows and their scores go out. The host keeps the bookkeeping that is small and branchy:
+finished hypotheses, early stopping, which candidates become the next beams.
+
+Two graphs, built from the checkpoint's weights like those of ``models.lpmc``:
+
+- ``build_cross_cache``: the encoder's states → every decoder layer's cross-attention keys and values,
+  once per search (a step would otherwise project them again for every token);
+- ``build_search_step``: one decoding step of every row. It reorders the rows' caches and token
+  histories by their parents, runs BART's decoder on the newest token, turns the logits into
+  log-probabilities (float32), applies the generation rules (no repeated n-grams, end of sequence
+  forbidden before the minimum length, a forced token), adds each row's running score and returns each
+  chunk's best ``2·beams`` candidates over all its beams (ties in index order, as a stable sort gives).
+
+``search`` drives either these graphs (``OnnxSteps``, through ONNX Runtime's I/O binding, the caches
+left on the device between steps) or anything with the same two methods (the PyTorch port's
+``export.lpmc_torch.TorchSteps``), and gives the same sequences as the host-side reference
+``models.lpmc.beam_search``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from jamcaps_desktop.models.lpmc import PREFIX, Builder
+
+INT_MAX = np.iinfo(np.int64).max
+
+
+def _heads(cfg: dict[str, Any]) -> tuple[int, int, int]:
+    heads = int(cfg["decoder_attention_heads"])
+    return int(cfg["decoder_layers"]), heads, int(cfg["d_model"]) // heads
+
+
+def _cross_infos(layer: int, kind: int, heads: int, head_dim: int, chunks: str) -> list[Any]:
+    from onnx import helper
+
+    return [helper.make_tensor_value_info(f"cross_key_{layer}", kind, [chunks, 1, heads, head_dim, "positions"]),
+            helper.make_tensor_value_info(f"cross_value_{layer}", kind, [chunks, 1, heads, "positions", head_dim])]
+
+
+def build_cross_cache(weights: dict[str, np.ndarray], cfg: dict[str, Any], half: bool = False):  # -> ModelProto
+    """``encoder_hidden`` [B, S, d] (float32) → per layer ``cross_key_i`` [B, 1, H, d/H, S] (transposed for
+    the product with the queries) and ``cross_value_i`` [B, 1, H, S, d/H], in the graph's precision (float16
+    with ``half``). The 1 broadcasts over a chunk's beams."""
+    from onnx import TensorProto, helper
+
+    b = Builder(weights, cfg, half)
+    layers, heads, head_dim = _heads(cfg)
+    hidden = b.inside("encoder_hidden")
+    split = b.ints(0, 0, heads, head_dim)
+    kind = TensorProto.FLOAT16 if half else TensorProto.FLOAT
+    outputs = []
+    for layer in range(layers):
+        key = f"{PREFIX}decoder.layers.{layer}.encoder_attn"
+        k = b.node("Reshape", [b.linear(hidden, key + ".k_proj"), split])             # [B, S, H, hd]
+        v = b.node("Reshape", [b.linear(hidden, key + ".v_proj"), split])
+        b.g.nodes.append(helper.make_node("Unsqueeze", [b.node("Transpose", [k], perm=[0, 2, 3, 1]), b.ints(1)],
+                                          [f"cross_key_{layer}"]))
+        b.g.nodes.append(helper.make_node("Unsqueeze", [b.node("Transpose", [v], perm=[0, 2, 1, 3]), b.ints(1)],
+                                          [f"cross_value_{layer}"]))
+        outputs += _cross_infos(layer, kind, heads, head_dim, "batch")
+    return b.model([helper.make_tensor_value_info("encoder_hidden", TensorProto.FLOAT, ["batch", "positions", b.d])],
+                   outputs, "lpmc-cross-cache")
+
+
+def build_search_step(weights: dict[str, np.ndarray], cfg: dict[str, Any], half: bool = False):  # -> ModelProto
+    """One step of the search for every row (N = chunks × beams), inputs:
+
+    - ``tokens`` [N] int64: each row's newest token; ``parents`` [N] int64: the row of the previous step it
+      continues; ``sequences`` [N', L] int64: the previous step's rows' tokens (L = 0 at the start);
+    - ``past_key_i`` / ``past_value_i`` [N', H, L, d/H] (the previous step's ``present_*``; L = 0 at the
+      start) and ``cross_key_i`` / ``cross_value_i`` from ``build_cross_cache``, in the graph's precision;
+    - ``beam_scores`` [N] float32, each row's score so far; ``beams`` [1] int64;
+    - ``eos_banned`` bool []: the sequences are shorter than the minimum length; ``forced_token`` int64 []:
+      the only token allowed at this step (−1: none).
+
+    Outputs: ``top_scores`` [N / beams, 2·beams] float32, and ``top_beams`` and ``top_tokens`` (int64): each
+    chunk's best candidates over all its beams, best first; ``next_sequences`` [N, L + 1] and
+    ``present_key_i`` / ``present_value_i`` [N, H, L + 1, d/H] for the next step."""
+    from onnx import TensorProto, helper
+
+    b = Builder(weights, cfg, half)
+    layers, heads, head_dim = _heads(cfg)
+    kind = TensorProto.FLOAT16 if half else TensorProto.FLOAT
+    table = b.w(PREFIX + "shared.weight")
+    vocabulary = table.shape[0]
+    parents = "parents"
+    sequences = b.node("Concat", [b.node("Gather", ["sequences", parents], axis=0),
+                                  b.node("Unsqueeze", ["tokens", b.ints(1)])], axis=1)       # [N, L + 1]
+    b.g.nodes.append(helper.make_node("Identity", [sequences], ["next_sequences"]))
+    embedding = b.c(table, "embed_tokens")
+    x = b.node("Gather", [embedding, b.node("Unsqueeze", ["tokens", b.ints(1)])], axis=0)  # [N, 1, d]
+    if cfg.get("scale_embedding"):
+        x = b.node("Mul", [x, b.scalar(math.sqrt(b.d))])
+    past_length = b.node("Shape", ["past_key_0"], start=2, end=3)                           # [1]
+    position = b.node("Slice", [b.c(b.w(PREFIX + "decoder.embed_positions.weight"), "positions"),
+                                b.node("Add", [past_length, b.ints(2)]), b.node("Add", [past_length, b.ints(3)]),
+                                b.ints(0)])
+    x = b.layer_norm(b.node("Add", [x, position]), PREFIX + "decoder.layernorm_embedding")
+    split = b.ints(0, 0, heads, head_dim)
+    merged = b.ints(0, 0, b.d)
+    # a chunk's beams share its cross-attention cache: queries [N, H, 1, hd] → [N / beams, beams, H, 1, hd]
+    grouped = b.node("Concat", [b.ints(-1), "beams", b.ints(heads, 1, head_dim)], axis=0)
+    ungrouped = b.ints(-1, heads, 1, head_dim)
+
+    def heads_of(tensor: str) -> str:
+        return b.node("Transpose", [b.node("Reshape", [tensor, split])], perm=[0, 2, 1, 3])
+
+    def attend(q: str, k_transposed: str, v: str) -> str:
+        weights_ = b.node("Softmax", [b.node("MatMul", [q, k_transposed])], axis=-1)
+        return b.node("MatMul", [weights_, v])
+
+    def merge(context: str, key: str) -> str:
+        return b.linear(b.node("Reshape", [b.node("Transpose", [context], perm=[0, 2, 1, 3]), merged]),
+                        key + ".out_proj")
+
+    outputs = []
+    for layer in range(layers):
+        key = f"{PREFIX}decoder.layers.{layer}"
+        q = heads_of(b.node("Mul", [b.linear(x, key + ".self_attn.q_proj"), b.scalar(head_dim ** -0.5)]))
+        k = b.node("Concat", [b.node("Gather", [f"past_key_{layer}", parents], axis=0),
+                              heads_of(b.linear(x, key + ".self_attn.k_proj"))], axis=2)
+        v = b.node("Concat", [b.node("Gather", [f"past_value_{layer}", parents], axis=0),
+                              heads_of(b.linear(x, key + ".self_attn.v_proj"))], axis=2)
+        b.g.nodes.append(helper.make_node("Identity", [k], [f"present_key_{layer}"]))
+        b.g.nodes.append(helper.make_node("Identity", [v], [f"present_value_{layer}"]))
+        context = attend(q, b.node("Transpose", [k], perm=[0, 1, 3, 2]), v)
+        x = b.layer_norm(b.node("Add", [x, merge(context, key + ".self_attn")]), key + ".self_attn_layer_norm")
+        q = heads_of(b.node("Mul", [b.linear(x, key + ".encoder_attn.q_proj"), b.scalar(head_dim ** -0.5)]))
+        context = attend(b.node("Reshape", [q, grouped]), f"cross_key_{layer}", f"cross_value_{layer}")
+        context = b.node("Reshape", [context, ungrouped])
+        x = b.layer_norm(b.node("Add", [x, merge(context, key + ".encoder_attn")]), key + ".encoder_attn_layer_norm")
+        inner = b.linear(b.gelu(b.linear(x, key + ".fc1")), key + ".fc2")
+        x = b.layer_norm(b.node("Add", [x, inner]), key + ".final_layer_norm")
+        outputs += [helper.make_tensor_value_info(f"present_{name}_{layer}", kind, ["rows", heads, "total", head_dim])
+                    for name in ("key", "value")]
+    # the tied output layer reads the embedding table itself (no transposed copy of 50,265 × d)
+    rows = b.node("Reshape", [x, b.ints(-1, b.d)])                                          # [N, d]
+    logits = b.node("Gemm", [rows, embedding], transB=1)                                  # [N, V]
+    if b.half:
+        logits = b.node("Cast", [logits], to=TensorProto.FLOAT)
+    bias = np.asarray(weights.get("bart.final_logits_bias", np.zeros((1, vocabulary))), dtype=np.float32)
+    logits = b.node("Add", [logits, b.g.const(bias.reshape(-1), "final_logits_bias")])
+    scores = b.node("LogSoftmax", [logits], axis=-1)
+    scores = _apply_rules(b, scores, sequences, cfg, vocabulary)
+    scores = b.node("Add", [scores, b.node("Unsqueeze", ["beam_scores", b.ints(1)])])
+    per_chunk = b.node("Concat", [b.ints(-1), b.node("Mul", ["beams", b.ints(vocabulary)])], axis=0)
+    flat = b.node("Reshape", [scores, per_chunk])                                          # [N / beams, beams·V]
+    top = helper.make_node("TopK", [flat, b.node("Mul", ["beams", b.ints(2)])], ["top_scores", "top_flat"],
+                           axis=-1, largest=1, sorted=1)
+    b.g.nodes.append(top)
+    b.g.nodes.append(helper.make_node("Div", ["top_flat", b.ints(vocabulary)], ["top_beams"]))
+    b.g.nodes.append(helper.make_node("Mod", ["top_flat", b.ints(vocabulary)], ["top_tokens"]))
+    int64, float32 = TensorProto.INT64, TensorProto.FLOAT
+    inputs = [helper.make_tensor_value_info("tokens", int64, ["rows"]),
+              helper.make_tensor_value_info("parents", int64, ["rows"]),
+              helper.make_tensor_value_info("sequences", int64, ["previous", "length"]),
+              helper.make_tensor_value_info("beam_scores", float32, ["rows"]),
+              helper.make_tensor_value_info("beams", int64, [1]),
+              helper.make_tensor_value_info("eos_banned", TensorProto.BOOL, []),
+              helper.make_tensor_value_info("forced_token", int64, [])]
+    for layer in range(layers):
+        inputs += [helper.make_tensor_value_info(f"past_{name}_{layer}", kind, ["previous", heads, "past", head_dim])
+                   for name in ("key", "value")]
+        inputs += _cross_infos(layer, kind, heads, head_dim, "chunks")
+    return b.model(inputs, [helper.make_tensor_value_info("top_scores", float32, ["chunks", "candidates"]),
+                            helper.make_tensor_value_info("top_beams", int64, ["chunks", "candidates"]),
+                            helper.make_tensor_value_info("top_tokens", int64, ["chunks", "candidates"]),
+                            helper.make_tensor_value_info("next_sequences", int64, ["rows", "total"]), *outputs],
+                   "lpmc-search-step")
+
+
+def _apply_rules(b: Builder, scores: str, sequences: str, cfg: dict[str, Any], vocabulary: int) -> str:
+    """The generation rules on log-probabilities [N, V] (float32), given each row's tokens [N, L]."""
+    negative_infinity = b.g.const(np.array(-np.inf, dtype=np.float32), "minus_inf")
+    tokens = b.g.const(np.arange(vocabulary, dtype=np.int64), "vocabulary")
+    eos = int(cfg.get("eos_token_id", 2))
+    is_eos = b.g.const(np.arange(vocabulary) == eos, "is_eos")
+    scores = b.node("Where", [b.node("And", ["eos_banned", is_eos]), negative_infinity, scores])
+    size = int(cfg.get("no_repeat_ngram_size", 0) or 0)
+    if size > 0:
+        # window j (of L − n + 1) repeats the last n − 1 tokens: then its n-th token is banned
+        match = None
+        for m in range(size - 1):
+            window = b.node("Slice", [sequences, b.ints(m), b.ints(-(size - 1 - m)), b.ints(1)])
+            end = -(size - 2 - m)
+            last = b.node("Slice", [sequences, b.ints(-(size - 1 - m)), b.ints(end if end else INT_MAX), b.ints(1)])
+            equal = b.node("Equal", [window, last])
+            match = equal if match is None else b.node("And", [match, equal])
+        if size == 1:  # every token already there is banned
+            banned = sequences
+        else:
+            following = b.node("Slice", [sequences, b.ints(size - 1), b.ints(INT_MAX), b.ints(1)])
+            banned = b.node("Where", [match, following, b.ints(vocabulary)])  # no match → a spare column
+        column = b.node("Concat", [b.node("Shape", [scores], start=0, end=1), b.ints(1)], axis=0)
+        padded = b.node("Concat", [scores, b.node("Expand", [negative_infinity, column])], axis=1)
+        updates = b.node("Expand", [negative_infinity, b.node("Shape", [banned])])
+        scattered = b.node("ScatterElements", [padded, banned, updates], axis=1)
+        scores = b.node("Slice", [scattered, b.ints(0), b.ints(vocabulary), b.ints(1)])
+    forced_row = b.node("Where", [b.node("Equal", [tokens, "forced_token"]),
+                                  b.g.const(np.array(0.0, dtype=np.float32), "zero"), negative_infinity])
+    forcing = b.node("GreaterOrEqual", ["forced_token", b.g.const(np.array(0, dtype=np.int64), "zero")])
+    return b.node("Where", [forcing, forced_row, scores])
+
+
+class Steps(Protocol):
+    """What ``search`` needs of a backend: the cross-attention cache made once, then steps."""
+
+    def start(self, encoder_hidden: Any, beams: int) -> None: ...
+
+    def step(self, tokens: np.ndarray, parents: np.ndarray, beam_scores: np.ndarray, beams: int,
+             eos_banned: bool, forced_token: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Each chunk's ``2·beams`` best candidates: scores, the beam each extends, and its token."""
+
+
+@dataclass
+class _Rules:
+    start: int
+    eos: int
+    pad: int
+    forced_bos: int | None
+    forced_eos: int | None
+
+    @classmethod
+    def of(cls, cfg: dict[str, Any]) -> _Rules:
+        return cls(int(cfg.get("decoder_start_token_id", 2)), int(cfg.get("eos_token_id", 2)),
+                   int(cfg.get("pad_token_id", 1)), cfg.get("forced_bos_token_id"), cfg.get("forced_eos_token_id"))
+
+
+def search(steps: Steps, encoder_hidden: Any, cfg: dict[str, Any], *, num_beams: int = 5,
+           max_length: int = 128, min_length: int = 2) -> tuple[list[list[int]], list[float]]:
+    """Beam search as the original's ``generate`` runs it (early stopping, length penalty 1, no repeated
+    n-grams, ``<s>`` forced first and ``</s>`` last; one beam is greedy decoding): each chunk's best sequence,
+    ending with ``</s>``, and its score. The candidates come from ``steps``; the host picks the beams.
+    ``encoder_hidden``: [chunks, S, d], an array or an OrtValue already on the device."""
+    rules = _Rules.of(cfg)
+    shape = encoder_hidden.shape
+    chunks = int((shape() if callable(shape) else shape)[0])
+    rows = chunks * num_beams
+    steps.start(encoder_hidden, num_beams)
+    beams: list[list[int]] = [[rules.start] for _ in range(rows)]
+    tokens = np.full(rows, rules.start, dtype=np.int64)
+    parents = np.arange(rows, dtype=np.int64)
+    scores = np.zeros((chunks, num_beams))
+    scores[:, 1:] = -1e9  # the first step grows from one beam only
+    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(chunks)]
+    done = [False] * chunks
+    while len(beams[0]) < max_length and not all(done):
+        length = len(beams[0])
+        forced = -1
+        if rules.forced_bos is not None and length == 1:
+            forced = int(rules.forced_bos)
+        if rules.forced_eos is not None and length == max_length - 1:
+            forced = int(rules.forced_eos)
+        top_scores, top_beams, top_tokens = steps.step(tokens, parents, scores.reshape(-1).astype(np.float32),
+                                                       num_beams, length < min_length, forced)
+        next_beams: list[list[int]] = []
+        next_scores = np.zeros((chunks, num_beams))
+        for chunk in range(chunks):
+            first = chunk * num_beams
+            if done[chunk]:  # a finished chunk's rows run on, padded, until every chunk is done
+                next_beams += [beams[first + i] + [rules.pad] for i in range(num_beams)]
+                tokens[first:first + num_beams] = rules.pad
+                parents[first:first + num_beams] = np.arange(first, first + num_beams)
+                continue
+            chosen: list[tuple[float, int, int]] = []
+            candidates = zip(top_scores[chunk].tolist(), top_beams[chunk].tolist(), top_tokens[chunk].tolist(),
+                             strict=True)
+            for rank, (score, beam, token) in enumerate(candidates):
+                sequence = beams[first + beam]
+                if token == rules.eos:
+                    if rank >= num_beams:
+                        continue
+                    _add_hypothesis(finished[chunk], num_beams, score / len(sequence), sequence)
+                else:
+                    chosen.append((score, beam, token))
+                if len(chosen) == num_beams:
+                    break
+            for i, (score, beam, token) in enumerate(chosen):
+                next_scores[chunk, i] = score
+                next_beams.append([*beams[first + beam], token])
+                tokens[first + i] = token
+                parents[first + i] = first + beam
+            if len(finished[chunk]) >= num_beams:  # early stopping: enough finished hypotheses
+                done[chunk] = True
+        beams, scores = next_beams, next_scores
+    results, best_scores = [], []
+    for chunk in range(chunks):
+        if not done[chunk]:
+            for i in range(num_beams):
+                sequence = beams[chunk * num_beams + i]
+                _add_hypothesis(finished[chunk], num_beams, float(scores[chunk, i]) / (len(sequence) - 1), sequence)
+        score, best = max(finished[chunk], key=lambda item: item[0])
+        results.append([*best, rules.eos] if len(best) < max_length else best)
+        best_scores.append(score)
+    return results, best_scores
+
+
+def _add_hypothesis(hypotheses: list[tuple[float, list[int]]], keep: int, score: float, sequence: list[int]) -> None:
+    """Keep the ``keep`` best finished hypotheses."""
+    if len(hypotheses) < keep or score > min(h[0] for h in hypotheses):
+        hypotheses.append((score, list(sequence)))
+        if len(hypotheses) > keep:
+            hypotheses.remove(min(hypotheses, key=lambda h: h[0]))
+
+
+class OnnxSteps:
+    """The search graphs on ONNX Runtime: inputs from the host, the caches bound to the session's device
+    between steps (I/O binding), only the candidates copied back."""
+
+    def __init__(self, cross_session: Any, step_session: Any, cfg: dict[str, Any]) -> None:
+        self.cross_session, self.step_session = cross_session, step_session
+        self.layers, self.heads, self.head_dim = _heads(cfg)
+        on_gpu = step_session.get_providers()[0] == "CUDAExecutionProvider"
+        self.device = "cuda" if on_gpu else "cpu"
+        kinds = {i.name: i.type for i in step_session.get_inputs()}
+        self.half = kinds["past_key_0"] == "tensor(float16)"
+        self._cross: list[Any] = []
+        self._state: list[Any] | None = None  # next_sequences and the present caches of the last step
+
+    def start(self, encoder_hidden: Any, beams: int) -> None:
+        binding = self.cross_session.io_binding()
+        if isinstance(encoder_hidden, np.ndarray):
+            binding.bind_cpu_input("encoder_hidden", np.ascontiguousarray(encoder_hidden, dtype=np.float32))
+        else:  # an OrtValue the encoder left on the device
+            binding.bind_ortvalue_input("encoder_hidden", encoder_hidden)
+        for output in self.cross_session.get_outputs():
+            binding.bind_output(output.name, self.device)
+        self.cross_session.run_with_iobinding(binding)
+        self._cross = binding.get_outputs()
+        self._state = None
+
+    def step(self, tokens: np.ndarray, parents: np.ndarray, beam_scores: np.ndarray, beams: int,
+             eos_banned: bool, forced_token: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        binding = self.step_session.io_binding()
+        binding.bind_cpu_input("tokens", np.ascontiguousarray(tokens, dtype=np.int64))
+        binding.bind_cpu_input("parents", np.ascontiguousarray(parents, dtype=np.int64))
+        binding.bind_cpu_input("beam_scores", np.ascontiguousarray(beam_scores, dtype=np.float32))
+        binding.bind_cpu_input("beams", np.array([beams], dtype=np.int64))
+        binding.bind_cpu_input("eos_banned", np.array(bool(eos_banned)))
+        binding.bind_cpu_input("forced_token", np.array(int(forced_token), dtype=np.int64))
+        names = [f"past_{kind}_{layer}" for layer in range(self.layers) for kind in ("key", "value")]
+        if self._state is None:
+            rows = len(tokens)
+            binding.bind_cpu_input("sequences", np.zeros((rows, 0), dtype=np.int64))
+            empty = np.zeros((rows, self.heads, 0, self.head_dim), dtype=np.float16 if self.half else np.float32)
+            for name in names:
+                binding.bind_cpu_input(name, empty)
+        else:
+            binding.bind_ortvalue_input("sequences", self._state[0])
+            for name, value in zip(names, self._state[1:], strict=True):
+                binding.bind_ortvalue_input(name, value)
+        for layer in range(self.layers):
+            binding.bind_ortvalue_input(f"cross_key_{layer}", self._cross[2 * layer])
+            binding.bind_ortvalue_input(f"cross_value_{layer}", self._cross[2 * layer + 1])
+        for name in ("top_scores", "top_beams", "top_tokens"):
+            binding.bind_output(name, "cpu")
+        binding.bind_output("next_sequences", self.device)
+        for layer in range(self.layers):
+            binding.bind_output(f"present_key_{layer}", self.device)
+            binding.bind_output(f"present_value_{layer}", self.device)
+        self.step_session.run_with_iobinding(binding)
+        outputs = binding.get_outputs()
+        self._state = outputs[3:]
+        return outputs[0].numpy(), outputs[1].numpy(), outputs[2].numpy()
