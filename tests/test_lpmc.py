@@ -197,7 +197,7 @@ def _random_bart(cfg, rng):
 def test_the_front_end_graph_matches_the_official_log_mel(oracle):
     from jamcaps_desktop.audio.frontend_graphs import captioner_logmel_graph
 
-    cfg, weights, data, encoder, _decoder = oracle
+    _cfg, weights, data, encoder, _decoder = oracle
     graph = captioner_logmel_graph(np.asarray(weights["audio_encoder.mel_encoder.mel_scale.fb"]))
     session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
     mel = session.run(None, {"audio": data["audio"]})[0]

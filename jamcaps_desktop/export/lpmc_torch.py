@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.nn import functional
 
 from jamcaps_desktop.models.lpmc import HOP, N_FFT
+from jamcaps_desktop.models.lpmc_search import FORBIDDEN
 
 PREFIX = "bart.model."
 
@@ -165,7 +166,7 @@ class TorchSteps:
         scores = functional.log_softmax(logits[:, -1].float(), dim=-1)
         vocabulary = scores.shape[-1]
         if eos_banned:
-            scores[:, self.eos] = -math.inf
+            scores[:, self.eos] = FORBIDDEN
         length, size = sequences.shape[1], self.ngram
         if size > 0 and length >= size:
             count = length - size + 1
@@ -173,10 +174,10 @@ class TorchSteps:
             for m in range(size - 1):
                 match &= sequences[:, m:m + count] == sequences[:, count + m:count + m + 1]
             banned = torch.where(match, sequences[:, size - 1:], vocabulary)
-            padded = torch.cat([scores, scores.new_full((rows, 1), -math.inf)], dim=1)
-            scores = padded.scatter(1, banned, -math.inf)[:, :vocabulary]
+            padded = torch.cat([scores, scores.new_full((rows, 1), FORBIDDEN)], dim=1)
+            scores = padded.scatter(1, banned, FORBIDDEN)[:, :vocabulary]
         if forced_token >= 0:
-            scores = torch.full_like(scores, -math.inf)
+            scores = torch.full_like(scores, FORBIDDEN)
             scores[:, forced_token] = 0.0
         scores = scores + torch.from_numpy(np.asarray(beam_scores, np.float32)).to(self.device)[:, None]
         top = scores.reshape(-1, beams * vocabulary).topk(2 * beams, dim=-1)

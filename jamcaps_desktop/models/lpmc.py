@@ -108,8 +108,9 @@ class Builder:
                          epsilon=LAYER_NORM_EPS)
 
     def gelu(self, x: str) -> str:
+        """x · (1 + erf(x / √2)) / 2, in the order ONNX Runtime recognises and fuses into one kernel."""
         erf = self.node("Erf", [self.node("Div", [x, self.scalar(math.sqrt(2.0))])])
-        return self.node("Mul", [x, self.node("Mul", [self.node("Add", [erf, self.scalar(1.0)]), self.scalar(0.5)])])
+        return self.node("Mul", [self.node("Mul", [x, self.node("Add", [erf, self.scalar(1.0)])]), self.scalar(0.5)])
 
     def attention(self, query: str, keys: str, key: str, heads: int, causal_mask: str | None = None) -> str:
         head_dim = self.d // heads

@@ -33,6 +33,8 @@ import numpy as np
 from jamcaps_desktop.models.lpmc import PREFIX, Builder
 
 INT_MAX = np.iinfo(np.int64).max
+# the score of a token the rules forbid: far below any sum of log-probabilities, and finite
+FORBIDDEN = float(np.finfo(np.float32).min)
 
 
 def _heads(cfg: dict[str, Any]) -> tuple[int, int, int]:
@@ -77,87 +79,90 @@ def build_search_step(weights: dict[str, np.ndarray], cfg: dict[str, Any], half:
 
     - ``tokens`` [N] int64: each row's newest token; ``parents`` [N] int64: the row of the previous step it
       continues; ``sequences`` [N', L] int64: the previous step's rows' tokens (L = 0 at the start);
-    - ``past_key_i`` / ``past_value_i`` [N', H, L, d/H] (the previous step's ``present_*``; L = 0 at the
-      start) and ``cross_key_i`` / ``cross_value_i`` from ``build_cross_cache``, in the graph's precision;
+    - ``past_key_i`` [N', H, d/H, L] (transposed for the product with the queries) and ``past_value_i``
+      [N', H, L, d/H]: the previous step's ``present_*`` (L = 0 at the start), and ``cross_key_i`` /
+      ``cross_value_i`` from ``build_cross_cache``, in the graph's precision;
     - ``beam_scores`` [N] float32, each row's score so far; ``beams`` [1] int64;
     - ``eos_banned`` bool []: the sequences are shorter than the minimum length; ``forced_token`` int64 []:
       the only token allowed at this step (−1: none).
 
     Outputs: ``top_scores`` [N / beams, 2·beams] float32, and ``top_beams`` and ``top_tokens`` (int64): each
     chunk's best candidates over all its beams, best first; ``next_sequences`` [N, L + 1] and
-    ``present_key_i`` / ``present_value_i`` [N, H, L + 1, d/H] for the next step."""
+    ``present_key_i`` / ``present_value_i`` for the next step.
+
+    A step sees one token per row, so the graph works on [N, d] rows: every projection is one matrix
+    product with its bias (the query's scale folded into its weights, the self-attention's three
+    projections in one), heads are split and merged by reshapes alone, and the cached keys are kept
+    transposed. A step then launches about a third of the kernels of a general decoder layer, which is
+    what a step's time is made of when a batch is small."""
     from onnx import TensorProto, helper
 
     b = Builder(weights, cfg, half)
     layers, heads, head_dim = _heads(cfg)
+    d = b.d
     kind = TensorProto.FLOAT16 if half else TensorProto.FLOAT
     table = b.w(PREFIX + "shared.weight")
     vocabulary = table.shape[0]
-    parents = "parents"
-    sequences = b.node("Concat", [b.node("Gather", ["sequences", parents], axis=0),
-                                  b.node("Unsqueeze", ["tokens", b.ints(1)])], axis=1)       # [N, L + 1]
-    b.g.nodes.append(helper.make_node("Identity", [sequences], ["next_sequences"]))
+    b.g.nodes.append(helper.make_node("Concat", [b.node("Gather", ["sequences", "parents"], axis=0),
+                                                 b.node("Unsqueeze", ["tokens", b.ints(1)])], ["next_sequences"],
+                                      axis=1))                                             # [N, L + 1]
     embedding = b.c(table, "embed_tokens")
-    x = b.node("Gather", [embedding, b.node("Unsqueeze", ["tokens", b.ints(1)])], axis=0)  # [N, 1, d]
+    x = b.node("Gather", [embedding, "tokens"], axis=0)                                    # [N, d]
     if cfg.get("scale_embedding"):
-        x = b.node("Mul", [x, b.scalar(math.sqrt(b.d))])
-    past_length = b.node("Shape", ["past_key_0"], start=2, end=3)                           # [1]
+        x = b.node("Mul", [x, b.scalar(math.sqrt(d))])
+    past_length = b.node("Shape", ["past_value_0"], start=2, end=3)                       # [1]
     position = b.node("Slice", [b.c(b.w(PREFIX + "decoder.embed_positions.weight"), "positions"),
                                 b.node("Add", [past_length, b.ints(2)]), b.node("Add", [past_length, b.ints(3)]),
-                                b.ints(0)])
+                                b.ints(0)])                                                 # [1, d]
     x = b.layer_norm(b.node("Add", [x, position]), PREFIX + "decoder.layernorm_embedding")
-    split = b.ints(0, 0, heads, head_dim)
-    merged = b.ints(0, 0, b.d)
-    # a chunk's beams share its cross-attention cache: queries [N, H, 1, hd] → [N / beams, beams, H, 1, hd]
-    grouped = b.node("Concat", [b.ints(-1), "beams", b.ints(heads, 1, head_dim)], axis=0)
-    ungrouped = b.ints(-1, heads, 1, head_dim)
+    scale = head_dim ** -0.5
 
-    def heads_of(tensor: str) -> str:
-        return b.node("Transpose", [b.node("Reshape", [tensor, split])], perm=[0, 2, 1, 3])
+    def gemm(rows: str, kernel: np.ndarray, bias: np.ndarray) -> str:
+        return b.node("Gemm", [rows, b.c(kernel, "kernel"), b.c(bias, "bias")])
 
-    def attend(q: str, k_transposed: str, v: str) -> str:
-        weights_ = b.node("Softmax", [b.node("MatMul", [q, k_transposed])], axis=-1)
-        return b.node("MatMul", [weights_, v])
+    def projection(key: str, factor: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        return b.w(key + ".weight").T * factor, b.w(key + ".bias") * factor
 
-    def merge(context: str, key: str) -> str:
-        return b.linear(b.node("Reshape", [b.node("Transpose", [context], perm=[0, 2, 1, 3]), merged]),
-                        key + ".out_proj")
+    def residual(rows: str, update: str, key: str) -> str:
+        return b.layer_norm(b.node("Add", [rows, update]), key)
 
-    outputs = []
+    per_chunk_queries = b.node("Concat", [b.ints(-1), "beams", b.ints(heads, 1, head_dim)], axis=0)
     for layer in range(layers):
         key = f"{PREFIX}decoder.layers.{layer}"
-        q = heads_of(b.node("Mul", [b.linear(x, key + ".self_attn.q_proj"), b.scalar(head_dim ** -0.5)]))
-        k = b.node("Concat", [b.node("Gather", [f"past_key_{layer}", parents], axis=0),
-                              heads_of(b.linear(x, key + ".self_attn.k_proj"))], axis=2)
-        v = b.node("Concat", [b.node("Gather", [f"past_value_{layer}", parents], axis=0),
-                              heads_of(b.linear(x, key + ".self_attn.v_proj"))], axis=2)
-        b.g.nodes.append(helper.make_node("Identity", [k], [f"present_key_{layer}"]))
-        b.g.nodes.append(helper.make_node("Identity", [v], [f"present_value_{layer}"]))
-        context = attend(q, b.node("Transpose", [k], perm=[0, 1, 3, 2]), v)
-        x = b.layer_norm(b.node("Add", [x, merge(context, key + ".self_attn")]), key + ".self_attn_layer_norm")
-        q = heads_of(b.node("Mul", [b.linear(x, key + ".encoder_attn.q_proj"), b.scalar(head_dim ** -0.5)]))
-        context = attend(b.node("Reshape", [q, grouped]), f"cross_key_{layer}", f"cross_value_{layer}")
-        context = b.node("Reshape", [context, ungrouped])
-        x = b.layer_norm(b.node("Add", [x, merge(context, key + ".encoder_attn")]), key + ".encoder_attn_layer_norm")
-        inner = b.linear(b.gelu(b.linear(x, key + ".fc1")), key + ".fc2")
-        x = b.layer_norm(b.node("Add", [x, inner]), key + ".final_layer_norm")
-        outputs += [helper.make_tensor_value_info(f"present_{name}_{layer}", kind, ["rows", heads, "total", head_dim])
-                    for name in ("key", "value")]
+        parts = [projection(f"{key}.self_attn.q_proj", scale), projection(f"{key}.self_attn.k_proj"),
+                 projection(f"{key}.self_attn.v_proj")]
+        qkv = gemm(x, np.concatenate([p[0] for p in parts], axis=1), np.concatenate([p[1] for p in parts]))
+        q, k, v = (b.node("Slice", [qkv, b.ints(i * d), b.ints((i + 1) * d), b.ints(1)]) for i in range(3))
+        b.g.nodes.append(helper.make_node(
+            "Concat", [b.node("Gather", [f"past_key_{layer}", "parents"], axis=0),
+                       b.node("Reshape", [k, b.ints(-1, heads, head_dim, 1)])], [f"present_key_{layer}"], axis=3))
+        b.g.nodes.append(helper.make_node(
+            "Concat", [b.node("Gather", [f"past_value_{layer}", "parents"], axis=0),
+                       b.node("Reshape", [v, b.ints(-1, heads, 1, head_dim)])], [f"present_value_{layer}"], axis=2))
+        attention = b.node("Softmax", [b.node("MatMul", [b.node("Reshape", [q, b.ints(-1, heads, 1, head_dim)]),
+                                                         f"present_key_{layer}"])], axis=-1)   # [N, H, 1, L + 1]
+        context = b.node("Reshape", [b.node("MatMul", [attention, f"present_value_{layer}"]), b.ints(-1, d)])
+        x = residual(x, gemm(context, *projection(f"{key}.self_attn.out_proj")), key + ".self_attn_layer_norm")
+        # the cross-attention: a chunk's beams against the chunk's cached keys and values
+        q = b.node("Reshape", [gemm(x, *projection(f"{key}.encoder_attn.q_proj", scale)), per_chunk_queries])
+        attention = b.node("Softmax", [b.node("MatMul", [q, f"cross_key_{layer}"])], axis=-1)  # [B, beams, H, 1, S]
+        context = b.node("Reshape", [b.node("MatMul", [attention, f"cross_value_{layer}"]), b.ints(-1, d)])
+        x = residual(x, gemm(context, *projection(f"{key}.encoder_attn.out_proj")), key + ".encoder_attn_layer_norm")
+        inner = gemm(b.gelu(gemm(x, *projection(f"{key}.fc1"))), *projection(f"{key}.fc2"))
+        x = residual(x, inner, key + ".final_layer_norm")
     # the tied output layer reads the embedding table itself (no transposed copy of 50,265 × d)
-    rows = b.node("Reshape", [x, b.ints(-1, b.d)])                                          # [N, d]
-    logits = b.node("Gemm", [rows, embedding], transB=1)                                  # [N, V]
+    logits = b.node("Gemm", [x, embedding], transB=1)                                      # [N, V]
     if b.half:
         logits = b.node("Cast", [logits], to=TensorProto.FLOAT)
     bias = np.asarray(weights.get("bart.final_logits_bias", np.zeros((1, vocabulary))), dtype=np.float32)
     logits = b.node("Add", [logits, b.g.const(bias.reshape(-1), "final_logits_bias")])
     scores = b.node("LogSoftmax", [logits], axis=-1)
-    scores = _apply_rules(b, scores, sequences, cfg, vocabulary)
+    scores = _apply_rules(b, scores, "next_sequences", cfg, vocabulary)
     scores = b.node("Add", [scores, b.node("Unsqueeze", ["beam_scores", b.ints(1)])])
     per_chunk = b.node("Concat", [b.ints(-1), b.node("Mul", ["beams", b.ints(vocabulary)])], axis=0)
     flat = b.node("Reshape", [scores, per_chunk])                                          # [N / beams, beams·V]
-    top = helper.make_node("TopK", [flat, b.node("Mul", ["beams", b.ints(2)])], ["top_scores", "top_flat"],
-                           axis=-1, largest=1, sorted=1)
-    b.g.nodes.append(top)
+    b.g.nodes.append(helper.make_node("TopK", [flat, b.node("Mul", ["beams", b.ints(2)])], ["top_scores", "top_flat"],
+                                      axis=-1, largest=1, sorted=1))
     b.g.nodes.append(helper.make_node("Div", ["top_flat", b.ints(vocabulary)], ["top_beams"]))
     b.g.nodes.append(helper.make_node("Mod", ["top_flat", b.ints(vocabulary)], ["top_tokens"]))
     int64, float32 = TensorProto.INT64, TensorProto.FLOAT
@@ -168,20 +173,23 @@ def build_search_step(weights: dict[str, np.ndarray], cfg: dict[str, Any], half:
               helper.make_tensor_value_info("beams", int64, [1]),
               helper.make_tensor_value_info("eos_banned", TensorProto.BOOL, []),
               helper.make_tensor_value_info("forced_token", int64, [])]
+    outputs = [helper.make_tensor_value_info("top_scores", float32, ["chunks", "candidates"]),
+               helper.make_tensor_value_info("top_beams", int64, ["chunks", "candidates"]),
+               helper.make_tensor_value_info("top_tokens", int64, ["chunks", "candidates"]),
+               helper.make_tensor_value_info("next_sequences", int64, ["rows", "total"])]
     for layer in range(layers):
-        inputs += [helper.make_tensor_value_info(f"past_{name}_{layer}", kind, ["previous", heads, "past", head_dim])
-                   for name in ("key", "value")]
-        inputs += _cross_infos(layer, kind, heads, head_dim, "chunks")
-    return b.model(inputs, [helper.make_tensor_value_info("top_scores", float32, ["chunks", "candidates"]),
-                            helper.make_tensor_value_info("top_beams", int64, ["chunks", "candidates"]),
-                            helper.make_tensor_value_info("top_tokens", int64, ["chunks", "candidates"]),
-                            helper.make_tensor_value_info("next_sequences", int64, ["rows", "total"]), *outputs],
-                   "lpmc-search-step")
+        inputs += [helper.make_tensor_value_info(f"past_key_{layer}", kind, ["previous", heads, head_dim, "past"]),
+                   helper.make_tensor_value_info(f"past_value_{layer}", kind, ["previous", heads, "past", head_dim]),
+                   *_cross_infos(layer, kind, heads, head_dim, "chunks")]
+        outputs += [helper.make_tensor_value_info(f"present_key_{layer}", kind, ["rows", heads, head_dim, "total"]),
+                    helper.make_tensor_value_info(f"present_value_{layer}", kind, ["rows", heads, "total", head_dim])]
+    return b.model(inputs, outputs, "lpmc-search-step")
 
 
 def _apply_rules(b: Builder, scores: str, sequences: str, cfg: dict[str, Any], vocabulary: int) -> str:
-    """The generation rules on log-probabilities [N, V] (float32), given each row's tokens [N, L]."""
-    negative_infinity = b.g.const(np.array(-np.inf, dtype=np.float32), "minus_inf")
+    """The generation rules on log-probabilities [N, V] (float32), given each row's tokens [N, L]. A
+    forbidden token gets ``FORBIDDEN`` rather than −∞: CUDA's TopK returns no valid index for −∞."""
+    negative_infinity = b.g.const(np.array(FORBIDDEN, dtype=np.float32), "forbidden")
     tokens = b.g.const(np.arange(vocabulary, dtype=np.int64), "vocabulary")
     eos = int(cfg.get("eos_token_id", 2))
     is_eos = b.g.const(np.arange(vocabulary) == eos, "is_eos")
@@ -276,6 +284,8 @@ def search(steps: Steps, encoder_hidden: Any, cfg: dict[str, Any], *, num_beams:
             candidates = zip(top_scores[chunk].tolist(), top_beams[chunk].tolist(), top_tokens[chunk].tolist(),
                              strict=True)
             for rank, (score, beam, token) in enumerate(candidates):
+                if score <= FORBIDDEN / 2:  # only forbidden tokens are left (the last, forced step)
+                    break
                 sequence = beams[first + beam]
                 if token == rules.eos:
                     if rank >= num_beams:
@@ -285,6 +295,8 @@ def search(steps: Steps, encoder_hidden: Any, cfg: dict[str, Any], *, num_beams:
                     chosen.append((score, beam, token))
                 if len(chosen) == num_beams:
                     break
+            # rows with no allowed continuation (only at a forced step) are kept, padded, as dead beams
+            chosen += [(FORBIDDEN, i, rules.pad) for i in range(len(chosen), num_beams)]
             for i, (score, beam, token) in enumerate(chosen):
                 next_scores[chunk, i] = score
                 next_beams.append([*beams[first + beam], token])
@@ -352,9 +364,10 @@ class OnnxSteps:
         if self._state is None:
             rows = len(tokens)
             binding.bind_cpu_input("sequences", np.zeros((rows, 0), dtype=np.int64))
-            empty = np.zeros((rows, self.heads, 0, self.head_dim), dtype=np.float16 if self.half else np.float32)
+            dtype = np.float16 if self.half else np.float32
             for name in names:
-                binding.bind_cpu_input(name, empty)
+                shape = (rows, self.heads, self.head_dim, 0) if "key" in name else (rows, self.heads, 0, self.head_dim)
+                binding.bind_cpu_input(name, np.zeros(shape, dtype=dtype))
         else:
             binding.bind_ortvalue_input("sequences", self._state[0])
             for name, value in zip(names, self._state[1:], strict=True):
