@@ -139,8 +139,10 @@ class Builder:
         from onnx import helper
 
         graph = helper.make_graph(self.g.nodes, name, inputs, outputs, self.g.initializers)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                                  producer_name="jamcaps-desktop")
+        opsets = [helper.make_opsetid("", OPSET)]
+        if any(node.domain == "com.microsoft" for node in self.g.nodes):  # ONNX Runtime's own operators
+            opsets.append(helper.make_opsetid("com.microsoft", 1))
+        model = helper.make_model(graph, opset_imports=opsets, producer_name="jamcaps-desktop")
         model.ir_version = 8
         onnx.checker.check_model(model)
         return model

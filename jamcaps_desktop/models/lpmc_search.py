@@ -30,9 +30,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from jamcaps_desktop.models.lpmc import PREFIX, Builder
+from jamcaps_desktop.models.lpmc import LAYER_NORM_EPS, PREFIX, Builder
 
 INT_MAX = np.iinfo(np.int64).max
+MICROSOFT = "com.microsoft"  # ONNX Runtime's own operators (fused layer norm, bias + GELU)
 # the score of a token the rules forbid: far below any sum of log-probabilities, and finite
 FORBIDDEN = float(np.finfo(np.float32).min)
 
@@ -90,11 +91,12 @@ def build_search_step(weights: dict[str, np.ndarray], cfg: dict[str, Any], half:
     chunk's best candidates over all its beams, best first; ``next_sequences`` [N, L + 1] and
     ``present_key_i`` / ``present_value_i`` for the next step.
 
-    A step sees one token per row, so the graph works on [N, d] rows: every projection is one matrix
-    product with its bias (the query's scale folded into its weights, the self-attention's three
-    projections in one), heads are split and merged by reshapes alone, and the cached keys are kept
-    transposed. A step then launches about a third of the kernels of a general decoder layer, which is
-    what a step's time is made of when a batch is small."""
+    A step sees one token per row, so the graph works on [N, d] rows: heads are split and merged by
+    reshapes alone, the cached keys are kept transposed, the query's scale is folded into its weights and
+    the self-attention's three projections are one product; each residual connection, its bias and its
+    layer norm are one ONNX Runtime ``SkipLayerNormalization``, and the feed-forward bias and GELU one
+    ``BiasGelu``. A step's time is mostly the launching of its kernels when a batch is small, so the
+    fewer the better."""
     from onnx import TensorProto, helper
 
     b = Builder(weights, cfg, half)
@@ -120,11 +122,18 @@ def build_search_step(weights: dict[str, np.ndarray], cfg: dict[str, Any], half:
     def gemm(rows: str, kernel: np.ndarray, bias: np.ndarray) -> str:
         return b.node("Gemm", [rows, b.c(kernel, "kernel"), b.c(bias, "bias")])
 
+    def matmul(rows: str, key: str) -> str:
+        return b.node("MatMul", [rows, b.c(b.w(key + ".weight").T, "kernel")])
+
     def projection(key: str, factor: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
         return b.w(key + ".weight").T * factor, b.w(key + ".bias") * factor
 
-    def residual(rows: str, update: str, key: str) -> str:
-        return b.layer_norm(b.node("Add", [rows, update]), key)
+    def residual(rows: str, update: str, bias_key: str, norm_key: str) -> str:
+        """LayerNorm(rows + update + bias) in one kernel (ONNX Runtime's SkipLayerNormalization)."""
+        return b.g.node("SkipLayerNormalization", [update, rows, b.c(b.w(norm_key + ".weight"), "gamma"),
+                                                   b.c(b.w(norm_key + ".bias"), "beta"),
+                                                   b.c(b.w(bias_key + ".bias"), "bias")],
+                        domain=MICROSOFT, epsilon=LAYER_NORM_EPS)
 
     per_chunk_queries = b.node("Concat", [b.ints(-1), "beams", b.ints(heads, 1, head_dim)], axis=0)
     for layer in range(layers):
@@ -142,14 +151,17 @@ def build_search_step(weights: dict[str, np.ndarray], cfg: dict[str, Any], half:
         attention = b.node("Softmax", [b.node("MatMul", [b.node("Reshape", [q, b.ints(-1, heads, 1, head_dim)]),
                                                          f"present_key_{layer}"])], axis=-1)   # [N, H, 1, L + 1]
         context = b.node("Reshape", [b.node("MatMul", [attention, f"present_value_{layer}"]), b.ints(-1, d)])
-        x = residual(x, gemm(context, *projection(f"{key}.self_attn.out_proj")), key + ".self_attn_layer_norm")
+        x = residual(x, matmul(context, f"{key}.self_attn.out_proj"), f"{key}.self_attn.out_proj",
+                     key + ".self_attn_layer_norm")
         # the cross-attention: a chunk's beams against the chunk's cached keys and values
         q = b.node("Reshape", [gemm(x, *projection(f"{key}.encoder_attn.q_proj", scale)), per_chunk_queries])
         attention = b.node("Softmax", [b.node("MatMul", [q, f"cross_key_{layer}"])], axis=-1)  # [B, beams, H, 1, S]
         context = b.node("Reshape", [b.node("MatMul", [attention, f"cross_value_{layer}"]), b.ints(-1, d)])
-        x = residual(x, gemm(context, *projection(f"{key}.encoder_attn.out_proj")), key + ".encoder_attn_layer_norm")
-        inner = gemm(b.gelu(gemm(x, *projection(f"{key}.fc1"))), *projection(f"{key}.fc2"))
-        x = residual(x, inner, key + ".final_layer_norm")
+        x = residual(x, matmul(context, f"{key}.encoder_attn.out_proj"), f"{key}.encoder_attn.out_proj",
+                     key + ".encoder_attn_layer_norm")
+        inner = b.g.node("BiasGelu", [matmul(x, f"{key}.fc1"), b.c(b.w(f"{key}.fc1.bias"), "bias")],
+                         domain=MICROSOFT)
+        x = residual(x, matmul(inner, f"{key}.fc2"), f"{key}.fc2", key + ".final_layer_norm")
     # the tied output layer reads the embedding table itself (no transposed copy of 50,265 × d)
     logits = b.node("Gemm", [x, embedding], transB=1)                                      # [N, V]
     if b.half:
