@@ -312,7 +312,12 @@ def _load(name: str, device: str) -> _Loaded:
         session = make_session(model.fp16_path, device)
         if session.get_providers()[0] != "CUDAExecutionProvider":
             session = None
-    session = session or make_session(model.onnx_path, device)
+    if session is None:
+        try:  # the app's current manifest says how the model may compute on CUDA
+            tf32 = registry.manifest(name).get("cuda_math") == "tf32"
+        except registry.ModelError:
+            tf32 = False
+        session = make_session(model.onnx_path, device, tf32=tf32)
     return _Loaded(name, model.version, model.labels, session, input_spec, spec["input"]["name"],
                    outputs.get("labels"), outputs.get("embedding"), spec["input"].get("mask"))
 

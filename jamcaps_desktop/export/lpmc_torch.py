@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.nn import functional
 
 from jamcaps_desktop.models.lpmc import HOP, N_FFT
-from jamcaps_desktop.models.lpmc_search import FORBIDDEN
+from jamcaps_desktop.models.lpmc_search import FORBIDDEN, step_rules
 
 PREFIX = "bart.model."
 
@@ -165,8 +165,6 @@ class TorchSteps:
         self._sequences = sequences
         scores = functional.log_softmax(logits[:, -1].float(), dim=-1)
         vocabulary = scores.shape[-1]
-        if eos_banned:
-            scores[:, self.eos] = FORBIDDEN
         length, size = sequences.shape[1], self.ngram
         if size > 0 and length >= size:
             count = length - size + 1
@@ -176,9 +174,9 @@ class TorchSteps:
             banned = torch.where(match, sequences[:, size - 1:], vocabulary)
             padded = torch.cat([scores, scores.new_full((rows, 1), FORBIDDEN)], dim=1)
             scores = padded.scatter(1, banned, FORBIDDEN)[:, :vocabulary]
-        if forced_token >= 0:
-            scores = torch.full_like(scores, FORBIDDEN)
-            scores[:, forced_token] = 0.0
+        keep, penalty = (torch.from_numpy(v).to(self.device) for v in step_rules(vocabulary, self.eos, eos_banned,
+                                                                                   forced_token))
+        scores = scores * keep + penalty
         scores = scores + torch.from_numpy(np.asarray(beam_scores, np.float32)).to(self.device)[:, None]
         top = scores.reshape(-1, beams * vocabulary).topk(2 * beams, dim=-1)
         indices = top.indices.cpu().numpy()

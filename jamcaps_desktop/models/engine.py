@@ -54,10 +54,12 @@ def _options(ort: Any, on_gpu: bool) -> Any:
 
 
 def make_session(model_path: str | os.PathLike[str] | bytes, device: str = "auto", *,
-                 name: str | None = None, varying_shapes: bool = False):  # -> onnxruntime.InferenceSession
+                 name: str | None = None, varying_shapes: bool = False,
+                 tf32: bool = False):  # -> onnxruntime.InferenceSession
     """A session on ``device`` ('auto', 'cpu' or 'cuda') for a model file, or for a serialised model (bytes)
     built in memory, logged as ``name``; ``varying_shapes`` for graphs whose input length changes from run to
-    run. With 'auto', CUDA is tried only where an NVIDIA
+    run; ``tf32`` lets CUDA multiply in TF32 (10-bit mantissas, float32 range and sums), for a model whose
+    manifest accepts it. With 'auto', CUDA is tried only where an NVIDIA
     driver is present; which provider really runs is read from the session, not from the list of
     providers the package was built with, and logged."""
     import onnxruntime as ort
@@ -65,8 +67,9 @@ def make_session(model_path: str | os.PathLike[str] | bytes, device: str = "auto
     wanted: list[Any] = ["CPUExecutionProvider"]
     if device == "cuda" or (device == "auto" and _nvidia_driver_present()):
         if cuda_available():
-            # no TF32: full float32 matrix arithmetic, so the GPU gives the CPU's numbers (to ~1e-6, not ~1e-4)
-            cuda_options = {"use_tf32": "0"}
+            # by default no TF32: full float32 matrix arithmetic, so the GPU gives the CPU's numbers (to ~1e-6,
+            # not ~1e-4)
+            cuda_options = {"use_tf32": "1" if tf32 else "0"}
             if varying_shapes:  # cuDNN's exhaustive search would run again for every new input length
                 cuda_options["cudnn_conv_algo_search"] = "HEURISTIC"
             wanted.insert(0, ("CUDAExecutionProvider", cuda_options))

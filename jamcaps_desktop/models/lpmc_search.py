@@ -34,8 +34,9 @@ from jamcaps_desktop.models.lpmc import LAYER_NORM_EPS, PREFIX, Builder
 
 INT_MAX = np.iinfo(np.int64).max
 MICROSOFT = "com.microsoft"  # ONNX Runtime's own operators (fused layer norm, bias + GELU)
-# the score of a token the rules forbid: far below any sum of log-probabilities, and finite
-FORBIDDEN = float(np.finfo(np.float32).min)
+# the score of a token the rules forbid: far below any sum of log-probabilities, and finite even when a few
+# such scores add up (CUDA's TopK gives no valid index for −∞)
+FORBIDDEN = float(np.finfo(np.float32).min) / 4
 
 
 def _heads(cfg: dict[str, Any]) -> tuple[int, int, int]:
@@ -84,8 +85,8 @@ def build_search_step(weights: dict[str, np.ndarray], cfg: dict[str, Any], half:
       [N', H, L, d/H]: the previous step's ``present_*`` (L = 0 at the start), and ``cross_key_i`` /
       ``cross_value_i`` from ``build_cross_cache``, in the graph's precision;
     - ``beam_scores`` [N] float32, each row's score so far; ``beams`` [1] int64;
-    - ``eos_banned`` bool []: the sequences are shorter than the minimum length; ``forced_token`` int64 []:
-      the only token allowed at this step (−1: none).
+    - ``keep`` and ``penalty`` [V] float32: the step's own rules, as ``scores · keep + penalty``
+      (``step_rules``: end of sequence forbidden before the minimum length, a forced token).
 
     Outputs: ``top_scores`` [N / beams, 2·beams] float32, and ``top_beams`` and ``top_tokens`` (int64): each
     chunk's best candidates over all its beams, best first; ``next_sequences`` [N, L + 1] and
@@ -183,8 +184,8 @@ def build_search_step(weights: dict[str, np.ndarray], cfg: dict[str, Any], half:
               helper.make_tensor_value_info("sequences", int64, ["previous", "length"]),
               helper.make_tensor_value_info("beam_scores", float32, ["rows"]),
               helper.make_tensor_value_info("beams", int64, [1]),
-              helper.make_tensor_value_info("eos_banned", TensorProto.BOOL, []),
-              helper.make_tensor_value_info("forced_token", int64, [])]
+              helper.make_tensor_value_info("keep", float32, [vocabulary]),
+              helper.make_tensor_value_info("penalty", float32, [vocabulary])]
     outputs = [helper.make_tensor_value_info("top_scores", float32, ["chunks", "candidates"]),
                helper.make_tensor_value_info("top_beams", int64, ["chunks", "candidates"]),
                helper.make_tensor_value_info("top_tokens", int64, ["chunks", "candidates"]),
@@ -199,13 +200,9 @@ def build_search_step(weights: dict[str, np.ndarray], cfg: dict[str, Any], half:
 
 
 def _apply_rules(b: Builder, scores: str, sequences: str, cfg: dict[str, Any], vocabulary: int) -> str:
-    """The generation rules on log-probabilities [N, V] (float32), given each row's tokens [N, L]. A
-    forbidden token gets ``FORBIDDEN`` rather than −∞: CUDA's TopK returns no valid index for −∞."""
-    negative_infinity = b.g.const(np.array(FORBIDDEN, dtype=np.float32), "forbidden")
-    tokens = b.g.const(np.arange(vocabulary, dtype=np.int64), "vocabulary")
-    eos = int(cfg.get("eos_token_id", 2))
-    is_eos = b.g.const(np.arange(vocabulary) == eos, "is_eos")
-    scores = b.node("Where", [b.node("And", ["eos_banned", is_eos]), negative_infinity, scores])
+    """The generation rules on log-probabilities [N, V] (float32), given each row's tokens [N, L]: no
+    repeated n-gram, then the step's own rules (``keep``, ``penalty``)."""
+    forbidden = b.g.const(np.array(FORBIDDEN, dtype=np.float32), "forbidden")
     size = int(cfg.get("no_repeat_ngram_size", 0) or 0)
     if size > 0:
         # window j (of L − n + 1) repeats the last n − 1 tokens: then its n-th token is banned
@@ -222,14 +219,25 @@ def _apply_rules(b: Builder, scores: str, sequences: str, cfg: dict[str, Any], v
             following = b.node("Slice", [sequences, b.ints(size - 1), b.ints(INT_MAX), b.ints(1)])
             banned = b.node("Where", [match, following, b.ints(vocabulary)])  # no match → a spare column
         column = b.node("Concat", [b.node("Shape", [scores], start=0, end=1), b.ints(1)], axis=0)
-        padded = b.node("Concat", [scores, b.node("Expand", [negative_infinity, column])], axis=1)
-        updates = b.node("Expand", [negative_infinity, b.node("Shape", [banned])])
+        padded = b.node("Concat", [scores, b.node("Expand", [forbidden, column])], axis=1)
+        updates = b.node("Expand", [forbidden, b.node("Shape", [banned])])
         scattered = b.node("ScatterElements", [padded, banned, updates], axis=1)
         scores = b.node("Slice", [scattered, b.ints(0), b.ints(vocabulary), b.ints(1)])
-    forced_row = b.node("Where", [b.node("Equal", [tokens, "forced_token"]),
-                                  b.g.const(np.array(0.0, dtype=np.float32), "zero"), negative_infinity])
-    forcing = b.node("GreaterOrEqual", ["forced_token", b.g.const(np.array(0, dtype=np.int64), "zero")])
-    return b.node("Where", [forcing, forced_row, scores])
+    return b.node("Add", [b.node("Mul", [scores, "keep"]), "penalty"])
+
+
+def step_rules(vocabulary: int, eos: int, eos_banned: bool, forced_token: int) -> tuple[np.ndarray, np.ndarray]:
+    """A step's own rules as ``scores · keep + penalty`` over the vocabulary: a forced token scores 0 and
+    every other token is forbidden; before the minimum length, end of sequence is forbidden."""
+    keep = np.ones(vocabulary, dtype=np.float32)
+    penalty = np.zeros(vocabulary, dtype=np.float32)
+    if eos_banned:
+        penalty[eos] = FORBIDDEN
+    if forced_token >= 0:
+        keep[:] = 0.0
+        penalty[:] = FORBIDDEN
+        penalty[forced_token] = 0.0
+    return keep, penalty
 
 
 class Steps(Protocol):
@@ -346,12 +354,17 @@ class OnnxSteps:
         self.layers, self.heads, self.head_dim = _heads(cfg)
         on_gpu = step_session.get_providers()[0] == "CUDAExecutionProvider"
         self.device = "cuda" if on_gpu else "cpu"
-        kinds = {i.name: i.type for i in step_session.get_inputs()}
-        self.half = kinds["past_key_0"] == "tensor(float16)"
-        self._cross: list[Any] = []
+        inputs = {i.name: i for i in step_session.get_inputs()}
+        self.half = inputs["past_key_0"].type == "tensor(float16)"
+        self.vocabulary = int(inputs["keep"].shape[0])
+        self.eos = int(cfg.get("eos_token_id", 2))
+        self._rules: dict[tuple[bool, int], tuple[Any, Any]] = {}  # a step's rules, kept on the device
+        self._binding: Any = None
         self._state: list[Any] | None = None  # next_sequences and the present caches of the last step
 
     def start(self, encoder_hidden: Any, beams: int) -> None:
+        import onnxruntime as ort
+
         binding = self.cross_session.io_binding()
         if isinstance(encoder_hidden, np.ndarray):
             binding.bind_cpu_input("encoder_hidden", np.ascontiguousarray(encoder_hidden, dtype=np.float32))
@@ -360,18 +373,33 @@ class OnnxSteps:
         for output in self.cross_session.get_outputs():
             binding.bind_output(output.name, self.device)
         self.cross_session.run_with_iobinding(binding)
-        self._cross = binding.get_outputs()
+        cross = binding.get_outputs()
+        # what stays the same for the whole search is bound once
+        self._binding = step = self.step_session.io_binding()
+        for layer in range(self.layers):
+            step.bind_ortvalue_input(f"cross_key_{layer}", cross[2 * layer])
+            step.bind_ortvalue_input(f"cross_value_{layer}", cross[2 * layer + 1])
+        step.bind_ortvalue_input("beams", ort.OrtValue.ortvalue_from_numpy(np.array([beams], dtype=np.int64)))
         self._state = None
+
+    def _rule_values(self, eos_banned: bool, forced_token: int) -> tuple[Any, Any]:
+        import onnxruntime as ort
+
+        key = (bool(eos_banned), int(forced_token))
+        if key not in self._rules:
+            self._rules[key] = tuple(ort.OrtValue.ortvalue_from_numpy(values, self.device, 0) for values in
+                                     step_rules(self.vocabulary, self.eos, *key))
+        return self._rules[key]
 
     def step(self, tokens: np.ndarray, parents: np.ndarray, beam_scores: np.ndarray, beams: int,
              eos_banned: bool, forced_token: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        binding = self.step_session.io_binding()
+        binding = self._binding
         binding.bind_cpu_input("tokens", np.ascontiguousarray(tokens, dtype=np.int64))
         binding.bind_cpu_input("parents", np.ascontiguousarray(parents, dtype=np.int64))
         binding.bind_cpu_input("beam_scores", np.ascontiguousarray(beam_scores, dtype=np.float32))
-        binding.bind_cpu_input("beams", np.array([beams], dtype=np.int64))
-        binding.bind_cpu_input("eos_banned", np.array(bool(eos_banned)))
-        binding.bind_cpu_input("forced_token", np.array(int(forced_token), dtype=np.int64))
+        keep, penalty = self._rule_values(eos_banned, forced_token)
+        binding.bind_ortvalue_input("keep", keep)
+        binding.bind_ortvalue_input("penalty", penalty)
         names = [f"past_{kind}_{layer}" for layer in range(self.layers) for kind in ("key", "value")]
         if self._state is None:
             rows = len(tokens)
@@ -384,9 +412,7 @@ class OnnxSteps:
             binding.bind_ortvalue_input("sequences", self._state[0])
             for name, value in zip(names, self._state[1:], strict=True):
                 binding.bind_ortvalue_input(name, value)
-        for layer in range(self.layers):
-            binding.bind_ortvalue_input(f"cross_key_{layer}", self._cross[2 * layer])
-            binding.bind_ortvalue_input(f"cross_value_{layer}", self._cross[2 * layer + 1])
+        # outputs are bound afresh (a bound output keeps its shape, and the caches grow)
         for name in ("top_scores", "top_beams", "top_tokens"):
             binding.bind_output(name, "cpu")
         binding.bind_output("next_sequences", self.device)
