@@ -1,7 +1,8 @@
 """Analysis speed: decoding alone against the whole analysis, model throughput, and peak memory.
 
     python benchmarks/analysis_benchmark.py [--audio FOLDER] [--minutes 60] [--device auto|cpu|cuda]
-                                            [--workers N] [--batches 1,8,64,256] [--skip-memory]
+                                            [--workers N] [--decode-workers N] [--batches 1,8,64,256]
+                                            [--skip-memory]
                                             [--front-ends auto|workers|device[,...]]
 
 Measures, on the same files: (1) decoding alone (PyAV to 16 kHz mono, as the analysis decodes, in as
@@ -78,8 +79,9 @@ def _decode_all(paths: list[str], workers: int) -> float:
 
 
 def _measure(folder: Path, workdir: Path, device: str, workers: int, models: list[str] | None = None,
-             front_ends: tuple[str, ...] = ("auto",)) -> dict[str, object]:
-    """Decoding alone, then the whole analysis once per front-end placement (each on a fresh library)."""
+             front_ends: tuple[str, ...] = ("auto",), decode_workers: int | None = None) -> dict[str, object]:
+    """Decoding alone (with ``decode_workers``, by default as many as the analysis), then the whole analysis
+    once per front-end placement (each on a fresh library)."""
     out: dict[str, object] = {}
     decode_s = 0.0
     for run, placement in enumerate(front_ends):
@@ -88,14 +90,15 @@ def _measure(folder: Path, workdir: Path, device: str, workers: int, models: lis
         rows = library.conn.execute("SELECT path, duration FROM tracks WHERE status = 'ok'").fetchall()
         paths, seconds = [r[0] for r in rows], sum(r[1] for r in rows)
         if not decode_s:
-            decode_s = _decode_all(paths, workers)
+            decode_s = _decode_all(paths, decode_workers or workers)
         on_device = {"auto": None, "workers": False, "device": True}[placement]
         start = time.perf_counter()
         summary = analyze(library, device=device, workers=workers, models=models, front_ends_on_device=on_device)
         analysis_s = time.perf_counter() - start
         library.close()
         result = {
-            "device": summary.device, "workers": workers, "front_ends": placement,
+            "device": summary.device, "workers": workers, "decode_workers": decode_workers or workers,
+            "front_ends": placement,
             "tracks": len(paths), "audio_minutes": round(seconds / 60, 1),
             "decode_s": round(decode_s, 1), "decode_tracks_per_min": round(len(paths) / decode_s * 60, 1),
             "decode_x_realtime": round(seconds / decode_s, 1),
@@ -159,6 +162,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
+    parser.add_argument("--decode-workers", type=int, help="workers for decoding alone (default: --workers)")
     parser.add_argument("--batches", default="1,8,64,256")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--copies", type=int, default=1, help="repeat the generated tracks this many times")
@@ -176,9 +180,11 @@ def main() -> None:
         if not args.skip_throughput:
             results.update(_model_throughput(args.device, [int(b) for b in args.batches.split(",")], models))
         for folder in args.audio:
-            results[str(folder)] = _measure(folder, work, args.device, args.workers, models, placements)
+            results[str(folder)] = _measure(folder, work, args.device, args.workers, models, placements,
+                                            args.decode_workers)
         generated = _generated_hour(args.cache / "hour-of-music", args.minutes, args.copies)
-        results["generated"] = _measure(generated, work, args.device, args.workers, models, placements)
+        results["generated"] = _measure(generated, work, args.device, args.workers, models, placements,
+                                        args.decode_workers)
         if not args.skip_memory:
             long_file = args.cache / "two-hours.flac"
             if not long_file.exists():
