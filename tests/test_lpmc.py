@@ -219,3 +219,17 @@ def test_the_pytorch_port_matches_the_official_numbers(oracle):
     assert np.abs(mel - data["log_mel"]).max() < 0.05
     assert np.abs(hidden - data["encoder_hidden"]).max() < 1e-4
     _check_search(TorchSteps(port), cfg, data, 1e-5)
+
+
+def test_a_steps_own_rules_as_keep_and_penalty():
+    from jamcaps_desktop.models.lpmc_search import FORBIDDEN, step_rules
+
+    scores = np.log(np.full(6, 1 / 6))
+    keep, penalty = step_rules(6, eos=2, eos_banned=False, forced_token=-1)
+    assert np.array_equal(scores * keep + penalty, scores)
+    keep, penalty = step_rules(6, eos=2, eos_banned=True, forced_token=-1)
+    ruled = scores * keep + penalty
+    assert ruled[2] <= FORBIDDEN / 2 and np.array_equal(np.delete(ruled, 2), np.delete(scores, 2))
+    keep, penalty = step_rules(6, eos=2, eos_banned=True, forced_token=0)
+    ruled = scores * keep + penalty
+    assert ruled[0] == 0.0 and np.all(ruled[1:] <= FORBIDDEN / 2) and np.all(np.isfinite(ruled))

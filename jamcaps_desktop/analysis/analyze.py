@@ -495,8 +495,9 @@ def analyze(library: Library, *, models: list[str] | None = None, device: str = 
 
 
 _END = object()
-MEASURED_AHEAD = 4  # tracks measured ahead of the model runs
-MEASURE_THREADS = 3  # tracks measured at once: their graphs and copies run beside one another
+# four threads measuring, eight tracks ahead: 0.64 of decode-alone against 0.60 with three and four (musicnn, H200)
+MEASURED_AHEAD = 8  # tracks measured ahead of the model runs
+MEASURE_THREADS = 4  # tracks measured at once: their graphs and copies run beside one another
 
 
 def _measured_ahead(heard_files: Iterator[_Heard], front_ends: DeviceFrontEnds, groups: list[_Group]
