@@ -75,14 +75,10 @@ def _tiny_tokenizer(folder):
     tokenizer.save_model(str(folder))
 
 
-def test_the_captioner_installs_with_consent_and_captions_a_track(shared_reference, models_dir, tmp_path,
-                                                                  monkeypatch, library):
-    from audio_fixtures import make_audio
-
-    from jamcaps_desktop.caption.job import caption, track_caption
+@pytest.fixture
+def tiny_install(shared_reference, models_dir, tmp_path, monkeypatch):
+    """The oracle's tiny checkpoint in a folder with a tiny tokenizer, and a manifest for it."""
     from jamcaps_desktop.models import registry
-    from jamcaps_desktop.models.captioner_install import Captioner
-    from jamcaps_desktop.scan.scanner import scan
 
     folder = shared_reference / "lp-music-caps"
     bundle = tmp_path / "bundle"
@@ -96,10 +92,21 @@ def test_the_captioner_installs_with_consent_and_captions_a_track(shared_referen
     spec["generation"] = {"num_beams": 3, "max_length": 12, "min_length": 2}
     (manifests / "lp-musiccaps.json").write_text(json.dumps(spec))
     monkeypatch.setenv("JAMCAPS_MODEL_MANIFESTS", str(manifests))
+    return bundle
+
+
+def test_the_captioner_installs_with_consent_and_captions_a_track(tiny_install, tmp_path, library):
+    from audio_fixtures import make_audio
+
+    from jamcaps_desktop.caption.job import caption, track_caption
+    from jamcaps_desktop.models import registry
+    from jamcaps_desktop.models.captioner_install import Captioner
+    from jamcaps_desktop.scan.scanner import scan
+
     with pytest.raises(registry.ModelError, match="accept-licence"):
-        registry.install("lp-musiccaps", local=bundle)
+        registry.install("lp-musiccaps", local=tiny_install)
     assert not registry.is_installed("lp-musiccaps")
-    registry.install("lp-musiccaps", local=bundle, accept_licence=True)
+    registry.install("lp-musiccaps", local=tiny_install, accept_licence=True)
     captioner = Captioner.installed("lp-musiccaps", device="cpu")
 
     path = make_audio(tmp_path / "tone.flac", "flac", seconds=25.0, freq=330.0)
@@ -111,6 +118,49 @@ def test_the_captioner_installs_with_consent_and_captions_a_track(shared_referen
     # two whole 10-s chunks (the last 5 s are dropped, as the original loader does), each captioned
     assert [(c["start_s"], c["end_s"]) for c in stored["chunks"]] == [(0.0, 10.0), (10.0, 20.0)]
     assert stored["model"] == "lp-musiccaps" and stored["text"] in [c["text"] for c in stored["chunks"]]
+
+
+def test_chunks_of_several_tracks_share_batches_and_a_bad_file_is_only_reported(tiny_install, tmp_path, library):
+    """Batches of 4 chunks span tracks of 1, 3 and 2 chunks: each track gets what it gets alone; a file
+    that no longer decodes gets a reason, and the tracks after it are captioned."""
+    from audio_fixtures import make_audio
+
+    from jamcaps_desktop.audio.decode import iter_samples
+    from jamcaps_desktop.caption.job import caption, track_caption
+    from jamcaps_desktop.models import registry
+    from jamcaps_desktop.models.captioner_install import Captioner
+    from jamcaps_desktop.scan.scanner import scan
+
+    registry.install("lp-musiccaps", local=tiny_install, accept_licence=True)
+    captioner = Captioner.installed("lp-musiccaps", device="cpu")
+    captioner.batch = 4
+    paths = [make_audio(tmp_path / f"t{i}.{fmt}", fmt, seconds=seconds, freq=freq)
+             for i, (fmt, seconds, freq) in enumerate([("mp3", 6.0, 220.0), ("flac", 31.0, 330.0),
+                                                       ("flac", 12.0, 440.0), ("mp3", 21.0, 550.0)])]
+    scan(library, paths)
+    paths[2].write_bytes(b"\0" * 4096)  # damaged behind the library's back
+    summary = caption(library, writer="lp-musiccaps", captioner=captioner)
+    assert summary.written == 3 and len(summary.reasons) == 1 and "track" in summary.reasons[0]
+    for path in (paths[0], paths[1], paths[3]):
+        (track_id,) = library.conn.execute("SELECT id FROM tracks WHERE path = ?", (str(path),)).fetchone()
+        alone = captioner.caption_chunks(np.concatenate(list(iter_samples(str(path), 16000))), batch=1)
+        stored = track_caption(library, track_id)["chunks"]
+        assert [(c["start_s"], c["end_s"], c["text"]) for c in stored] == alone
+
+
+def test_tracks_are_decoded_in_order_by_worker_processes(tmp_path):
+    from audio_fixtures import make_audio
+
+    from jamcaps_desktop.caption.job import _decoded_in_order
+    from jamcaps_desktop.jobs.base import CancelToken
+
+    paths = [make_audio(tmp_path / f"t{i}.flac", "flac", seconds=1.0 + i) for i in range(5)]
+    (tmp_path / "bad.mp3").write_bytes(b"not audio at all" * 100)
+    order = [str(p) for p in paths[:2]] + [str(tmp_path / "bad.mp3")] + [str(p) for p in paths[2:]]
+    results = list(_decoded_in_order(order, 2, CancelToken()))
+    assert isinstance(results[2], str)
+    lengths = [len(r) for i, r in enumerate(results) if i != 2]
+    assert lengths == [16000 * (1 + i) for i in range(5)]
 
 
 def _padded(ids, expected, pad):

@@ -4,7 +4,13 @@ by the same writer is skipped."""
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +19,7 @@ from jamcaps_desktop.caption.search import refresh_search_index
 from jamcaps_desktop.caption.writers import llm_caption, template_caption
 from jamcaps_desktop.impute.vocabulary import load_vocabulary
 from jamcaps_desktop.jobs.base import CancelToken, Progress, ProgressCallback, no_progress
+from jamcaps_desktop.jobs.workers import init_worker, single_threaded_workers
 from jamcaps_desktop.library.database import Library, utc_now
 
 WRITERS = ("template", "llm", "lp-musiccaps")
@@ -56,6 +63,7 @@ def caption(library: Library, *, writer: str = "template", complete: Any = None,
         done = {t: (m, h) for t, m, h in library.conn.execute(
             "SELECT track_id, model, evidence_hash FROM captions")}
         progress(Progress("caption", 0, len(ids)))
+        listen: list[tuple[int, Any, str]] = []
         for index, track_id in enumerate(ids, start=1):
             if cancel.cancelled:
                 break
@@ -68,9 +76,8 @@ def caption(library: Library, *, writer: str = "template", complete: Any = None,
                 summary.unchanged += 1
                 progress(Progress("caption", index, len(ids)))
                 continue
-            if writer == "lp-musiccaps":
-                _caption_audio(library, captioner, track_id, label, evidence, digest, summary)
-                progress(Progress("caption", index, len(ids)))
+            if writer == "lp-musiccaps":  # captioned below, many tracks' chunks at a time
+                listen.append((track_id, evidence, digest))
                 continue
             written_by = label
             if writer == "llm":
@@ -97,39 +104,150 @@ def caption(library: Library, *, writer: str = "template", complete: Any = None,
                              (track_id, text, written_by, evidence.to_json(), digest, utc_now()))
             summary.written += 1
             progress(Progress("caption", index, len(ids), current=text[:60]))
+        if listen:
+            _caption_audio(library, captioner, label, listen, summary, cancel,
+                           lambda done: progress(Progress("caption", len(ids) - len(listen) + done, len(ids))))
         refresh_search_index(library)
     summary.status = "cancelled" if cancel.cancelled else "completed"
     summary.elapsed_s = round(time.monotonic() - started, 3)
     return summary
 
 
-def _caption_audio(library: Library, captioner: Any, track_id: int, label: str, evidence: Any, digest: str,
-                   summary: CaptionSummary) -> bool:
-    """Caption each 10-s chunk of the track's audio; the track's caption is the chunk caption most like
-    the others. False (with a reason) when the audio cannot be decoded."""
+def _caption_audio(library: Library, captioner: Any, label: str, tracks: list[tuple[int, Any, str]],
+                   summary: CaptionSummary, cancel: CancelToken, done: Callable[[int], None]) -> None:
+    """Caption every 10-s chunk of the tracks' audio, ``captioner.batch`` chunks at a time whichever tracks
+    they come from (a batch keeps a GPU busy; a three-minute track has 18 chunks), while worker processes
+    decode the next tracks. A track's caption is its chunk caption most like the others; a track whose
+    audio cannot be decoded gets a reason and the job goes on."""
+    import numpy as np
+
+    from jamcaps_desktop.library.paths import fs_path
+    from jamcaps_desktop.models import lpmc
+    from jamcaps_desktop.models.captioner_install import chunk_times, track_caption_from_chunks
+
+    keys = dict(library.conn.execute("SELECT id, path_key FROM tracks"))
+    paths = [fs_path(bytes(keys[track_id])) for track_id, _evidence, _digest in tracks]
+    workers = max(1, min(len(paths), (os.cpu_count() or 1) - 1)) if captioner.device == "CUDAExecutionProvider" else 1
+    waiting: deque[tuple[int, np.ndarray]] = deque()  # (position in ``tracks``, chunks not yet captioned)
+    texts: dict[int, list[str]] = {}
+    counts: dict[int, int] = {}
+    finished = 0
+
+    def store(position: int) -> None:
+        nonlocal finished
+        track_id, evidence, digest = tracks[position]
+        chunks = chunk_times(texts.pop(position))
+        whole = track_caption_from_chunks([text for _s, _e, text in chunks])
+        now = utc_now()
+        with library.transaction() as conn:
+            conn.execute("INSERT OR REPLACE INTO captions (track_id, text, model, evidence, evidence_hash, "
+                         "created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                         (track_id, whole, label, evidence.to_json(), digest, now))
+            conn.execute("DELETE FROM caption_chunks WHERE track_id = ?", (track_id,))
+            conn.executemany("INSERT INTO caption_chunks (track_id, start_s, end_s, text, model) "
+                             "VALUES (?, ?, ?, ?, ?)",
+                             [(track_id, start, end, text, label) for start, end, text in chunks])
+        summary.written += 1
+        finished += 1
+        done(finished)
+
+    def caption_batch(size: int) -> None:
+        owners, pieces, taken = [], [], 0
+        while waiting and taken < size:
+            position, chunks = waiting[0]
+            take = min(size - taken, len(chunks))
+            owners.append((position, take))
+            pieces.append(chunks[:take])
+            taken += take
+            if take == len(chunks):
+                waiting.popleft()
+            else:
+                waiting[0] = (position, chunks[take:])
+        captions = iter(captioner.captions(np.concatenate(pieces)))
+        for position, take in owners:
+            texts[position].extend(next(captions) for _ in range(take))
+            if len(texts[position]) == counts[position]:
+                store(position)
+
+    decoded = _decoded_in_order(paths, workers, cancel)
+    try:
+        for position, samples in enumerate(decoded):
+            if isinstance(samples, str):
+                summary.reasons.append(f"track {tracks[position][0]}: {samples}")
+                finished += 1
+                done(finished)
+                continue
+            chunks = lpmc.chunks_of(samples)
+            counts[position], texts[position] = len(chunks), []
+            waiting.append((position, chunks))
+            while sum(len(c) for _p, c in waiting) >= captioner.batch and not cancel.cancelled:
+                caption_batch(captioner.batch)
+            if cancel.cancelled:
+                break
+        while waiting and not cancel.cancelled:  # the last, partial batch
+            caption_batch(captioner.batch)
+    finally:
+        decoded.close()
+
+
+def _decode_track(path: str) -> Any:
+    """A file's audio as 16 kHz mono float32 samples, or why it cannot be decoded (runs in a worker)."""
     import numpy as np
 
     from jamcaps_desktop.audio.decode import DecodeError, iter_samples
-    from jamcaps_desktop.library.paths import fs_path
-    from jamcaps_desktop.models.captioner_install import track_caption_from_chunks
 
-    (key,) = library.conn.execute("SELECT path_key FROM tracks WHERE id = ?", (track_id,)).fetchone()
     try:
-        samples = np.concatenate(list(iter_samples(fs_path(bytes(key)), 16000)))
-    except (DecodeError, ValueError) as exc:
-        summary.reasons.append(f"track {track_id}: {exc}")
-        return False
-    chunks = captioner.caption_chunks(samples)
-    whole = track_caption_from_chunks([text for _s, _e, text in chunks])
-    now = utc_now()
-    with library.transaction() as conn:
-        conn.execute("INSERT OR REPLACE INTO captions (track_id, text, model, evidence, evidence_hash, created_at) "
-                     "VALUES (?, ?, ?, ?, ?, ?)", (track_id, whole, label, evidence.to_json(), digest, now))
-        conn.execute("DELETE FROM caption_chunks WHERE track_id = ?", (track_id,))
-        conn.executemany("INSERT INTO caption_chunks (track_id, start_s, end_s, text, model) VALUES (?, ?, ?, ?, ?)",
-                         [(track_id, start, end, text, label) for start, end, text in chunks])
-    summary.written += 1
-    return True
+        pieces = list(iter_samples(path, 16000))
+    except DecodeError as exc:
+        return str(exc)
+    except Exception as exc:  # one file the decoder trips over never stops the job
+        return f"the audio could not be decoded ({type(exc).__name__}: {exc})"
+    return np.concatenate(pieces) if pieces else "no audio could be decoded from the file"
+
+
+def _decoded_in_order(paths: list[str], workers: int, cancel: CancelToken) -> Iterator[Any]:
+    """Each file's ``_decode_track``, in order, decoded by ``workers`` processes a few files ahead; a file
+    that crashes its decoder is named, and the rest are decoded by a fresh pool."""
+    if workers <= 1 or len(paths) < 2:
+        for path in paths:
+            if cancel.cancelled:
+                return
+            yield _decode_track(path)
+        return
+    context = multiprocessing.get_context("spawn")
+    with single_threaded_workers(), ProcessPoolExecutor(workers, mp_context=context, initializer=init_worker) as pool:
+        futures = deque(pool.submit(_decode_track, path) for path in paths[:2 * workers])
+        submitted = len(futures)
+        while futures:
+            if cancel.cancelled:
+                for future in futures:
+                    future.cancel()
+                return
+            try:
+                result = futures[0].result()
+            except BrokenProcessPool:  # a decoder crashed and took its pool, and every file in it, with it
+                pool.shutdown(wait=False, cancel_futures=True)
+                start = submitted - len(futures)
+                for path in paths[start:submitted]:  # one at a time, so that only the file that crashes is named
+                    if cancel.cancelled:
+                        return
+                    yield _decode_isolated(path)
+                yield from _decoded_in_order(paths[submitted:], workers, cancel)
+                return
+            futures.popleft()
+            if submitted < len(paths):
+                futures.append(pool.submit(_decode_track, paths[submitted]))
+                submitted += 1
+            yield result
+
+
+def _decode_isolated(path: str) -> Any:
+    context = multiprocessing.get_context("spawn")
+    with single_threaded_workers(), ProcessPoolExecutor(1, mp_context=context, initializer=init_worker) as pool:
+        try:
+            return pool.submit(_decode_track, path).result()
+        except BrokenProcessPool:
+            return "the decoder crashed on this file"
 
 
 def _fallback(label: str) -> str:

@@ -182,21 +182,28 @@ class Captioner:
 
         return cls(registry.verify(name), device)
 
+    def captions(self, chunks: np.ndarray) -> list[str]:
+        """The caption of each 10-s chunk of a batch [chunks, 160000] (of one track or several)."""
+        ids, _scores = self.pipeline.search(self.pipeline.encode(chunks), **self.generation)
+        return [self.tokenizer.decode([t for t in sequence if t > 3], skip_special_tokens=True).strip()
+                for sequence in ids]
+
     def caption_chunks(self, samples: np.ndarray, batch: int | None = None) -> list[tuple[float, float, str]]:
         """(start s, end s, caption) for each 10-s chunk of 16-kHz ``samples``."""
         from jamcaps_desktop.models import lpmc
 
         chunks = lpmc.chunks_of(samples)
         batch = batch or self.batch
-        out: list[tuple[float, float, str]] = []
-        for first in range(0, len(chunks), batch):
-            group = chunks[first:first + batch]
-            ids, _scores = self.pipeline.search(self.pipeline.encode(group), **self.generation)
-            for offset, sequence in enumerate(ids):
-                start = (first + offset) * lpmc.CHUNK_SAMPLES / lpmc.SAMPLE_RATE
-                text = self.tokenizer.decode([t for t in sequence if t > 3], skip_special_tokens=True).strip()
-                out.append((start, start + lpmc.CHUNK_SAMPLES / lpmc.SAMPLE_RATE, text))
-        return out
+        texts = [text for first in range(0, len(chunks), batch) for text in self.captions(chunks[first:first + batch])]
+        return chunk_times(texts)
+
+
+def chunk_times(texts: list[str]) -> list[tuple[float, float, str]]:
+    """(start s, end s, caption) of a track's consecutive 10-s chunks."""
+    from jamcaps_desktop.models import lpmc
+
+    length = lpmc.CHUNK_SAMPLES / lpmc.SAMPLE_RATE
+    return [(index * length, (index + 1) * length, text) for index, text in enumerate(texts)]
 
 
 def track_caption_from_chunks(captions: list[str]) -> str:
