@@ -197,27 +197,40 @@ def test_the_search_graphs_give_the_official_ids(oracle, half):
     _check_search(_onnx_steps(weights, cfg, half), cfg, data, 1e-3 if half else 1e-5)
 
 
-def test_the_search_graphs_follow_the_rules():
-    """On random weights over 40 tokens: a full-size vocabulary's rules hold in every caption (no 3-gram
-    twice, <s> first, </s> last and only there) and the graphs pick what the host-side reference picks."""
+TINY = {"d_model": 16, "encoder_layers": 1, "decoder_layers": 2, "encoder_attention_heads": 2,
+        "decoder_attention_heads": 2, "vocab_size": 24, "bos_token_id": 0, "pad_token_id": 1, "eos_token_id": 2,
+        "decoder_start_token_id": 2, "forced_bos_token_id": 0, "forced_eos_token_id": 2, "no_repeat_ngram_size": 3}
+
+
+@pytest.mark.parametrize("forced_bos", [True, False], ids=["forced-bos", "free-start"])
+def test_the_search_graphs_follow_the_rules(forced_bos):
+    """On random weights over 40 tokens: the rules hold in every caption (no 3-gram twice, <s> first where
+    forced, </s> last and only there) and the graphs (and the PyTorch steps, where torch is installed)
+    pick exactly what the host-side reference picks."""
     from jamcaps_desktop.models import lpmc_search
 
-    cfg = {"d_model": 16, "encoder_layers": 1, "decoder_layers": 2, "encoder_attention_heads": 2,
-           "decoder_attention_heads": 2, "vocab_size": 24, "bos_token_id": 0, "pad_token_id": 1, "eos_token_id": 2,
-           "decoder_start_token_id": 2, "forced_bos_token_id": 0, "forced_eos_token_id": 2, "no_repeat_ngram_size": 3}
+    cfg = dict(TINY, forced_bos_token_id=0 if forced_bos else None)
     rng = np.random.default_rng(5)
     weights = _random_bart(cfg, rng)
     hidden = rng.standard_normal((3, 5, 16)).astype(np.float32)
     whole = ort.InferenceSession(lpmc.build_decoder(weights, cfg).SerializeToString(),
                                  providers=["CPUExecutionProvider"])
+    backends = {"graphs": _onnx_steps(weights, cfg, False)}
+    try:
+        from jamcaps_desktop.export.lpmc_torch import LPMCPort, TorchSteps
+
+        backends["torch"] = TorchSteps(LPMCPort(weights, cfg))
+    except ImportError:  # the export extra is optional
+        pass
     for beams in (1, 2, 4):
         expected, expected_scores = lpmc.beam_search(whole, hidden, cfg, num_beams=beams, max_length=40, min_length=30)
-        ids, scores = lpmc_search.search(_onnx_steps(weights, cfg, False), hidden, cfg, num_beams=beams,
-                                         max_length=40, min_length=30)
-        assert ids == expected
-        assert np.allclose(scores, expected_scores, atol=1e-5)
+        for name, steps in backends.items():
+            ids, scores = lpmc_search.search(steps, hidden, cfg, num_beams=beams, max_length=40, min_length=30)
+            assert ids == expected, (name, beams)
+            assert np.allclose(scores, expected_scores, atol=1e-5)
         for row in ids:
-            assert row[:2] == [2, 0] and row[-1] == 2 and 2 not in row[1:-1] and len(row) >= 31
+            assert row[0] == 2 and row[-1] == 2 and 2 not in row[1:-1] and len(row) >= 31
+            assert row[1] == 0 or not forced_bos
             grams = [tuple(row[i:i + 3]) for i in range(len(row) - 2)]
             assert len(grams) == len(set(grams))
 
@@ -283,3 +296,15 @@ def test_a_steps_own_rules_as_keep_and_penalty():
     keep, penalty = step_rules(6, eos=2, eos_banned=True, forced_token=0)
     ruled = scores * keep + penalty
     assert ruled[0] == 0.0 and np.all(ruled[1:] <= FORBIDDEN / 2) and np.all(np.isfinite(ruled))
+
+
+def test_every_node_of_the_search_graphs_has_a_name_of_its_own():
+    """Some ONNX Runtime releases refuse a graph whose fused nodes end up with the same name; named
+    nodes keep every fusion's names apart."""
+    from jamcaps_desktop.models import lpmc_search
+
+    weights = _random_bart(TINY, np.random.default_rng(0))
+    for build in (lpmc_search.build_search_step, lpmc_search.build_cross_cache):
+        for half in (False, True):
+            names = [node.name for node in build(weights, TINY, half=half).graph.node]
+            assert all(names) and len(names) == len(set(names))

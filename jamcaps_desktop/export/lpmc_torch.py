@@ -146,10 +146,13 @@ class TorchSteps:
             self._cross = self.port.cross_cache(hidden)
         self._sequences, self._past = None, []
 
+    def finish(self) -> None:
+        self._cross, self._sequences, self._past = [], None, []
+
     @torch.inference_mode()
     def step(self, tokens: np.ndarray, parents: np.ndarray, beam_scores: np.ndarray, beams: int,
              eos_banned: bool, forced_token: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        new = torch.from_numpy(np.ascontiguousarray(tokens, np.int64)).to(self.device)
+        new = torch.tensor(np.asarray(tokens, np.int64), device=self.device)  # a copy: the caller reuses its array
         rows = new.shape[0]
         if self._sequences is None:
             sequences = new[:, None]
@@ -157,7 +160,7 @@ class TorchSteps:
             past = [torch.zeros(rows, self.heads, 0, self.port.d // self.heads, dtype=dtype, device=self.device)
                     for _ in range(2 * self.layers)]
         else:
-            order = torch.from_numpy(np.ascontiguousarray(parents, np.int64)).to(self.device)
+            order = torch.tensor(np.asarray(parents, np.int64), device=self.device)
             sequences = torch.cat([self._sequences[order], new[:, None]], dim=1)
             past = [tensor[order] for tensor in self._past]
         with self._context():

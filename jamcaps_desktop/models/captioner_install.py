@@ -104,20 +104,23 @@ def build_graphs(weights: dict[str, Any], config: dict[str, Any]) -> dict[str, A
 
 
 def _check(graphs: dict[str, Any], config: dict[str, Any]) -> None:
-    """Caption a test clip with the float32 graphs (a few tokens): every number must be finite."""
+    """Caption a test clip (a few tokens) with the float32 graphs and with the float16 ones CUDA will run:
+    every number must be finite."""
     import onnxruntime as ort
 
     from jamcaps_desktop.models.lpmc import CHUNK_SAMPLES
     from jamcaps_desktop.models.registry import ModelError
 
-    sessions = {name: ort.InferenceSession(graphs[name].SerializeToString(), providers=["CPUExecutionProvider"])
-                for name in GRAPHS}
     clip = (np.random.default_rng(0).standard_normal((1, CHUNK_SAMPLES)) * 0.1).astype(np.float32)
-    captioner = CaptionPipeline(*(sessions[name] for name in GRAPHS), config)
-    hidden = captioner.encode(clip)
-    _ids, scores = captioner.search(hidden, num_beams=2, max_length=4, min_length=2)
-    if not (np.all(np.isfinite(hidden.numpy())) and np.all(np.isfinite(scores))):
-        raise ModelError("the converted captioner gives non-finite values on a test clip")
+    for files in (GRAPHS, ("log_mel.onnx", *HALF_GRAPHS)):
+        sessions = [ort.InferenceSession(graphs[name].SerializeToString(), providers=["CPUExecutionProvider"])
+                    for name in files]
+        captioner = CaptionPipeline(*sessions, config)
+        hidden = captioner.encode(clip)
+        _ids, scores = captioner.search(hidden, num_beams=2, max_length=4, min_length=2)
+        if not (np.all(np.isfinite(hidden.numpy())) and np.all(np.isfinite(scores))):
+            precision = "float16" if files != GRAPHS else "float32"
+            raise ModelError(f"the converted captioner ({precision}) gives non-finite values on a test clip")
 
 
 class CaptionPipeline:

@@ -138,6 +138,8 @@ class Builder:
         import onnx
         from onnx import helper
 
+        for node in self.g.nodes:  # nodes made with their own output names are named after it too
+            node.name = node.name or f"{node.op_type.lower()}_{node.output[0]}"
         graph = helper.make_graph(self.g.nodes, name, inputs, outputs, self.g.initializers)
         opsets = [helper.make_opsetid("", OPSET)]
         if any(node.domain == "com.microsoft" for node in self.g.nodes):  # ONNX Runtime's own operators

@@ -249,6 +249,9 @@ class Steps(Protocol):
              eos_banned: bool, forced_token: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Each chunk's ``2·beams`` best candidates: scores, the beam each extends, and its token."""
 
+    def finish(self) -> None:
+        """Let go of the search's caches (hundreds of megabytes on the device for a large batch)."""
+
 
 @dataclass
 class _Rules:
@@ -325,6 +328,7 @@ def search(steps: Steps, encoder_hidden: Any, cfg: dict[str, Any], *, num_beams:
             if len(finished[chunk]) >= num_beams:  # early stopping: enough finished hypotheses
                 done[chunk] = True
         beams, scores = next_beams, next_scores
+    steps.finish()
     results, best_scores = [], []
     for chunk in range(chunks):
         if not done[chunk]:
@@ -360,6 +364,7 @@ class OnnxSteps:
         self.eos = int(cfg.get("eos_token_id", 2))
         self._rules: dict[tuple[bool, int], tuple[Any, Any]] = {}  # a step's rules, kept on the device
         self._binding: Any = None
+        self._beams: Any = None
         self._state: list[Any] | None = None  # next_sequences and the present caches of the last step
 
     def start(self, encoder_hidden: Any, beams: int) -> None:
@@ -379,8 +384,13 @@ class OnnxSteps:
         for layer in range(self.layers):
             step.bind_ortvalue_input(f"cross_key_{layer}", cross[2 * layer])
             step.bind_ortvalue_input(f"cross_value_{layer}", cross[2 * layer + 1])
-        step.bind_ortvalue_input("beams", ort.OrtValue.ortvalue_from_numpy(np.array([beams], dtype=np.int64)))
+        # kept here: an OrtValue wraps its array's memory, and older ONNX Runtime bindings keep no reference
+        self._beams = ort.OrtValue.ortvalue_from_numpy(np.array([beams], dtype=np.int64))
+        step.bind_ortvalue_input("beams", self._beams)
         self._state = None
+
+    def finish(self) -> None:
+        self._binding = self._beams = self._state = None
 
     def _rule_values(self, eos_banned: bool, forced_token: int) -> tuple[Any, Any]:
         import onnxruntime as ort

@@ -32,5 +32,7 @@ class GraphBuilder:
         from onnx import helper
 
         out = self._name(op.lower())
-        self.nodes.append(helper.make_node(op, inputs, [out], **attrs))
+        # named after its output: unique, as some ONNX Runtime releases need (their graph fusions name
+        # the nodes they make after the nodes they replace)
+        self.nodes.append(helper.make_node(op, inputs, [out], name=out, **attrs))
         return out
