@@ -316,7 +316,7 @@ def beam_search(decoder: Any, encoder_hidden: np.ndarray, cfg: dict[str, Any], *
                 if token == eos:
                     if rank >= num_beams:
                         continue
-                    _add_hypothesis(finished[b], num_beams, score / len(sequence), sequence)
+                    add_hypothesis(finished[b], num_beams, score / len(sequence), sequence)
                 else:
                     chosen.append((score, [*sequence, token]))
                 if len(chosen) == num_beams:
@@ -327,13 +327,21 @@ def beam_search(decoder: Any, encoder_hidden: np.ndarray, cfg: dict[str, Any], *
             if len(finished[b]) >= num_beams:  # early stopping: enough finished hypotheses
                 done[b] = True
         beams, scores = next_beams, next_scores
+    return best_hypotheses(beams, scores, finished, done, max_length, eos)
+
+
+def best_hypotheses(beams: list[list[int]], scores: np.ndarray, finished: list[list[tuple[float, list[int]]]],
+                    done: list[bool], max_length: int, eos: int) -> tuple[list[list[int]], list[float]]:
+    """The end of a beam search: each chunk's best finished sequence (a chunk that never stopped early
+    counts its live beams too), ending with ``eos``, and its score."""
+    chunks, num_beams = scores.shape
     results, best_scores = [], []
-    for b in range(batch):
-        if not done[b]:
+    for chunk in range(chunks):
+        if not done[chunk]:
             for i in range(num_beams):
-                sequence = beams[b * num_beams + i]
-                _add_hypothesis(finished[b], num_beams, float(scores[b, i]) / (len(sequence) - 1), sequence)
-        score, best = max(finished[b], key=lambda item: item[0])
+                sequence = beams[chunk * num_beams + i]
+                add_hypothesis(finished[chunk], num_beams, float(scores[chunk, i]) / (len(sequence) - 1), sequence)
+        score, best = max(finished[chunk], key=lambda item: item[0])
         results.append([*best, eos] if len(best) < max_length else best)
         best_scores.append(score)
     return results, best_scores
@@ -350,7 +358,7 @@ def _top(values: np.ndarray, count: int) -> np.ndarray:
     return chosen[np.lexsort((chosen, -values[chosen]))]
 
 
-def _add_hypothesis(hypotheses: list[tuple[float, list[int]]], keep: int, score: float, sequence: list[int]) -> None:
+def add_hypothesis(hypotheses: list[tuple[float, list[int]]], keep: int, score: float, sequence: list[int]) -> None:
     """Keep the ``keep`` best finished hypotheses."""
     if len(hypotheses) < keep or score > min(h[0] for h in hypotheses):
         hypotheses.append((score, list(sequence)))

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from jamcaps_desktop.models.lpmc import LAYER_NORM_EPS, PREFIX, Builder
+from jamcaps_desktop.models.lpmc import LAYER_NORM_EPS, PREFIX, Builder, add_hypothesis, best_hypotheses
 
 INT_MAX = np.iinfo(np.int64).max
 MICROSOFT = "com.microsoft"  # ONNX Runtime's own operators (fused layer norm, bias + GELU)
@@ -313,7 +313,7 @@ def search(steps: Steps, encoder_hidden: Any, cfg: dict[str, Any], *, num_beams:
                 if token == rules.eos:
                     if rank >= num_beams:
                         continue
-                    _add_hypothesis(finished[chunk], num_beams, score / len(sequence), sequence)
+                    add_hypothesis(finished[chunk], num_beams, score / len(sequence), sequence)
                 else:
                     chosen.append((score, beam, token))
                 if len(chosen) == num_beams:
@@ -329,24 +329,7 @@ def search(steps: Steps, encoder_hidden: Any, cfg: dict[str, Any], *, num_beams:
                 done[chunk] = True
         beams, scores = next_beams, next_scores
     steps.finish()
-    results, best_scores = [], []
-    for chunk in range(chunks):
-        if not done[chunk]:
-            for i in range(num_beams):
-                sequence = beams[chunk * num_beams + i]
-                _add_hypothesis(finished[chunk], num_beams, float(scores[chunk, i]) / (len(sequence) - 1), sequence)
-        score, best = max(finished[chunk], key=lambda item: item[0])
-        results.append([*best, rules.eos] if len(best) < max_length else best)
-        best_scores.append(score)
-    return results, best_scores
-
-
-def _add_hypothesis(hypotheses: list[tuple[float, list[int]]], keep: int, score: float, sequence: list[int]) -> None:
-    """Keep the ``keep`` best finished hypotheses."""
-    if len(hypotheses) < keep or score > min(h[0] for h in hypotheses):
-        hypotheses.append((score, list(sequence)))
-        if len(hypotheses) > keep:
-            hypotheses.remove(min(hypotheses, key=lambda h: h[0]))
+    return best_hypotheses(beams, scores, finished, done, max_length, rules.eos)
 
 
 class OnnxSteps:
