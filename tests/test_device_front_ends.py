@@ -243,3 +243,19 @@ def test_a_track_whose_channels_change_midway_keeps_its_results(tmp_path):
             assert heard.loudness.integrated_lufs == pytest.approx(-13.7, abs=1.0)  # the stereo part alone
     finally:
         remove_native_files(target)
+
+
+def test_the_half_precision_cast_rounds_as_numpy_does():
+    """The workers' float16 cast (ONNX Runtime's) gives numpy's values bit for bit: normal samples,
+    overs beyond full scale, the smallest (subnormal) values, ties, zeros of both signs."""
+    from jamcaps_desktop.analysis.native_audio import to_half
+
+    rng = np.random.default_rng(3)
+    edges = np.array([0.0, -0.0, 1.0, -1.0, 1.3, 65504.0, 6.1e-5, 5.96e-8, 2.98e-8, 1e-9, 1 + 2 ** -11, 0.5],
+                     dtype=np.float32)
+    source = np.concatenate([rng.standard_normal(100_003).astype(np.float32) * 0.3,
+                             rng.standard_normal(1000).astype(np.float32) * 1e-6, edges, -edges])
+    target = np.full(len(source) + 4, 7.0, dtype=np.float16)
+    to_half(source, target[2:-2])
+    assert np.array_equal(target[2:-2].view(np.uint16), source.astype(np.float16).view(np.uint16))
+    assert np.all(target[:2] == 7.0) and np.all(target[-2:] == 7.0)  # nothing beside the slice is touched
