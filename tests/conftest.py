@@ -13,7 +13,7 @@ from audio_fixtures import FORMATS, audio_file
 
 from jamcaps_desktop.library import Library
 
-SHARED = Path(__file__).resolve().parent.parent.parent / "shared"
+SHARED = (Path(__file__).resolve().parent.parent.parent / "shared").resolve()  # a link to it counts as it
 
 
 @pytest.fixture
