@@ -308,3 +308,54 @@ def test_every_node_of_the_search_graphs_has_a_name_of_its_own():
         for half in (False, True):
             names = [node.name for node in build(weights, TINY, half=half).graph.node]
             assert all(names) and len(names) == len(set(names))
+
+
+def test_a_file_that_crashes_its_decoder_is_named_and_the_rest_are_decoded(tmp_path, monkeypatch):
+    """A worker that dies takes its pool's unfinished files with it: those are decoded again one at a time,
+    so that only the file that crashes is named, and a fresh pool decodes the rest."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    from audio_fixtures import make_audio
+
+    from jamcaps_desktop.caption import job
+    from jamcaps_desktop.jobs.base import CancelToken
+
+    paths = [str(make_audio(tmp_path / f"t{i}.flac", "flac", seconds=1.0 + i)) for i in range(7)]
+    victim = paths[3]
+
+    class Broken:
+        def result(self):
+            raise BrokenProcessPool("a worker died")
+
+    class Done:
+        def __init__(self, value):
+            self.value = value
+
+        def result(self):
+            return self.value
+
+        def cancel(self):
+            return False
+
+    class FakePool:
+        """Decodes in-process; the victim's decoding fails the way a dead worker does."""
+
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def submit(self, fn, path):
+            return Broken() if path == victim else Done(fn(path))
+
+        def shutdown(self, wait=True, cancel_futures=False):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(job, "ProcessPoolExecutor", FakePool)
+    results = list(job._decoded_in_order(paths, 2, CancelToken()))
+    assert results[3] == "the decoder crashed on this file"
+    assert [len(r) for i, r in enumerate(results) if i != 3] == [16000 * (1 + i) for i in range(7) if i != 3]
