@@ -151,13 +151,14 @@ def test_chunks_of_several_tracks_share_batches_and_a_bad_file_is_only_reported(
 def test_tracks_are_decoded_in_order_by_worker_processes(tmp_path):
     from audio_fixtures import make_audio
 
-    from jamcaps_desktop.caption.job import _decoded_in_order
+    from jamcaps_desktop.caption.job import _decode_track
     from jamcaps_desktop.jobs.base import CancelToken
+    from jamcaps_desktop.jobs.workers import in_order
 
     paths = [make_audio(tmp_path / f"t{i}.flac", "flac", seconds=1.0 + i) for i in range(5)]
     (tmp_path / "bad.mp3").write_bytes(b"not audio at all" * 100)
     order = [str(p) for p in paths[:2]] + [str(tmp_path / "bad.mp3")] + [str(p) for p in paths[2:]]
-    results = list(_decoded_in_order(order, 2, CancelToken()))
+    results = list(in_order(_decode_track, order, 2, CancelToken(), ahead=4, crashed=lambda _p: "crashed"))
     assert isinstance(results[2], str)
     lengths = [len(r) for i, r in enumerate(results) if i != 2]
     assert lengths == [16000 * (1 + i) for i in range(5)]
@@ -312,50 +313,22 @@ def test_every_node_of_the_search_graphs_has_a_name_of_its_own():
 
 def test_a_file_that_crashes_its_decoder_is_named_and_the_rest_are_decoded(tmp_path, monkeypatch):
     """A worker that dies takes its pool's unfinished files with it: those are decoded again one at a time,
-    so that only the file that crashes is named, and a fresh pool decodes the rest."""
-    from concurrent.futures.process import BrokenProcessPool
-
+    so that only the file that crashes is named, what had finished is handed back to be freed, and a fresh
+    pool decodes the rest."""
     from audio_fixtures import make_audio
+    from fake_pools import dying_pool
 
-    from jamcaps_desktop.caption import job
+    from jamcaps_desktop.caption.job import _decode_track
+    from jamcaps_desktop.jobs import workers
     from jamcaps_desktop.jobs.base import CancelToken
 
     paths = [str(make_audio(tmp_path / f"t{i}.flac", "flac", seconds=1.0 + i)) for i in range(7)]
     victim = paths[3]
-
-    class Broken:
-        def result(self):
-            raise BrokenProcessPool("a worker died")
-
-    class Done:
-        def __init__(self, value):
-            self.value = value
-
-        def result(self):
-            return self.value
-
-        def cancel(self):
-            return False
-
-    class FakePool:
-        """Decodes in-process; the victim's decoding fails the way a dead worker does."""
-
-        def __init__(self, *args, **kwargs):
-            pass
-
-        def submit(self, fn, path):
-            return Broken() if path == victim else Done(fn(path))
-
-        def shutdown(self, wait=True, cancel_futures=False):
-            pass
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-    monkeypatch.setattr(job, "ProcessPoolExecutor", FakePool)
-    results = list(job._decoded_in_order(paths, 2, CancelToken()))
-    assert results[3] == "the decoder crashed on this file"
+    monkeypatch.setattr(workers, "ProcessPoolExecutor", dying_pool(lambda path: path == victim))
+    discarded = []
+    results = list(workers.in_order(_decode_track, paths, 2, CancelToken(), ahead=4, discard=discarded.append,
+                                    crashed=lambda path: f"the decoder crashed on {path}"))
+    assert results[3] == f"the decoder crashed on {victim}"
     assert [len(r) for i, r in enumerate(results) if i != 3] == [16000 * (1 + i) for i in range(7) if i != 3]
+    # the files in the pool beside the victim had finished: decoded again, their first results handed back
+    assert [len(r) for r in discarded] == [16000 * (1 + i) for i in (4, 5, 6)]

@@ -451,42 +451,13 @@ def test_two_jobs_cannot_run_on_one_library_at_once(library, make_track, tmp_pat
 
 
 def test_a_crashing_reader_becomes_an_error_row(library, make_track, tmp_path, monkeypatch):
-    from concurrent.futures.process import BrokenProcessPool
+    from fake_pools import dying_pool
 
     music = tmp_path / "music"
     _tree(make_track, music, scanner_module.PARALLEL_THRESHOLD + 2)
     victim = sorted(music.rglob("*.flac"))[3]
-
-    class FakeFuture:
-        def __init__(self, value=None, broken=False):
-            self.value, self.broken = value, broken
-
-        def result(self):
-            if self.broken:
-                raise BrokenProcessPool("a worker died")
-            return self.value
-
-    class FakePool:
-        """Runs reads in-process; the victim's read fails the way a dead worker does."""
-
-        def __init__(self, *args, **kwargs):
-            pass
-
-        def submit(self, fn, found):
-            if found.path == str(victim):
-                return FakeFuture(broken=True)
-            return FakeFuture(fn(found))
-
-        def shutdown(self, wait=True, cancel_futures=False):
-            pass
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-    monkeypatch.setattr(scanner_module, "ProcessPoolExecutor", FakePool)
+    # reads run in-process; the victim's read fails the way a dead worker does
+    monkeypatch.setattr(scanner_module, "ProcessPoolExecutor", dying_pool(lambda found: found.path == str(victim)))
     summary = scan(library, [music], workers=2)
     assert summary.status == "completed"
     reasons = {e["path"]: e["reason"] for e in summary.errors}

@@ -22,17 +22,16 @@ is resumable; a file that cannot be decoded gets an error row and the job goes o
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
-import multiprocessing
 import os
 import queue
 import threading
 import time
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,7 +56,7 @@ from jamcaps_desktop.audio.loudness import Loudness, LoudnessMeter
 from jamcaps_desktop.audio.tempo import OnsetEnvelope, Tempo
 from jamcaps_desktop.audio.tempo import estimate as estimate_tempo
 from jamcaps_desktop.jobs.base import CancelToken, Progress, ProgressCallback, no_progress
-from jamcaps_desktop.jobs.workers import init_worker, single_threaded_workers
+from jamcaps_desktop.jobs.workers import in_order, single_threaded_workers
 from jamcaps_desktop.library.database import Library, utc_now
 from jamcaps_desktop.library.paths import fs_path
 from jamcaps_desktop.models import registry
@@ -221,42 +220,10 @@ def _heard_in_order(paths: list[str], specs: dict[_Group, InputSpec], cancel: Ca
     """Decoded inputs per file, in order; decoding runs in worker processes when there are several files,
     so the models are fed while the next files are decoded."""
     count = workers if workers is not None else 1
-    if count <= 1 or len(paths) < PARALLEL_ANALYSIS_THRESHOLD:
-        for path in paths:
-            if cancel.cancelled:
-                return
-            yield _hear(path, specs, ship_audio, native_folder)
-        return
-    context = multiprocessing.get_context("spawn")
-    with single_threaded_workers(), ProcessPoolExecutor(max_workers=count, mp_context=context,
-                                                        initializer=init_worker) as pool:
-        window = _files_in_flight(count, ship_audio)
-        futures = [pool.submit(_hear, path, specs, ship_audio, native_folder) for path in paths[:window]]
-        for index in range(len(paths)):
-            if cancel.cancelled or index >= len(futures):
-                for future in futures[index:]:
-                    future.cancel()
-                return
-            try:
-                heard = futures[index].result()
-            except BrokenProcessPool:
-                # a worker died (a decoder crash) and took every unfinished file with it: decode those again
-                # one at a time, each in a process of its own, so that only the file that crashes is blamed
-                pool.shutdown(wait=False, cancel_futures=True)
-                for future in futures[index:]:  # what finished is decoded again too: drop its shared files
-                    if future.done() and not future.cancelled() and future.exception() is None:
-                        _discard(future.result())
-                for path in paths[index:len(futures)]:
-                    if cancel.cancelled:
-                        return
-                    yield _hear_isolated(path, specs, ship_audio, native_folder)
-                # a fresh pool for the rest
-                yield from _heard_in_order(paths[len(futures):], specs, cancel, workers, ship_audio, native_folder)
-                return
-            futures[index] = None  # type: ignore[call-overload]  # release the memory of this result
-            if len(futures) < len(paths) and not cancel.cancelled:
-                futures.append(pool.submit(_hear, paths[len(futures)], specs, ship_audio, native_folder))
-            yield heard
+    hear = functools.partial(_hear, specs=specs, ship_audio=ship_audio, native_folder=native_folder)
+    return in_order(hear, paths, count, cancel, ahead=_files_in_flight(count, ship_audio),
+                    crashed=lambda _path: _Heard(error="the decoder crashed on this file"), discard=_discard,
+                    sequential_below=PARALLEL_ANALYSIS_THRESHOLD)
 
 
 def _files_in_flight(workers: int, ship_audio: bool) -> int:
@@ -273,18 +240,6 @@ def _discard(heard: _Heard) -> None:
         heard.audio.remove()
     if heard.native is not None:
         heard.native.remove()
-
-
-def _hear_isolated(path: str, specs: dict[_Group, InputSpec], ship_audio: bool, native_folder: str | None
-                   ) -> _Heard:
-    context = multiprocessing.get_context("spawn")
-    with single_threaded_workers(), ProcessPoolExecutor(max_workers=1, mp_context=context,
-                                                        initializer=init_worker) as pool:
-        try:
-            return pool.submit(_hear, path, specs, ship_audio, native_folder).result()
-        except BrokenProcessPool:
-            log.warning("the decoder crashed on %s", path)
-            return _Heard(error="the decoder crashed on this file")
 
 
 def _todo(library: Library, models: list[_Loaded], limit: int | None) -> tuple[list[dict[str, Any]], int]:

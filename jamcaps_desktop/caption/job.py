@@ -4,13 +4,10 @@ by the same writer is skipped."""
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +16,7 @@ from jamcaps_desktop.caption.search import refresh_search_index
 from jamcaps_desktop.caption.writers import llm_caption, template_caption
 from jamcaps_desktop.impute.vocabulary import load_vocabulary
 from jamcaps_desktop.jobs.base import CancelToken, Progress, ProgressCallback, no_progress
-from jamcaps_desktop.jobs.workers import init_worker, single_threaded_workers
+from jamcaps_desktop.jobs.workers import in_order
 from jamcaps_desktop.library.database import Library, utc_now
 
 WRITERS = ("template", "llm", "lp-musiccaps")
@@ -169,7 +166,8 @@ def _caption_audio(library: Library, captioner: Any, label: str, tracks: list[tu
             if len(texts[position]) == counts[position]:
                 store(position)
 
-    decoded = _decoded_in_order(paths, workers, cancel)
+    decoded = in_order(_decode_track, paths, workers, cancel, ahead=2 * workers,
+                       crashed=lambda _path: "the decoder crashed on this file")
     try:
         for position, samples in enumerate(decoded):
             if isinstance(samples, str):
@@ -203,51 +201,6 @@ def _decode_track(path: str) -> Any:
     except Exception as exc:  # one file the decoder trips over never stops the job
         return f"the audio could not be decoded ({type(exc).__name__}: {exc})"
     return np.concatenate(pieces) if pieces else "no audio could be decoded from the file"
-
-
-def _decoded_in_order(paths: list[str], workers: int, cancel: CancelToken) -> Iterator[Any]:
-    """Each file's ``_decode_track``, in order, decoded by ``workers`` processes a few files ahead; a file
-    that crashes its decoder is named, and the rest are decoded by a fresh pool."""
-    if workers <= 1 or len(paths) < 2:
-        for path in paths:
-            if cancel.cancelled:
-                return
-            yield _decode_track(path)
-        return
-    context = multiprocessing.get_context("spawn")
-    with single_threaded_workers(), ProcessPoolExecutor(workers, mp_context=context, initializer=init_worker) as pool:
-        futures = deque(pool.submit(_decode_track, path) for path in paths[:2 * workers])
-        submitted = len(futures)
-        while futures:
-            if cancel.cancelled:
-                for future in futures:
-                    future.cancel()
-                return
-            try:
-                result = futures[0].result()
-            except BrokenProcessPool:  # a decoder crashed and took its pool, and every file in it, with it
-                pool.shutdown(wait=False, cancel_futures=True)
-                start = submitted - len(futures)
-                for path in paths[start:submitted]:  # one at a time, so that only the file that crashes is named
-                    if cancel.cancelled:
-                        return
-                    yield _decode_isolated(path)
-                yield from _decoded_in_order(paths[submitted:], workers, cancel)
-                return
-            futures.popleft()
-            if submitted < len(paths):
-                futures.append(pool.submit(_decode_track, paths[submitted]))
-                submitted += 1
-            yield result
-
-
-def _decode_isolated(path: str) -> Any:
-    context = multiprocessing.get_context("spawn")
-    with single_threaded_workers(), ProcessPoolExecutor(1, mp_context=context, initializer=init_worker) as pool:
-        try:
-            return pool.submit(_decode_track, path).result()
-        except BrokenProcessPool:
-            return "the decoder crashed on this file"
 
 
 def _fallback(label: str) -> str:

@@ -1,16 +1,27 @@
-"""Set-up shared by the worker processes of jobs (the scanner's readers, the writer's preparers)."""
+"""Set-up shared by the worker processes of jobs (the scanner's readers, the writer's preparers), and
+results computed in order by a pool of them (the analysis' and the captioner's decoders)."""
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from multiprocessing import process
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from jamcaps_desktop.jobs.base import CancelToken
+
+log = logging.getLogger(__name__)
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -98,3 +109,60 @@ def single_threaded_workers() -> Iterator[None]:
     finally:
         for name in added:
             os.environ.pop(name, None)
+
+
+def in_order(function: Callable[[Any], Any], items: list[Any], workers: int, cancel: CancelToken, *,
+             ahead: int, crashed: Callable[[Any], Any], discard: Callable[[Any], None] | None = None,
+             sequential_below: int = 2) -> Iterator[Any]:
+    """``function(item)`` of each item, in order, computed by ``workers`` spawned processes up to ``ahead``
+    items ahead of the one taken (fewer than ``sequential_below`` items, or one worker: in this process).
+
+    ``function`` must never raise (a worker returns the reason a file failed as a result). A worker that
+    dies (a decoder crash) takes every unfinished item of its pool with it: those are computed again one at
+    a time, each in a process of its own, so that only the item that crashes gets ``crashed(item)``; a fresh
+    pool takes the rest. Results that had finished meanwhile are computed again too, and handed to
+    ``discard`` (to free what they hold outside the process)."""
+    if workers <= 1 or len(items) < sequential_below:
+        for item in items:
+            if cancel.cancelled:
+                return
+            yield function(item)
+        return
+    context = multiprocessing.get_context("spawn")
+    with single_threaded_workers(), ProcessPoolExecutor(workers, mp_context=context, initializer=init_worker) as pool:
+        futures = deque(pool.submit(function, item) for item in items[:ahead])
+        submitted = len(futures)
+        while futures:
+            if cancel.cancelled:
+                for future in futures:
+                    future.cancel()
+                return
+            try:
+                result = futures[0].result()
+            except BrokenProcessPool:
+                pool.shutdown(wait=False, cancel_futures=True)
+                for future in futures:
+                    if discard is not None and future.done() and not future.cancelled() and future.exception() is None:
+                        discard(future.result())
+                for item in items[submitted - len(futures):submitted]:
+                    if cancel.cancelled:
+                        return
+                    yield _isolated(function, item, crashed)
+                yield from in_order(function, items[submitted:], workers, cancel, ahead=ahead, crashed=crashed,
+                                    discard=discard, sequential_below=sequential_below)
+                return
+            futures.popleft()  # the result's memory goes with its future
+            if submitted < len(items) and not cancel.cancelled:
+                futures.append(pool.submit(function, items[submitted]))
+                submitted += 1
+            yield result
+
+
+def _isolated(function: Callable[[Any], Any], item: Any, crashed: Callable[[Any], Any]) -> Any:
+    context = multiprocessing.get_context("spawn")
+    with single_threaded_workers(), ProcessPoolExecutor(1, mp_context=context, initializer=init_worker) as pool:
+        try:
+            return pool.submit(function, item).result()
+        except BrokenProcessPool:
+            log.warning("a worker crashed on %s", item)
+            return crashed(item)
