@@ -232,7 +232,7 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return values - peak - np.log(np.exp(values - peak).sum(axis=-1, keepdims=True))
 
 
-def _rules(cfg: dict[str, Any], max_length: int, min_length: int) -> dict[str, Any]:
+def generation_rules(cfg: dict[str, Any], max_length: int, min_length: int) -> dict[str, Any]:
     """The generation rules of ``process_logits``, from the model's configuration."""
     return {"max_length": max_length, "min_length": min_length, "eos": int(cfg.get("eos_token_id", 2)),
             "forced_bos": cfg.get("forced_bos_token_id"), "forced_eos": cfg.get("forced_eos_token_id"),
@@ -261,7 +261,7 @@ def greedy(decoder: Any, encoder_hidden: np.ndarray, cfg: dict[str, Any], *, max
            min_length: int = 2) -> list[list[int]]:
     """Greedy decoding of every chunk of the batch (the decoder is an ONNX Runtime session)."""
     start = int(cfg.get("decoder_start_token_id", 2))
-    rules = _rules(cfg, max_length, min_length)
+    rules = generation_rules(cfg, max_length, min_length)
     eos = rules["eos"]
     sequences = [[start] for _ in range(encoder_hidden.shape[0])]
     finished = [False] * len(sequences)
@@ -286,7 +286,7 @@ def beam_search(decoder: Any, encoder_hidden: np.ndarray, cfg: dict[str, Any], *
     """Beam search as the original's ``generate`` runs it (early stopping, length penalty 1, the same
     rules as ``greedy``): the best sequence of each chunk, ending with ``</s>``, and its score."""
     start = int(cfg.get("decoder_start_token_id", 2))
-    rules = _rules(cfg, max_length, min_length)
+    rules = generation_rules(cfg, max_length, min_length)
     eos, pad = rules["eos"], int(cfg.get("pad_token_id", 1))
     batch = encoder_hidden.shape[0]
     hidden = np.repeat(encoder_hidden, num_beams, axis=0)

@@ -25,12 +25,18 @@ left on the device between steps) or anything with the same two methods (the PyT
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
-from jamcaps_desktop.models.lpmc import LAYER_NORM_EPS, PREFIX, Builder, add_hypothesis, best_hypotheses
+from jamcaps_desktop.models.lpmc import (
+    LAYER_NORM_EPS,
+    PREFIX,
+    Builder,
+    add_hypothesis,
+    best_hypotheses,
+    generation_rules,
+)
 
 INT_MAX = np.iinfo(np.int64).max
 MICROSOFT = "com.microsoft"  # ONNX Runtime's own operators (fused layer norm, bias + GELU)
@@ -253,33 +259,20 @@ class Steps(Protocol):
         """Let go of the search's caches (hundreds of megabytes on the device for a large batch)."""
 
 
-@dataclass
-class _Rules:
-    start: int
-    eos: int
-    pad: int
-    forced_bos: int | None
-    forced_eos: int | None
-
-    @classmethod
-    def of(cls, cfg: dict[str, Any]) -> _Rules:
-        return cls(int(cfg.get("decoder_start_token_id", 2)), int(cfg.get("eos_token_id", 2)),
-                   int(cfg.get("pad_token_id", 1)), cfg.get("forced_bos_token_id"), cfg.get("forced_eos_token_id"))
-
-
 def search(steps: Steps, encoder_hidden: Any, cfg: dict[str, Any], *, num_beams: int = 5,
            max_length: int = 128, min_length: int = 2) -> tuple[list[list[int]], list[float]]:
     """Beam search as the original's ``generate`` runs it (early stopping, length penalty 1, no repeated
     n-grams, ``<s>`` forced first and ``</s>`` last; one beam is greedy decoding): each chunk's best sequence,
     ending with ``</s>``, and its score. The candidates come from ``steps``; the host picks the beams.
     ``encoder_hidden``: [chunks, S, d], an array or an OrtValue already on the device."""
-    rules = _Rules.of(cfg)
+    rules = generation_rules(cfg, max_length, min_length)
+    start, eos, pad = int(cfg.get("decoder_start_token_id", 2)), rules["eos"], int(cfg.get("pad_token_id", 1))
     shape = encoder_hidden.shape
     chunks = int((shape() if callable(shape) else shape)[0])
     rows = chunks * num_beams
     steps.start(encoder_hidden, num_beams)
-    beams: list[list[int]] = [[rules.start] for _ in range(rows)]
-    tokens = np.full(rows, rules.start, dtype=np.int64)
+    beams: list[list[int]] = [[start] for _ in range(rows)]
+    tokens = np.full(rows, start, dtype=np.int64)
     parents = np.arange(rows, dtype=np.int64)
     scores = np.zeros((chunks, num_beams))
     scores[:, 1:] = -1e9  # the first step grows from one beam only
@@ -288,10 +281,10 @@ def search(steps: Steps, encoder_hidden: Any, cfg: dict[str, Any], *, num_beams:
     while len(beams[0]) < max_length and not all(done):
         length = len(beams[0])
         forced = -1
-        if rules.forced_bos is not None and length == 1:
-            forced = int(rules.forced_bos)
-        if rules.forced_eos is not None and length == max_length - 1:
-            forced = int(rules.forced_eos)
+        if rules["forced_bos"] is not None and length == 1:
+            forced = int(rules["forced_bos"])
+        if rules["forced_eos"] is not None and length == max_length - 1:
+            forced = int(rules["forced_eos"])
         top_scores, top_beams, top_tokens = steps.step(tokens, parents, scores.reshape(-1).astype(np.float32),
                                                        num_beams, length < min_length, forced)
         next_beams: list[list[int]] = []
@@ -299,8 +292,8 @@ def search(steps: Steps, encoder_hidden: Any, cfg: dict[str, Any], *, num_beams:
         for chunk in range(chunks):
             first = chunk * num_beams
             if done[chunk]:  # a finished chunk's rows run on, padded, until every chunk is done
-                next_beams += [beams[first + i] + [rules.pad] for i in range(num_beams)]
-                tokens[first:first + num_beams] = rules.pad
+                next_beams += [beams[first + i] + [pad] for i in range(num_beams)]
+                tokens[first:first + num_beams] = pad
                 parents[first:first + num_beams] = np.arange(first, first + num_beams)
                 continue
             chosen: list[tuple[float, int, int]] = []
@@ -310,7 +303,7 @@ def search(steps: Steps, encoder_hidden: Any, cfg: dict[str, Any], *, num_beams:
                 if score <= FORBIDDEN / 2:  # only forbidden tokens are left (the last, forced step)
                     break
                 sequence = beams[first + beam]
-                if token == rules.eos:
+                if token == eos:
                     if rank >= num_beams:
                         continue
                     add_hypothesis(finished[chunk], num_beams, score / len(sequence), sequence)
@@ -319,7 +312,7 @@ def search(steps: Steps, encoder_hidden: Any, cfg: dict[str, Any], *, num_beams:
                 if len(chosen) == num_beams:
                     break
             # rows with no allowed continuation (only at a forced step) are kept, padded, as dead beams
-            chosen += [(FORBIDDEN, i, rules.pad) for i in range(len(chosen), num_beams)]
+            chosen += [(FORBIDDEN, i, pad) for i in range(len(chosen), num_beams)]
             for i, (score, beam, token) in enumerate(chosen):
                 next_scores[chunk, i] = score
                 next_beams.append([*beams[first + beam], token])
@@ -329,7 +322,7 @@ def search(steps: Steps, encoder_hidden: Any, cfg: dict[str, Any], *, num_beams:
                 done[chunk] = True
         beams, scores = next_beams, next_scores
     steps.finish()
-    return best_hypotheses(beams, scores, finished, done, max_length, rules.eos)
+    return best_hypotheses(beams, scores, finished, done, max_length, eos)
 
 
 class OnnxSteps:
