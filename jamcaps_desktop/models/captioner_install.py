@@ -157,7 +157,7 @@ class Captioner:
     def __init__(self, model: Any, device: str = "auto") -> None:
         from tokenizers import ByteLevelBPETokenizer
 
-        from jamcaps_desktop.models.engine import cuda_wanted, make_session
+        from jamcaps_desktop.models.engine import make_session
         from jamcaps_desktop.models.registry import ModelError
 
         self.name = model.name
@@ -173,10 +173,10 @@ class Captioner:
 
         front_end = session("log_mel.onnx")
         self.device = front_end.get_providers()[0]
-        on_gpu = self.device == "CUDAExecutionProvider" and cuda_wanted(device)
+        on_gpu = self.device == "CUDAExecutionProvider"
         self.pipeline = CaptionPipeline(front_end, *(session(f) for f in (HALF_GRAPHS if on_gpu else GRAPHS[1:])),
                                   self.config)
-        self.batch = 32 if self.device == "CUDAExecutionProvider" else 8
+        self.batch = 32 if on_gpu else 8
         self.tokenizer = ByteLevelBPETokenizer(str(model.folder / "vocab.json"), str(model.folder / "merges.txt"))
 
     @classmethod
