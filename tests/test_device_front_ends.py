@@ -259,3 +259,139 @@ def test_the_half_precision_cast_rounds_as_numpy_does():
     to_half(source, target[2:-2])
     assert np.array_equal(target[2:-2].view(np.uint16), source.astype(np.float16).view(np.uint16))
     assert np.all(target[:2] == 7.0) and np.all(target[-2:] == 7.0)  # nothing beside the slice is touched
+
+
+def _write_pcm(path, planes: np.ndarray, rate: int, codec: str, container: str, sample_format: str) -> None:
+    """Encode [channels, samples] float32 with a PCM or lossless codec at ``rate`` in ``sample_format``."""
+    import av
+
+    layout = {1: "mono", 2: "stereo"}[planes.shape[0]]
+    with av.open(str(path), "w", format=container) as out:
+        stream = out.add_stream(codec, rate=rate)
+        stream.layout = layout
+        stream.format = sample_format
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(planes, dtype=np.float32), format="fltp", layout=layout)
+        frame.sample_rate = rate
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            out.mux(packet)
+
+
+@pytest.fixture
+def shared_folder(tmp_path):
+    from jamcaps_desktop.analysis.native_audio import native_audio_folder, remove_native_files
+
+    target = native_audio_folder() or str(tmp_path / "shared-")
+    yield target
+    remove_native_files(target)
+
+
+RAW_CASES = [  # file, codec, container, encoder format, rate, channels → what the decoder hands over
+    ("a.mp3", "libmp3lame", "mp3", "fltp", 44100, 2, "float32", False),
+    ("b.flac", "flac", "flac", "s16", 44100, 2, "int16", True),
+    ("c.flac", "flac", "flac", "s32", 48000, 1, "int32", True),
+    ("d.wav", "pcm_s16le", "wav", "s16", 22050, 2, "int16", True),
+    ("e.wav", "pcm_f32le", "wav", "flt", 96000, 2, "float32", True),
+    ("f.ogg", "libopus", "ogg", "flt", 48000, 2, "float32", None),  # Opus decodes as flt or fltp
+    ("g.wav", "pcm_s16le", "wav", "s16", 16000, 1, "int16", True),
+]
+
+
+@pytest.mark.parametrize(("name", "codec", "container", "encoded", "rate", "channels", "dtype", "interleaved"),
+                         RAW_CASES)
+def test_decoded_samples_handed_over_as_they_are_give_the_workers_audio_and_loudness(
+        front_ends, shared_folder, tmp_path, name, codec, container, encoded, rate, channels, dtype, interleaved):
+    """The worker only decodes; the device resamples and measures: the same 16 kHz audio as FFmpeg's (to float
+    rounding), the same loudness and peak as the worker's own measurement."""
+    from jamcaps_desktop.analysis.analyze import _hear
+    from jamcaps_desktop.audio.decode import decode
+
+    seconds = 6.3
+    music = _music(seconds, 44100)
+    if rate != 44100:
+        from scipy.signal import resample_poly
+
+        music = resample_poly(music, rate // 50, 882).astype(np.float32)
+    planes = np.stack([music * (0.5 + 0.3 * c) for c in range(channels)])
+    path = tmp_path / name
+    _write_pcm(path, planes, rate, codec, container, encoded)
+
+    heard = _hear(str(path), {}, True, shared_folder)
+    assert heard.error is None and heard.raw is not None and heard.audio is None and heard.native is None
+    raw = heard.raw
+    assert (raw.rate, raw.dtype, len(raw.names)) == (rate, dtype, channels)
+    if interleaved is not None:
+        assert raw.interleaved == interleaved
+    audio, loudness = front_ends.decoded(raw)
+    assert not os.path.exists(raw.array.path)  # taken and removed
+    expected = decode(str(path), 16000)
+    assert len(audio) == len(expected) and heard.seconds == pytest.approx(len(expected) / 16000)
+    assert np.abs(audio - expected).max() < 2e-6
+
+    from jamcaps_desktop.audio.decode import iter_samples
+
+    meter = LoudnessMeter(rate)
+    for chunk in iter_samples(str(path), rate, mono=False):
+        meter.feed(chunk)
+    worker = meter.result(raw.names)
+    assert loudness.integrated_lufs == pytest.approx(worker.integrated_lufs, abs=0.011)
+    assert loudness.sample_peak_dbfs == pytest.approx(worker.sample_peak_dbfs, abs=1e-4)
+
+
+def test_tracks_the_device_does_not_take_are_resampled_in_the_worker(shared_folder, tmp_path, monkeypatch):
+    """An unsigned 8-bit file, a rate FFmpeg resamples by interpolating phases, a track shorter than four
+    loudness steps and one longer than a worker may hold: each falls back to the worker's resampling, with
+    the same audio the CPU analysis hears."""
+    import jamcaps_desktop.analysis.analyze as analyze_module
+    from jamcaps_desktop.analysis.analyze import _hear
+    from jamcaps_desktop.audio.decode import decode
+
+    music = _music(3.0, 44100)
+    cases = {"u8.wav": ("pcm_u8", "u8", 44100, music), "odd.wav": ("pcm_s16le", "s16", 44056, music),
+             "short.wav": ("pcm_s16le", "s16", 44100, music[:12000]), "long.wav": ("pcm_s16le", "s16", 44100, music)}
+    monkeypatch.setattr(analyze_module, "RAW_BYTES", 200_000)  # "long": more than this
+    for name, (codec, encoded, rate, signal) in cases.items():
+        path = tmp_path / name
+        _write_pcm(path, np.stack([signal, signal * 0.5]), rate, codec, "wav", encoded)
+        heard = _hear(str(path), {}, True, shared_folder)
+        assert heard.error is None and heard.raw is None, name
+        audio = heard.audio.take() if isinstance(heard.audio, SharedArray) else heard.audio
+        assert np.array_equal(audio, decode(str(path), 16000)), name
+        _discard_heard(heard)
+
+
+def _discard_heard(heard) -> None:
+    from jamcaps_desktop.analysis.analyze import _discard
+
+    _discard(heard)
+
+
+def test_a_full_shared_memory_leaves_no_file_and_the_worker_resamples(shared_folder, tmp_path, monkeypatch):
+    from jamcaps_desktop.analysis import native_audio
+    from jamcaps_desktop.analysis.analyze import _hear
+
+    path = tmp_path / "a.flac"
+    music = _music(3.0, 44100)
+    _write_pcm(path, np.stack([music, music]), 44100, "flac", "flac", "s16")
+    written = []
+    real_writev = os.writev
+
+    def short_writev(fd, buffers):  # the folder fills up after the first few buffers
+        written.append(len(buffers))
+        return real_writev(fd, buffers[:2]) if len(written) == 1 else 0
+
+    monkeypatch.setattr(native_audio.os, "writev", short_writev)
+    before = set(os.listdir(os.path.dirname(shared_folder) or "."))
+    assert native_audio.save_raw([[music[:1000].copy(), music[1000:5000].copy(), music[5000:].copy()]], 44100,
+                                 True, ["FC"], shared_folder) is None
+    assert set(os.listdir(os.path.dirname(shared_folder) or ".")) == before
+    heard = _hear(str(path), {}, True, shared_folder)
+    assert heard.error is None and heard.raw is None and heard.audio is not None
+    _discard_heard(heard)
+
+
+def test_a_raw_file_that_vanished_fails_that_track_only(front_ends, tmp_path):
+    from jamcaps_desktop.analysis.native_audio import RawAudio
+
+    gone = RawAudio(SharedArray(str(tmp_path / "gone.raw"), "<i2", (44100 * 2, 2)), 44100, True, ["FL", "FR"])
+    with pytest.raises(OSError):
+        front_ends.decoded(gone)

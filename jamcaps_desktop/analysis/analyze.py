@@ -40,15 +40,20 @@ import numpy as np
 from jamcaps_desktop.analysis.device_front_ends import DeviceFrontEnds
 from jamcaps_desktop.analysis.native_audio import (
     NATIVE_BYTES,
+    RAW_BYTES,
+    RAW_FORMATS,
     NativeAudio,
+    RawAudio,
     SharedArray,
     native_audio_folder,
     remove_native_files,
     save_array,
     save_native,
+    save_raw,
 )
-from jamcaps_desktop.audio import frontends
-from jamcaps_desktop.audio.decode import DecodeError, DecodeStats, iter_outputs
+from jamcaps_desktop.audio import frontends, resampler
+from jamcaps_desktop.audio.decode import DecodeError, DecodeStats, iter_frames, iter_outputs
+from jamcaps_desktop.audio.frontend_graphs import block_plan
 from jamcaps_desktop.audio.frontends import InputSpec, Windower
 from jamcaps_desktop.audio.key import Key, PitchProfile
 from jamcaps_desktop.audio.key import estimate as estimate_key
@@ -127,16 +132,22 @@ class _Heard:
     error: str | None = None
     audio: np.ndarray | SharedArray | None = None  # the 16 kHz mono audio, where the front ends run on the GPU
     native: NativeAudio | None = None  # the audio at its own rate, for the loudness on the models' device
+    raw: RawAudio | None = None  # the decoded samples as they are, resampled and measured on the models' device
 
 
 def _hear(path: str, specs: dict[_Group, InputSpec], ship_audio: bool = False,
           native_folder: str | None = None) -> _Heard:
     """Decode one file once and compute every group's model inputs and the measurements (runs in a worker).
-    With ``ship_audio`` the worker hands over the 16 kHz audio instead, for the front ends on the models'
-    device (``device_front_ends``), and the audio at its own rate for the loudness, as a file in
-    ``native_folder`` (shared memory) where there is one, else it measures the loudness itself."""
+    With ``ship_audio`` the worker hands the audio over instead, for the front ends on the models' device
+    (``device_front_ends``): where there is shared memory (``native_folder``), the decoded samples as
+    they are, which the device resamples and measures; for formats, rates and lengths it does not take,
+    the 16 kHz audio and the audio at its own rate for the loudness; without shared memory, the 16 kHz
+    audio, the worker measuring the loudness itself."""
     try:
-        return _hear_audio(path, native_folder) if ship_audio else _hear_features(path, specs)
+        if not ship_audio:
+            return _hear_features(path, specs)
+        heard = _hear_raw(path, native_folder) if native_folder else None
+        return heard or _hear_audio(path, native_folder)
     except DecodeError as exc:
         return _Heard(error=str(exc))
     except Exception as exc:  # one file the decoding trips over never stops the batch
@@ -176,6 +187,48 @@ def _hear_features(path: str, specs: dict[_Group, InputSpec]) -> _Heard:
     heard.key = estimate_key(pitches.profile(), pitches.frames)
     heard.loudness = meter.result(stats.channels) if meter else None
     return heard
+
+
+def _hear_raw(path: str, native_folder: str) -> _Heard | None:
+    """Decode only: the decoder's samples go to shared memory as they are (the decoding workers limit the
+    analysis on a GPU, and converting and resampling cost them about as much again as decoding). None
+    where the device cannot take the track: a sample format or rate ratio it does not handle, a format
+    that changes midway, a very long or very short track."""
+    stats = DecodeStats()
+    planes: list[list[np.ndarray]] = []
+    shape: tuple[str, str, int] | None = None
+    dtype, interleaved, channels, held = np.dtype(np.float32), False, 1, 0
+    names: list[str] = []
+    for frame in iter_frames(path, stats):
+        current = (frame.format.name, frame.layout.name, frame.sample_rate)
+        if shape is None:
+            kind = RAW_FORMATS.get(current[0])
+            if kind is None or not frame.sample_rate or not resampler.exact(frame.sample_rate, MEASURE_RATE):
+                return None
+            shape, dtype, interleaved = current, np.dtype(kind), not frame.format.is_planar
+            names = [channel.name for channel in frame.layout.channels]
+            channels = len(names)
+            planes = [[] for _ in range(1 if interleaved else channels)]
+        elif current != shape:
+            return None
+        count = frame.samples * (channels if interleaved else 1)
+        for pieces, plane in zip(planes, frame.planes, strict=False):
+            pieces.append(np.frombuffer(plane, dtype, count))  # a view: the frame's own buffer
+        held += count * dtype.itemsize * len(planes)
+        if held > RAW_BYTES:
+            return None
+    if shape is None:
+        return None
+    rate = shape[2]
+    samples = held // (dtype.itemsize * channels)
+    least = max(4 * block_plan(rate).step, resampler.plan(rate, MEASURE_RATE).taps + 1 if rate != MEASURE_RATE else 0)
+    if samples < least:
+        return None
+    raw = save_raw(planes, rate, interleaved, names, native_folder)
+    if raw is None:  # no room in shared memory
+        return None
+    produced = resampler.plan(rate, MEASURE_RATE).output_length(samples) if rate != MEASURE_RATE else samples
+    return _Heard(seconds=produced / MEASURE_RATE, raw=raw)
 
 
 def _hear_audio(path: str, native_folder: str | None) -> _Heard:
@@ -242,6 +295,8 @@ def _discard(heard: _Heard) -> None:
         heard.audio.remove()
     if heard.native is not None:
         heard.native.remove()
+    if heard.raw is not None:
+        heard.raw.remove()
 
 
 def _todo(library: Library, models: list[_Loaded], limit: int | None) -> tuple[list[dict[str, Any]], int]:
@@ -524,6 +579,9 @@ def _measured_ahead(heard_files: Iterator[_Heard], front_ends: DeviceFrontEnds, 
 def _measure_on_device(front_ends: DeviceFrontEnds, heard: _Heard, groups: list[_Group]) -> None:
     """Loudness, tempo, key and the model windows of a track whose worker handed over its audio."""
     native, heard.native = heard.native, None
+    raw, heard.raw = heard.raw, None
+    if raw is not None:
+        heard.audio, heard.loudness = front_ends.decoded(raw)  # removes the file, whatever happens
     if native is not None:
         try:
             heard.loudness = front_ends.loudness(native)  # removes the file, whatever happens

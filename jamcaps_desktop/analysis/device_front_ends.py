@@ -1,9 +1,10 @@
 """The analysis' front ends on the models' device: model inputs, tempo, key and loudness of a track.
 
-Used when the models run on a GPU: the decoding workers then hand over each track's 16 kHz audio, and
-its audio at the file's own rate (``native_audio``), and the log-mel or fbank of every window, the
-tempo's onset envelope, the key's pitch profile and the K-weighted loudness are computed here by the
-graphs of ``audio.frontend_graphs``, on the GPU. The window features never leave the device: they go from the
+Used when the models run on a GPU: the decoding workers then hand over each track's decoded samples as
+they are (``native_audio``), which are resampled to 16 kHz and measured for loudness here; the log-mel
+or fbank of every window, the tempo's onset envelope and the key's pitch profile follow, all computed by
+the graphs of ``audio.frontend_graphs``, on the GPU. (Tracks the device does not take come resampled,
+with their audio at their own rate for the loudness.) The window features never leave the device: they go from the
 front end's session to the models' through ONNX Runtime's I/O binding.
 
 Long tracks are measured a stretch at a time (about 80 s of frames for the tempo, 130 s for the key),
@@ -18,10 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from jamcaps_desktop.analysis.native_audio import NativeAudio, separation
+from jamcaps_desktop.analysis.native_audio import NativeAudio, RawAudio
 from jamcaps_desktop.audio import frontend_graphs as graphs
 from jamcaps_desktop.audio import key as key_module
+from jamcaps_desktop.audio import resampler
 from jamcaps_desktop.audio import tempo as tempo_module
+from jamcaps_desktop.audio.frontend_graphs import block_plan, separation
 from jamcaps_desktop.audio.frontends import InputSpec, cut_windows
 from jamcaps_desktop.audio.key import Key
 from jamcaps_desktop.audio.key import estimate as estimate_key
@@ -52,6 +55,7 @@ class DeviceFrontEnds:
         self.device_type = "cuda" if provider == "CUDAExecutionProvider" else "cpu"
         self._device = device
         self._loudness: dict[int, Any] = {}  # sessions per sample rate
+        self._decoded: dict[tuple[int, str, bool], Any] = {}  # per rate, sample format and layout
         self._loudness_lock = threading.Lock()  # tracks are measured in several threads: one session a rate
 
     def features(self, group: Any, batch: np.ndarray) -> Any:
@@ -84,12 +88,27 @@ class DeviceFrontEnds:
             plan = native.plan
             blocks = native.array.take().reshape(-1, plan.block)
             power = self._loudness[native.rate].run(None, {graphs.LOUDNESS_BLOCKS: blocks})[0]
-            stride = native.steps + separation(plan) // plan.per_step  # a channel's steps, then silence
-            steps = np.stack([power[channel * stride:channel * stride + native.steps]
-                              for channel in range(native.channels)], axis=1)
-            return loudness_of_steps(steps.astype(np.float64), native.names, native.peak)
+            return _loudness(power, native.steps, native.rate, native.names, native.peak)
         finally:
             native.remove()
+
+    def decoded(self, raw: RawAudio) -> tuple[np.ndarray, Loudness]:
+        """The 16 kHz mono audio and the loudness of a track's decoded samples (its file is removed)."""
+        try:
+            key = (raw.rate, raw.dtype, raw.interleaved)
+            with self._loudness_lock:
+                if key not in self._decoded:
+                    graph = graphs.decoded_audio_graph(*key)
+                    self._decoded[key] = make_session(graph.SerializeToString(), self._device,
+                                                      name="the decoded-audio front end", varying_shapes=True)
+            audio, power, peak = self._decoded[key].run(None, {graphs.RAW: raw.array.take()})
+        finally:
+            raw.remove()
+        length = raw.samples
+        if raw.rate != graphs.MODEL_RATE:
+            length = resampler.plan(raw.rate, graphs.MODEL_RATE).output_length(raw.samples)
+        steps = raw.samples // block_plan(raw.rate).step
+        return audio[:length], _loudness(power, steps, raw.rate, raw.names, float(peak))
 
     def tempo(self, audio: np.ndarray) -> Tempo | None:
         return estimate_tempo(self.onset_envelope(audio))
@@ -133,6 +152,14 @@ class DeviceFrontEnds:
             stretch = audio[first * hop:(first + count - 1) * hop + fft]
             profile += self.pitches.run(None, {graphs.SIGNAL: _float32(stretch)})[0]
         return profile, frames
+
+
+def _loudness(power: np.ndarray, steps: int, rate: int, names: list[str], peak: float) -> Loudness:
+    """The loudness from the loudness graph's step powers: each channel's steps, then the filter's rest."""
+    plan = block_plan(rate)
+    stride = steps + separation(plan) // plan.per_step
+    per_channel = np.stack([power[channel * stride:channel * stride + steps] for channel in range(len(names))], axis=1)
+    return loudness_of_steps(per_channel.astype(np.float64), names, peak)
 
 
 def _float32(array: np.ndarray) -> np.ndarray:

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from jamcaps_desktop.audio.frontend_graphs import BlockPlan, block_plan
+from jamcaps_desktop.audio.frontend_graphs import BlockPlan, block_plan, separation
 
 # a worker holds a track's samples at the file's own rate until the end of the file: tracks with more
 # than this many bytes of them (float32; about six minutes of CD audio) are measured in the worker, as
@@ -91,11 +91,6 @@ def native_audio_folder() -> str | None:
     _remove_stale()
     # the process and a token of the job: two jobs in one process (two libraries) keep apart
     return str(SHARED_MEMORY / f"{_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-")
-
-
-def separation(plan: BlockPlan) -> int:
-    """Blocks of silence between two channels: whole steps, at least the filter's memory."""
-    return -(-plan.context // plan.per_step) * plan.per_step
 
 
 def save_array(array: np.ndarray, target: str) -> SharedArray | None:
@@ -180,6 +175,63 @@ def save_native(chunks: list[np.ndarray] | np.ndarray, rate: int, names: list[st
         return None
     peak = max((float(max(part.max(initial=0.0), -part.min(initial=0.0))) for part in parts), default=0.0)
     return NativeAudio(array, channels, steps, rate, list(names), peak)
+
+
+# how a decoder's sample formats are handed over as they are (other formats are converted in the worker)
+RAW_FORMATS = {"s16": "int16", "s16p": "int16", "s32": "int32", "s32p": "int32", "flt": "float32", "fltp": "float32"}
+# a worker holds a track's decoded samples until its end: longer tracks (about twelve minutes of
+# float32 stereo at 44.1 kHz, twenty-five of 16-bit) are resampled and measured in the worker as they stream
+RAW_BYTES = 256 * 1024 * 1024
+_IOV_MAX = 1024  # buffers per writev call (the POSIX minimum of IOV_MAX)
+
+
+@dataclass(frozen=True)
+class RawAudio:
+    """A track's samples as its decoder made them, at ``rate``: [samples, channels] where ``interleaved``,
+    else [channels, samples]; ``dtype`` one of ``RAW_FORMATS``' values."""
+
+    array: SharedArray
+    rate: int
+    interleaved: bool
+    names: list[str]
+
+    @property
+    def dtype(self) -> str:
+        return np.dtype(self.array.dtype).name
+
+    @property
+    def samples(self) -> int:
+        return self.array.shape[0 if self.interleaved else 1]
+
+    def remove(self) -> None:
+        self.array.remove()
+
+
+def save_raw(planes: list[list[np.ndarray]], rate: int, interleaved: bool, names: list[str], target: str
+             ) -> RawAudio | None:
+    """Write a track's decoded planes (per plane, the frames' pieces in order: one plane of interleaved
+    samples, or one per channel) under ``target`` without converting them; None where they do not fit."""
+    folder, prefix = os.path.split(target)
+    try:
+        handle, path = tempfile.mkstemp(prefix=prefix, suffix=".raw", dir=folder)
+    except OSError:
+        return None
+    try:
+        with os.fdopen(handle, "wb", buffering=0) as out:
+            for pieces in planes:
+                for first in range(0, len(pieces), _IOV_MAX):
+                    batch = pieces[first:first + _IOV_MAX]
+                    expected = sum(piece.nbytes for piece in batch)
+                    if os.writev(out.fileno(), batch) != expected:  # a short write: shared memory full
+                        raise OSError("short write")
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        return None
+    dtype = planes[0][0].dtype if planes and planes[0] else np.dtype(np.float32)
+    count = sum(len(piece) for piece in planes[0]) if planes else 0
+    shape = (count // len(names), len(names)) if interleaved else (len(planes), count)
+    return RawAudio(SharedArray(path, dtype.str, shape), rate, interleaved, list(names))
 
 
 def remove_native_files(target: str) -> None:

@@ -50,17 +50,17 @@ def iter_samples(path: str, sample_rate: int, *, max_seconds: float | None = Non
         yield chunk
 
 
-def iter_outputs(path: str, outputs: list[tuple[int | None, bool]], *, max_seconds: float | None = None,
-                 stats: DecodeStats | None = None) -> Iterator[tuple[int, np.ndarray]]:
-    """Decode the file once and resample it to each of ``outputs`` (sample rate, mono): yields
-    (output index, chunk) in file order, each output's chunks as ``iter_samples`` gives them; a rate
-    of None keeps the stream's own (``stats.source_rate``). One decode feeding several consumers (models
-    at 16 kHz, loudness at the file's rate) costs one decode."""
+def iter_frames(path: str, stats: DecodeStats | None = None) -> Iterator[av.AudioFrame]:
+    """The decoded frames of the file's first audio stream, in file order, their timestamps dropped (so
+    that what follows them goes by the samples, not by damaged timestamps). Damaged packets are skipped
+    and counted; a decoding error after the first samples ends the file there, with a warning in
+    ``stats``; a file with nothing decodable raises ``DecodeError``."""
     stats = stats if stats is not None else DecodeStats()
     try:
         container = open_container(path)
     except (av.error.FFmpegError, OSError, EOFError) as exc:
         raise DecodeError(f"the file cannot be opened for decoding ({_reason(exc)})") from exc
+    decoded = 0
     try:
         if not container.streams.audio:
             raise DecodeError("the file has no audio stream")
@@ -68,11 +68,6 @@ def iter_outputs(path: str, outputs: list[tuple[int | None, bool]], *, max_secon
         if stream.codec_context is None:
             raise DecodeError("no decoder for this audio format")
         stats.source_rate = int(stream.codec_context.sample_rate or stream.rate or 0)
-        converter = _Converter(outputs, stats, max_seconds)
-        # decoded frames (often a thousand samples or so) are gathered into blocks first: converting and
-        # resampling a few thousand samples at a time costs far less per sample
-        fifo = av.AudioFifo()
-        shape: tuple[str, str, int] | None = None  # the format, layout and rate of the frames in the FIFO
         for packet in container.demux(stream):
             try:
                 frames = packet.decode()
@@ -82,33 +77,61 @@ def iter_outputs(path: str, outputs: list[tuple[int | None, bool]], *, max_secon
                     log.warning("%s: skipped a damaged packet (%s)", path, _reason(exc))
                 continue
             for frame in frames:
-                frame.pts = None  # let the blocks and resamplers follow the samples, not damaged timestamps
-                current = (frame.format.name, frame.layout.name, frame.sample_rate)
-                if current != shape:
-                    if shape is not None:
-                        # the stream changed layout or rate mid-file (joined recordings): convert what the old
-                        # format left, finish the resamplers, and carry on with the new format (a FIFO must
-                        # never be given frames of another format: PyAV does not always refuse them)
-                        if fifo.samples:
-                            yield from converter.block(fifo.read())
-                        yield from converter.finish()
-                        fifo = av.AudioFifo()
-                    shape = current
-                fifo.write(frame)
-                while fifo.samples >= BLOCK_SAMPLES:
-                    yield from converter.block(fifo.read(BLOCK_SAMPLES))
-            if converter.full():
-                return
-        if fifo.samples:
-            yield from converter.block(fifo.read())
-        yield from converter.finish()
+                frame.pts = None
+                decoded += frame.samples
+                yield frame
     except av.error.FFmpegError as exc:
-        if stats.samples == 0:
+        if decoded == 0:
             raise DecodeError(f"the audio cannot be decoded ({_reason(exc)})") from exc
         stats.warnings.append(f"decoding stopped early: {_reason(exc)}")
         log.warning("%s: decoding stopped early (%s)", path, _reason(exc))
     finally:
         container.close()
+    if decoded == 0:
+        raise DecodeError("no audio could be decoded from the file")
+
+
+def iter_outputs(path: str, outputs: list[tuple[int | None, bool]], *, max_seconds: float | None = None,
+                 stats: DecodeStats | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """Decode the file once and resample it to each of ``outputs`` (sample rate, mono): yields
+    (output index, chunk) in file order, each output's chunks as ``iter_samples`` gives them; a rate
+    of None keeps the stream's own (``stats.source_rate``). One decode feeding several consumers (models
+    at 16 kHz, loudness at the file's rate) costs one decode."""
+    stats = stats if stats is not None else DecodeStats()
+    converter = _Converter(outputs, stats, max_seconds)
+    # decoded frames (often a thousand samples or so) are gathered into blocks first: converting and
+    # resampling a few thousand samples at a time costs far less per sample
+    fifo = av.AudioFifo()
+    shape: tuple[str, str, int] | None = None  # the format, layout and rate of the frames in the FIFO
+    frames = iter_frames(path, stats)
+    try:
+        for frame in frames:
+            current = (frame.format.name, frame.layout.name, frame.sample_rate)
+            if current != shape:
+                if shape is not None:
+                    # the stream changed layout or rate mid-file (joined recordings): convert what the old
+                    # format left, finish the resamplers, and carry on with the new format (a FIFO must
+                    # never be given frames of another format: PyAV does not always refuse them)
+                    if fifo.samples:
+                        yield from converter.block(fifo.read())
+                    yield from converter.finish()
+                    fifo = av.AudioFifo()
+                shape = current
+            fifo.write(frame)
+            while fifo.samples >= BLOCK_SAMPLES:
+                yield from converter.block(fifo.read(BLOCK_SAMPLES))
+            if converter.full():
+                return
+        if fifo.samples:
+            yield from converter.block(fifo.read())
+        yield from converter.finish()
+    except av.error.FFmpegError as exc:  # converting, rather than decoding, failed
+        if stats.samples == 0:
+            raise DecodeError(f"the audio cannot be decoded ({_reason(exc)})") from exc
+        stats.warnings.append(f"decoding stopped early: {_reason(exc)}")
+        log.warning("%s: decoding stopped early (%s)", path, _reason(exc))
+    finally:
+        frames.close()
     if stats.samples == 0:
         raise DecodeError("no audio could be decoded from the file")
 

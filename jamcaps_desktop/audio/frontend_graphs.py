@@ -325,17 +325,29 @@ def block_plan(rate: int) -> BlockPlan:
 
 
 def loudness_graph(rate: int) -> Any:
-    """[context + steps·per_step, block] → the K-weighted mean square of each 100 ms step after the context.
+    """[context + steps·per_step, block] (half precision, as ``native_audio`` lays a track out) → the K-weighted
+    mean square of each 100 ms step after the context (``_k_weighted_power``)."""
+    from onnx import TensorProto, helper
+
+    g = _Graph()
+    samples = g.node("Cast", [LOUDNESS_BLOCKS], to=TensorProto.FLOAT)  # handed over in half precision
+    plan = block_plan(rate)
+    _k_weighted_power(g, samples, plan)
+    return g.model([helper.make_tensor_value_info(LOUDNESS_BLOCKS, TensorProto.FLOAT16, ["blocks", plan.block])],
+                   [helper.make_tensor_value_info(STEP_POWER, TensorProto.FLOAT, ["steps"])], "k_weighted_power")
+
+
+def _k_weighted_power(g: _Graph, samples: str, plan: BlockPlan) -> None:
+    """Nodes from float [context + steps·per_step, block] ``samples`` to ``STEP_POWER``.
 
     Block k's output is y_k = T·x_k + O·s_k (T: the filter's impulse response as a Toeplitz matrix, O: how
     the state at the block's start rings on), and its starting state s_k = Σ_m F^(m-1)·G·x_(k-m) (G: how a
     block's samples end up in the state, F: how a block carries the state over). F^m dies away within a
     few blocks, so ``context`` blocks before each give every block its state to float precision: all the
     blocks are filtered at once, as matrix products."""
-    from onnx import TensorProto, helper
+    from onnx import helper
 
-    plan = block_plan(rate)
-    a, b, c, d = _state_space(loudness_module.k_weighting(rate))
+    a, b, c, d = _state_space(loudness_module.k_weighting(plan.rate))
     size = plan.block
     powers = [np.eye(a.shape[0])]
     for _ in range(size):
@@ -349,9 +361,7 @@ def loudness_graph(rate: int) -> Any:
     for _ in range(plan.context - 1):
         carried.append(carry @ carried[-1])
 
-    g = _Graph()
     count = plan.context
-    samples = g.node("Cast", [LOUDNESS_BLOCKS], to=TensorProto.FLOAT)  # handed over in half precision
     states = g.node("MatMul", [samples, g.const(gather.T.astype(np.float32), "gather")])  # [blocks, order]
     big = 1 << 40
     shifted = [g.slice(states, count - m, -m, 0) for m in range(1, count + 1)]  # block k - m, for k ≥ context
@@ -365,5 +375,77 @@ def loudness_graph(rate: int) -> Any:
     per_step = g.node("Reshape", [energy, g.const(_int64(-1, plan.per_step), "shape")])
     summed = g.node("ReduceSum", [per_step, g.const(_int64(1), "axis")], keepdims=0)
     g.nodes.append(helper.make_node("Mul", [summed, g.scalar(1.0 / plan.step)], [STEP_POWER]))
-    return g.model([helper.make_tensor_value_info(LOUDNESS_BLOCKS, TensorProto.FLOAT16, ["blocks", size])],
-                   [helper.make_tensor_value_info(STEP_POWER, TensorProto.FLOAT, ["steps"])], "k_weighted_power")
+
+
+# -- a track's decoded samples as they come from the decoder, made into what the analysis measures ------------
+
+RAW = "raw"  # [samples, channels] (interleaved) or [channels, samples] (planar): int16, int32 or float32
+PEAK = "peak"  # []: the largest magnitude of any sample (linear)
+RAW_SCALES = {"int16": 1.0 / 2**15, "int32": 1.0 / 2**31, "float32": 1.0}  # FFmpeg's conversions to float
+MODEL_RATE = 16000
+
+
+def decoded_audio_graph(rate: int, dtype: str, interleaved: bool) -> Any:
+    """A track's decoded samples at its own ``rate`` → ``AUDIO`` (mono at 16 kHz, resampled as FFmpeg
+    resamples: ``audio.resampler``; the caller keeps the first ``output_length`` samples), ``STEP_POWER``
+    (the K-weighted power of each channel's 100 ms steps, the channels laid one after the other with the
+    filter's rest between them, as ``native_audio.save_native`` lays them out) and ``PEAK``. The samples must
+    be longer than the resampling filter and than four 100 ms steps."""
+    from onnx import TensorProto, helper
+
+    from jamcaps_desktop.audio import resampler
+
+    g = _Graph()
+    samples = g.node("Cast", [RAW], to=TensorProto.FLOAT)
+    if RAW_SCALES[dtype] != 1.0:
+        samples = g.node("Mul", [samples, g.scalar(RAW_SCALES[dtype])])
+    if interleaved:
+        samples = g.node("Transpose", [samples], perm=[1, 0])  # [channels, samples]
+    g.nodes.append(helper.make_node("ReduceMax", [g.node("Abs", [samples])], [PEAK], keepdims=0))
+
+    # loudness: each channel's whole steps, the filter's rest after each but the last, the context before
+    plan = block_plan(rate)
+    length = g.node("Gather", [g.node("Shape", [samples]), g.const(_int64(1), "axis")])  # [1]
+    step = g.const(_int64(plan.step), "step")
+    used = g.node("Mul", [g.node("Div", [length, step]), step])
+    steps = g.node("Slice", [samples, g.const(_int64(0), "start"), used, g.const(_int64(1), "axis")])
+    gap = separation(plan) * plan.block
+    spaced = g.node("Pad", [steps, g.const(_int64(0, 0, 0, gap), "pads")], mode="constant")
+    flat = g.slice(g.node("Reshape", [spaced, g.const(_int64(-1), "shape")]), 0, -gap, 0) if gap else \
+        g.node("Reshape", [spaced, g.const(_int64(-1), "shape")])
+    led = g.node("Pad", [flat, g.const(_int64(plan.context * plan.block, 0), "pads")], mode="constant")
+    _k_weighted_power(g, g.node("Reshape", [led, g.const(_int64(-1, plan.block), "shape")]), plan)
+
+    mono = g.node("ReduceMean", [samples, g.const(_int64(0), "axis")], keepdims=0)  # [samples]
+    if rate == MODEL_RATE:
+        g.nodes.append(helper.make_node("Identity", [mono], [AUDIO]))
+    else:
+        resample = resampler.plan(rate, MODEL_RATE)
+        lead, hop, span = resample.lead(), resample.hop, resample.span
+        head = g.node("Slice", [mono, g.const(_int64(lead), "start"), g.const(_int64(0), "end"),
+                                g.const(_int64(0), "axis"), g.const(_int64(-1), "step")])  # x[lead] … x[1]
+        tail = g.node("Slice", [mono, g.const(_int64(-1), "start"), g.const(_int64(-resample.taps - 1), "end"),
+                                g.const(_int64(0), "axis"), g.const(_int64(-1), "step")])  # x[n-1] … x[n-taps]
+        zeros = g.const(np.zeros(2 * hop, dtype=np.float32), "zeros")
+        source = g.node("Concat", [head, mono, tail, zeros], axis=0)
+        whole = g.node("Mul", [g.node("Div", [g.node("Shape", [source]), g.const(_int64(hop), "hop")]),
+                               g.const(_int64(hop), "hop")])
+        blocks = g.node("Reshape", [g.node("Slice", [source, g.const(_int64(0), "start"), whole]),
+                                    g.const(_int64(-1, hop), "shape")])  # [blocks, hop]
+        rows = [g.node("Slice", [blocks, g.const(_int64(k), "start"),
+                                 g.const(_int64(k - span + 1 if k < span - 1 else 1 << 40), "end")])
+                for k in range(span)]  # row r reads blocks r … r + span - 1
+        frames = g.node("Concat", rows, axis=1) if span > 1 else rows[0]
+        product = g.node("MatMul", [frames, g.const(resample.matrix, "resample")])
+        g.nodes.append(helper.make_node("Reshape", [product, g.const(_int64(-1), "shape")], [AUDIO]))
+    shape = ["samples", "channels"] if interleaved else ["channels", "samples"]
+    element = {"int16": TensorProto.INT16, "int32": TensorProto.INT32, "float32": TensorProto.FLOAT}[dtype]
+    return g.model([helper.make_tensor_value_info(RAW, element, shape)],
+                   [helper.make_tensor_value_info(AUDIO, TensorProto.FLOAT, ["audio_samples"]),
+                    helper.make_tensor_value_info(STEP_POWER, TensorProto.FLOAT, ["steps"]),
+                    helper.make_tensor_value_info(PEAK, TensorProto.FLOAT, [])], "decoded_audio")
+
+
+def separation(plan: BlockPlan) -> int:
+    """Blocks of silence between two channels: whole steps, at least the filter's memory."""
+    return -(-plan.context // plan.per_step) * plan.per_step
