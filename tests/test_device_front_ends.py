@@ -303,7 +303,7 @@ def test_decoded_samples_handed_over_as_they_are_give_the_workers_audio_and_loud
     """The worker only decodes; the device resamples and measures: the same 16 kHz audio as FFmpeg's (to float
     rounding), the same loudness and peak as the worker's own measurement."""
     from jamcaps_desktop.analysis.analyze import _hear
-    from jamcaps_desktop.audio.decode import decode
+    from jamcaps_desktop.audio.decode import decode, iter_samples
 
     seconds = 6.3
     music = _music(seconds, 44100)
@@ -319,6 +319,7 @@ def test_decoded_samples_handed_over_as_they_are_give_the_workers_audio_and_loud
     assert heard.error is None and heard.raw is not None and heard.audio is None and heard.native is None
     raw = heard.raw
     assert (raw.rate, raw.dtype, len(raw.names)) == (rate, dtype, channels)
+    assert raw.length == sum(c.shape[-1] for c in iter_samples(str(path), rate, mono=False))
     if interleaved is not None:
         assert raw.interleaved == interleaved
     audio, loudness = front_ends.decoded(raw)
@@ -327,14 +328,14 @@ def test_decoded_samples_handed_over_as_they_are_give_the_workers_audio_and_loud
     assert len(audio) == len(expected) and heard.seconds == pytest.approx(len(expected) / 16000)
     assert np.abs(audio - expected).max() < 2e-6
 
-    from jamcaps_desktop.audio.decode import iter_samples
-
     meter = LoudnessMeter(rate)
     for chunk in iter_samples(str(path), rate, mono=False):
         meter.feed(chunk)
     worker = meter.result(raw.names)
     assert loudness.integrated_lufs == pytest.approx(worker.integrated_lufs, abs=0.011)
     assert loudness.sample_peak_dbfs == pytest.approx(worker.sample_peak_dbfs, abs=1e-4)
+    assert not [p for p in os.listdir(os.path.dirname(shared_folder) or ".") if p.startswith(
+        os.path.basename(shared_folder))]
 
 
 def test_tracks_the_device_does_not_take_are_resampled_in_the_worker(shared_folder, tmp_path, monkeypatch):
@@ -366,32 +367,38 @@ def _discard_heard(heard) -> None:
 
 
 def test_a_full_shared_memory_leaves_no_file_and_the_worker_resamples(shared_folder, tmp_path, monkeypatch):
+    """The folder fills up while a worker writes a track's samples: its file goes, and the worker hands over
+    the track the other way (which here finds room again)."""
     from jamcaps_desktop.analysis import native_audio
     from jamcaps_desktop.analysis.analyze import _hear
 
-    path = tmp_path / "a.flac"
-    music = _music(3.0, 44100)
-    _write_pcm(path, np.stack([music, music]), 44100, "flac", "flac", "s16")
-    written = []
-    real_writev = os.writev
+    music = _music(9.0, 44100)
+    paths = []
+    for name, codec, container, encoded in (("a.flac", "flac", "flac", "s16"), ("b.mp3", "libmp3lame", "mp3", "fltp")):
+        paths.append(tmp_path / name)
+        _write_pcm(paths[-1], np.stack([music, music * 0.5]), 44100, codec, container, encoded)
+    real_pwrite = os.pwrite
+    for path in paths:
+        writes = []
 
-    def short_writev(fd, buffers):  # the folder fills up after the first few buffers
-        written.append(len(buffers))
-        return real_writev(fd, buffers[:2]) if len(written) == 1 else 0
+        def filling_pwrite(fd, data, offset, writes=writes):  # the third write finds the folder full
+            writes.append(offset)
+            return real_pwrite(fd, data, offset) if len(writes) < 3 else len(data) // 2
 
-    monkeypatch.setattr(native_audio.os, "writev", short_writev)
-    before = set(os.listdir(os.path.dirname(shared_folder) or "."))
-    assert native_audio.save_raw([[music[:1000].copy(), music[1000:5000].copy(), music[5000:].copy()]], 44100,
-                                 True, ["FC"], shared_folder) is None
-    assert set(os.listdir(os.path.dirname(shared_folder) or ".")) == before
-    heard = _hear(str(path), {}, True, shared_folder)
-    assert heard.error is None and heard.raw is None and heard.audio is not None
-    _discard_heard(heard)
+        folder = os.path.dirname(shared_folder) or "."
+        before = set(os.listdir(folder))
+        monkeypatch.setattr(native_audio.os, "pwrite", filling_pwrite)
+        heard = _hear(str(path), {}, True, shared_folder)
+        monkeypatch.setattr(native_audio.os, "pwrite", real_pwrite)
+        assert len(writes) == 3 and heard.error is None and heard.raw is None and heard.audio is not None
+        _discard_heard(heard)
+        assert set(os.listdir(folder)) == before
 
 
 def test_a_raw_file_that_vanished_fails_that_track_only(front_ends, tmp_path):
     from jamcaps_desktop.analysis.native_audio import RawAudio
 
-    gone = RawAudio(SharedArray(str(tmp_path / "gone.raw"), "<i2", (44100 * 2, 2)), 44100, True, ["FL", "FR"])
+    gone = RawAudio(SharedArray(str(tmp_path / "gone.raw"), "<i2", (44100 * 2, 2)), 44100, True, ["FL", "FR"],
+                    44100 * 2)
     with pytest.raises(OSError):
         front_ends.decoded(gone)

@@ -35,6 +35,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import av
 import numpy as np
 
 from jamcaps_desktop.analysis.device_front_ends import DeviceFrontEnds
@@ -44,12 +45,12 @@ from jamcaps_desktop.analysis.native_audio import (
     RAW_FORMATS,
     NativeAudio,
     RawAudio,
+    RawWriter,
     SharedArray,
     native_audio_folder,
     remove_native_files,
     save_array,
     save_native,
-    save_raw,
 )
 from jamcaps_desktop.audio import frontends, resampler
 from jamcaps_desktop.audio.decode import DecodeError, DecodeStats, iter_frames, iter_outputs
@@ -72,6 +73,8 @@ log = logging.getLogger(__name__)
 BATCH_WINDOWS = {"cpu": 1, "cuda": 64}  # CPU: one window at a time measured fastest (and smallest)
 PARALLEL_ANALYSIS_THRESHOLD = 4  # fewer files than this are decoded in the job's own process
 MEASURE_RATE = 16000  # tempo and key are measured on the 16 kHz decode
+RAW_BLOCK = 65536  # decoded samples a worker gathers before it writes them to shared memory
+RAW_ROOM_MARGIN = 1.1  # a planar channel's room in shared memory: the stated duration times this, and 2 s
 FEATURES_VERSION = 2  # 1: loudness; 2: + tempo and key. Older measurements are redone.
 
 
@@ -193,42 +196,57 @@ def _hear_raw(path: str, native_folder: str) -> _Heard | None:
     """Decode only: the decoder's samples go to shared memory as they are (the decoding workers limit the
     analysis on a GPU, and converting and resampling cost them about as much again as decoding). None
     where the device cannot take the track: a sample format or rate ratio it does not handle, a format
-    that changes midway, a very long or very short track."""
+    that changes midway, a very long or very short track, no room in shared memory."""
     stats = DecodeStats()
-    planes: list[list[np.ndarray]] = []
+    writer: RawWriter | None = None
     shape: tuple[str, str, int] | None = None
-    dtype, interleaved, channels, held = np.dtype(np.float32), False, 1, 0
     names: list[str] = []
-    for frame in iter_frames(path, stats):
-        current = (frame.format.name, frame.layout.name, frame.sample_rate)
-        if shape is None:
-            kind = RAW_FORMATS.get(current[0])
-            if kind is None or not frame.sample_rate or not resampler.exact(frame.sample_rate, MEASURE_RATE):
+    fifo = av.AudioFifo()  # frames gathered into blocks: one write per block and plane
+    try:
+        for frame in iter_frames(path, stats):
+            current = (frame.format.name, frame.layout.name, frame.sample_rate)
+            if writer is None:
+                writer = _raw_writer(frame, stats, native_folder)
+                if writer is None:
+                    return None
+                shape, names = current, [channel.name for channel in frame.layout.channels]
+            elif current != shape:  # a FIFO must never be given frames of another format
                 return None
-            shape, dtype, interleaved = current, np.dtype(kind), not frame.format.is_planar
-            names = [channel.name for channel in frame.layout.channels]
-            channels = len(names)
-            planes = [[] for _ in range(1 if interleaved else channels)]
-        elif current != shape:
+            fifo.write(frame)
+            if fifo.samples >= RAW_BLOCK and (not writer.write(fifo.read(RAW_BLOCK)) or writer.bytes() > RAW_BYTES):
+                return None
+        if writer is None or (fifo.samples and not writer.write(fifo.read())):
             return None
-        count = frame.samples * (channels if interleaved else 1)
-        for pieces, plane in zip(planes, frame.planes, strict=False):
-            pieces.append(np.frombuffer(plane, dtype, count))  # a view: the frame's own buffer
-        held += count * dtype.itemsize * len(planes)
-        if held > RAW_BYTES:
+        rate = shape[2] if shape else 0
+        least = 4 * block_plan(rate).step
+        if rate != MEASURE_RATE:
+            least = max(least, resampler.plan(rate, MEASURE_RATE).taps + 1)
+        if writer.length < least:
             return None
-    if shape is None:
-        return None
-    rate = shape[2]
-    samples = held // (dtype.itemsize * channels)
-    least = max(4 * block_plan(rate).step, resampler.plan(rate, MEASURE_RATE).taps + 1 if rate != MEASURE_RATE else 0)
-    if samples < least:
-        return None
-    raw = save_raw(planes, rate, interleaved, names, native_folder)
-    if raw is None:  # no room in shared memory
-        return None
-    produced = resampler.plan(rate, MEASURE_RATE).output_length(samples) if rate != MEASURE_RATE else samples
+        raw, writer = writer.finish(rate, names), None
+    finally:
+        if writer is not None:
+            writer.discard()
+    produced = resampler.plan(rate, MEASURE_RATE).output_length(raw.length) if rate != MEASURE_RATE else raw.length
     return _Heard(seconds=produced / MEASURE_RATE, raw=raw)
+
+
+def _raw_writer(frame: Any, stats: DecodeStats, native_folder: str) -> RawWriter | None:
+    """A writer for a track whose first decoded frame is ``frame``; None where the device cannot take it."""
+    kind = RAW_FORMATS.get(frame.format.name)
+    rate = frame.sample_rate
+    if kind is None or not rate or not resampler.exact(rate, MEASURE_RATE):
+        return None
+    dtype, channels, interleaved = np.dtype(kind), len(frame.layout.channels), not frame.format.is_planar
+    room = RAW_BYTES // dtype.itemsize
+    if not interleaved and channels > 1:  # each channel's region: the stated duration and a margin
+        if not stats.expected_seconds:
+            return None
+        room = min(room // channels, int(stats.expected_seconds * RAW_ROOM_MARGIN * rate) + 2 * rate)
+    try:
+        return RawWriter(native_folder, dtype, channels, interleaved, room)
+    except OSError:
+        return None
 
 
 def _hear_audio(path: str, native_folder: str | None) -> _Heard:

@@ -101,13 +101,14 @@ class DeviceFrontEnds:
                     graph = graphs.decoded_audio_graph(*key)
                     self._decoded[key] = make_session(graph.SerializeToString(), self._device,
                                                       name="the decoded-audio front end", varying_shapes=True)
-            audio, power, peak = self._decoded[key].run(None, {graphs.RAW: raw.array.take()})
+            audio, power, peak = self._decoded[key].run(None, {graphs.RAW: raw.array.take(),
+                                                               graphs.LENGTH: np.array([raw.length], dtype=np.int64)})
         finally:
             raw.remove()
-        length = raw.samples
+        length = raw.length
         if raw.rate != graphs.MODEL_RATE:
-            length = resampler.plan(raw.rate, graphs.MODEL_RATE).output_length(raw.samples)
-        steps = raw.samples // block_plan(raw.rate).step
+            length = resampler.plan(raw.rate, graphs.MODEL_RATE).output_length(raw.length)
+        steps = raw.length // block_plan(raw.rate).step
         return audio[:length], _loudness(power, steps, raw.rate, raw.names, float(peak))
 
     def tempo(self, audio: np.ndarray) -> Tempo | None:

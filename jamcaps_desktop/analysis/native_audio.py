@@ -182,56 +182,78 @@ RAW_FORMATS = {"s16": "int16", "s16p": "int16", "s32": "int32", "s32p": "int32",
 # a worker holds a track's decoded samples until its end: longer tracks (about twelve minutes of
 # float32 stereo at 44.1 kHz, twenty-five of 16-bit) are resampled and measured in the worker as they stream
 RAW_BYTES = 256 * 1024 * 1024
-_IOV_MAX = 1024  # buffers per writev call (the POSIX minimum of IOV_MAX)
 
 
 @dataclass(frozen=True)
 class RawAudio:
-    """A track's samples as its decoder made them, at ``rate``: [samples, channels] where ``interleaved``,
-    else [channels, samples]; ``dtype`` one of ``RAW_FORMATS``' values."""
+    """A track's first ``length`` samples as its decoder made them, at ``rate``: [samples, channels] where
+    ``interleaved``, else [channels, room] (each channel's samples, then unwritten room); ``dtype`` one of
+    ``RAW_FORMATS``' values."""
 
     array: SharedArray
     rate: int
     interleaved: bool
     names: list[str]
+    length: int
 
     @property
     def dtype(self) -> str:
         return np.dtype(self.array.dtype).name
 
-    @property
-    def samples(self) -> int:
-        return self.array.shape[0 if self.interleaved else 1]
-
     def remove(self) -> None:
         self.array.remove()
 
 
-def save_raw(planes: list[list[np.ndarray]], rate: int, interleaved: bool, names: list[str], target: str
-             ) -> RawAudio | None:
-    """Write a track's decoded planes (per plane, the frames' pieces in order: one plane of interleaved
-    samples, or one per channel) under ``target`` without converting them; None where they do not fit."""
-    folder, prefix = os.path.split(target)
-    try:
-        handle, path = tempfile.mkstemp(prefix=prefix, suffix=".raw", dir=folder)
-    except OSError:
-        return None
-    try:
-        with os.fdopen(handle, "wb", buffering=0) as out:
-            for pieces in planes:
-                for first in range(0, len(pieces), _IOV_MAX):
-                    batch = pieces[first:first + _IOV_MAX]
-                    expected = sum(piece.nbytes for piece in batch)
-                    if os.writev(out.fileno(), batch) != expected:  # a short write: shared memory full
-                        raise OSError("short write")
-    except OSError:
+class RawWriter:
+    """Writes a track's decoded samples to a file in shared memory as they come, in blocks, without
+    converting them. Planar channels each get a region of ``room`` samples (the container's duration and
+    a margin): unwritten room takes no memory (the file is sparse) and is never read."""
+
+    def __init__(self, target: str, dtype: np.dtype, channels: int, interleaved: bool, room: int) -> None:
+        folder, prefix = os.path.split(target)
+        handle, self.path = tempfile.mkstemp(prefix=prefix, suffix=".raw", dir=folder)
+        self._out = os.fdopen(handle, "wb", buffering=0)
+        self.dtype, self.channels, self.interleaved = dtype, channels, interleaved
+        self.room = room
+        self.length = 0
+        self._width = channels if interleaved else 1  # values per sample in a plane
+
+    def write(self, block: Any) -> bool:
+        """Append an AudioFrame's samples; False where they do not fit (the room, or shared memory)."""
+        count = block.samples
+        if not self.interleaved and self.length + count > self.room:
+            return False
+        size = count * self._width * self.dtype.itemsize
+        try:
+            for channel, plane in enumerate(block.planes):
+                offset = (channel * self.room + self.length) * self.dtype.itemsize if not self.interleaved else \
+                    self.length * self._width * self.dtype.itemsize
+                if os.pwrite(self._out.fileno(), memoryview(plane)[:size], offset) != size:
+                    return False  # a short write: shared memory is full
+        except OSError:
+            return False
+        self.length += count
+        return True
+
+    def bytes(self) -> int:
+        return self.length * self.channels * self.dtype.itemsize
+
+    def finish(self, rate: int, names: list[str]) -> RawAudio:
+        if self.interleaved:
+            shape: tuple[int, ...] = (self.length, self.channels)
+        elif self.channels == 1:
+            shape = (1, self.length)
+        else:  # the last channel's room too, unwritten (sparse)
+            shape = (self.channels, self.room)
+            os.ftruncate(self._out.fileno(), self.channels * self.room * self.dtype.itemsize)
+        self._out.close()
+        return RawAudio(SharedArray(self.path, self.dtype.str, shape), rate, self.interleaved, list(names),
+                        self.length)
+
+    def discard(self) -> None:
+        self._out.close()
         with contextlib.suppress(OSError):
-            os.unlink(path)
-        return None
-    dtype = planes[0][0].dtype if planes and planes[0] else np.dtype(np.float32)
-    count = sum(len(piece) for piece in planes[0]) if planes else 0
-    shape = (count // len(names), len(names)) if interleaved else (len(planes), count)
-    return RawAudio(SharedArray(path, dtype.str, shape), rate, interleaved, list(names))
+            os.unlink(self.path)
 
 
 def remove_native_files(target: str) -> None:

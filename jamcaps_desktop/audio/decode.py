@@ -35,6 +35,7 @@ class DecodeStats:
     warnings: list[str] = field(default_factory=list)
     channels: list[str] = field(default_factory=list)  # channel names of the stream (FL, FR, FC, LFE…)
     source_rate: int = 0  # the stream's own sample rate
+    expected_seconds: float | None = None  # the duration the container states (an estimate for some formats)
 
 
 def _reason(exc: Exception) -> str:
@@ -68,6 +69,10 @@ def iter_frames(path: str, stats: DecodeStats | None = None) -> Iterator[av.Audi
         if stream.codec_context is None:
             raise DecodeError("no decoder for this audio format")
         stats.source_rate = int(stream.codec_context.sample_rate or stream.rate or 0)
+        if stream.duration and stream.time_base:
+            stats.expected_seconds = float(stream.duration * stream.time_base)
+        elif container.duration:
+            stats.expected_seconds = container.duration / av.time_base
         for packet in container.demux(stream):
             try:
                 frames = packet.decode()
