@@ -340,24 +340,34 @@ def test_decoded_samples_handed_over_as_they_are_give_the_workers_audio_and_loud
 
 def test_tracks_the_device_does_not_take_are_resampled_in_the_worker(shared_folder, tmp_path, monkeypatch):
     """An unsigned 8-bit file, a rate FFmpeg resamples by interpolating phases, a track shorter than four
-    loudness steps and one longer than a worker may hold: each falls back to the worker's resampling, with
-    the same audio the CPU analysis hears."""
+    loudness steps, one longer than a worker may hold and a planar one longer than its container says: each
+    falls back to the worker's resampling, with the same audio the CPU analysis hears."""
     import jamcaps_desktop.analysis.analyze as analyze_module
     from jamcaps_desktop.analysis.analyze import _hear
     from jamcaps_desktop.audio.decode import decode
 
     music = _music(3.0, 44100)
     cases = {"u8.wav": ("pcm_u8", "u8", 44100, music), "odd.wav": ("pcm_s16le", "s16", 44056, music),
-             "short.wav": ("pcm_s16le", "s16", 44100, music[:12000]), "long.wav": ("pcm_s16le", "s16", 44100, music)}
-    monkeypatch.setattr(analyze_module, "RAW_BYTES", 200_000)  # "long": more than this
+             "short.wav": ("pcm_s16le", "s16", 44100, music[:12000]),
+             "long.wav": ("pcm_s16le", "s16", 44100, np.tile(music, 4))}
+    cases["understated.mp3"] = ("libmp3lame", "fltp", 44100, np.tile(music, 3))  # planar, duration understated
+    held = analyze_module.RAW_BYTES
     for name, (codec, encoded, rate, signal) in cases.items():
         path = tmp_path / name
-        _write_pcm(path, np.stack([signal, signal * 0.5]), rate, codec, "wav", encoded)
+        container = "mp3" if name.endswith(".mp3") else "wav"
+        _write_pcm(path, np.stack([signal, signal * 0.5]), rate, codec, container, encoded)
+        if name == "understated.mp3":  # taken as it is, unless its container understated its duration
+            heard = _hear(str(path), {}, True, shared_folder)
+            assert heard.raw is not None
+            _discard_heard(heard)
+        monkeypatch.setattr(analyze_module, "RAW_BYTES", 800_000 if name == "long.wav" else held)
+        monkeypatch.setattr(analyze_module, "RAW_ROOM_MARGIN", 0.5)  # as if the file stated half its duration
         heard = _hear(str(path), {}, True, shared_folder)
         assert heard.error is None and heard.raw is None, name
         audio = heard.audio.take() if isinstance(heard.audio, SharedArray) else heard.audio
         assert np.array_equal(audio, decode(str(path), 16000)), name
         _discard_heard(heard)
+        monkeypatch.undo()
 
 
 def _discard_heard(heard) -> None:
