@@ -368,6 +368,7 @@ class _TrackWork:
     heard: _Heard
     done: dict[_Group, int]  # windows already run, per group
     sums: dict[str, list[np.ndarray | None]]  # per model: label sum, embedding sum
+    sent: dict[_Group, int] = field(default_factory=dict)  # windows handed to the models, per group
 
     def finished(self) -> bool:
         return all(self.done[g] >= len(self.heard.inputs.get(g, ())) for g in self.done)
@@ -375,7 +376,11 @@ class _TrackWork:
 
 class _Batcher:
     """Fills model batches with windows from consecutive tracks, and hands back tracks whose every window
-    has been through every model, in their original order."""
+    has been through every model, in their original order.
+
+    With the front ends on the device, a batch's models run in threads of their own while the job's thread
+    goes on (the next track, the next batch's features): one batch is in flight at a time, and it is
+    settled before the next one starts, so the models' device work overlaps the job's own."""
 
     def __init__(self, models: list[_Loaded], batch: int, front_ends: DeviceFrontEnds | None = None) -> None:
         self.models = models
@@ -384,19 +389,20 @@ class _Batcher:
         self.groups: dict[_Group, list[_Loaded]] = {}
         for model in models:
             self.groups.setdefault(model.group, []).append(model)
-        # on a GPU, the models of one input run at once, each session on its own stream
-        on_gpu = front_ends is not None and front_ends.device_type == "cuda"
         most = max(map(len, self.groups.values()), default=1)
-        self._pool = ThreadPoolExecutor(most, thread_name_prefix="analysis-model") if on_gpu and most > 1 else None
+        self._pool = ThreadPoolExecutor(most, thread_name_prefix="analysis-model") if front_ends is not None else None
+        self._in_flight: tuple[_Group, list[Future[None]], list[tuple[_TrackWork, int]]] | None = None
         self.pending: deque[_TrackWork] = deque()
 
     def add(self, row: dict[str, Any], heard: _Heard) -> list[_TrackWork]:
         self.pending.append(_TrackWork(row, heard, dict.fromkeys(self.groups, 0),
-                                       {m.name: [None, None] for m in self.models}))
+                                       {m.name: [None, None] for m in self.models}, dict.fromkeys(self.groups, 0)))
         return self._run(full_only=True)
 
     def close(self) -> None:
         if self._pool is not None:
+            with contextlib.suppress(Exception):  # a failed batch has already been reported
+                self._settle()
             self._pool.shutdown()
 
     def drain(self) -> list[_TrackWork]:
@@ -405,35 +411,51 @@ class _Batcher:
     def _run(self, full_only: bool) -> list[_TrackWork]:
         for group, models in self.groups.items():
             while True:
-                waiting = sum(len(w.heard.inputs.get(group, ())) - w.done[group] for w in self.pending)
+                waiting = sum(len(w.heard.inputs.get(group, ())) - w.sent[group] for w in self.pending)
                 if waiting == 0 or (full_only and waiting < self.batch):
                     break
                 pieces, owners = [], []
                 for work in self.pending:
                     windows = work.heard.inputs.get(group)
-                    if windows is None or work.done[group] >= len(windows):
+                    if windows is None or work.sent[group] >= len(windows):
                         continue
-                    take = min(self.batch - sum(len(p) for p in pieces), len(windows) - work.done[group])
-                    pieces.append(windows[work.done[group]:work.done[group] + take])
+                    take = min(self.batch - sum(len(p) for p in pieces), len(windows) - work.sent[group])
+                    pieces.append(windows[work.sent[group]:work.sent[group] + take])
                     owners.append((work, take))
                     if sum(len(p) for p in pieces) >= self.batch:
                         break
                 batch = np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
                 features = self.front_ends.features(group, batch) if self.front_ends else batch
-                if self._pool is not None and len(models) > 1:
-                    for ran in [self._pool.submit(_run_model, model, features, owners) for model in models]:
-                        ran.result()
-                else:
-                    for model in models:
-                        _run_model(model, features, owners)
+                for work, take in owners:
+                    work.sent[group] += take
+                self._settle()
+                if self._pool is not None:
+                    self._in_flight = (group, [self._pool.submit(_run_model, model, features, owners)
+                                               for model in models], owners)
+                    continue
+                for model in models:
+                    _run_model(model, features, owners)
                 for work, take in owners:
                     work.done[group] += take
+        if not full_only:
+            self._settle()
         finished = []
         while self.pending and self.pending[0].finished():
             work = self.pending.popleft()
             work.heard.inputs = {}  # the windows are no longer needed
             finished.append(work)
         return finished
+
+    def _settle(self) -> None:
+        """Wait for the batch in flight; its windows count as run."""
+        if self._in_flight is None:
+            return
+        group, running, owners = self._in_flight
+        self._in_flight = None
+        for future in running:
+            future.result()
+        for work, take in owners:
+            work.done[group] += take
 
 
 def _run_model(model: _Loaded, batch: Any, owners: list[tuple[_TrackWork, int]]) -> None:
