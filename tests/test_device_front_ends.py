@@ -412,3 +412,85 @@ def test_a_raw_file_that_vanished_fails_that_track_only(front_ends, tmp_path):
                     44100 * 2)
     with pytest.raises(OSError):
         front_ends.decoded(gone)
+
+
+class _CountingSession:
+    """A model that labels each window with its first value and embeds it as it is."""
+
+    def __init__(self, fail_at: int | None = None) -> None:
+        self.calls, self.fail_at = 0, fail_at
+
+    def run(self, names, feeds):
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise RuntimeError("the device was lost")
+        windows = feeds["x"]
+        return [windows[:, :1] * np.ones((1, 3), dtype=np.float32), windows]
+
+    def get_providers(self):
+        return ["CPUExecutionProvider"]
+
+
+class _PassThroughFrontEnds:
+    device_type = "cpu"
+
+    def features(self, group, batch):
+        return batch
+
+
+def _batcher_models(sessions):
+    from jamcaps_desktop.analysis.analyze import _Loaded
+
+    spec = InputSpec(FRONT_ENDS["musicnn-logmel"], 2.992, 187)
+    return [_Loaded(f"m{i}", "1", ["a", "b", "c"], session, spec, "x", "labels", "embedding")
+            for i, session in enumerate(sessions)]
+
+
+def test_batches_in_flight_give_each_track_its_own_windows_in_order():
+    """Batches of four windows spanning tracks of 0–12 windows, each batch's two models running while the
+    next batch is put together: every track gets the sums of exactly its windows, tracks come back in
+    order, and only once every window of theirs has been through both models."""
+    from jamcaps_desktop.analysis.analyze import _Batcher, _Heard
+
+    models = _batcher_models([_CountingSession(), _CountingSession()])
+    group = models[0].group
+    batcher = _Batcher(models, 4, _PassThroughFrontEnds())
+    counts = [1, 7, 3, 0, 12, 5, 2]
+    windows = {i: np.stack([[i + w / 100, -i] for w in range(n)]).astype(np.float32) if n else None
+               for i, n in enumerate(counts)}
+    back = []
+    try:
+        for i in range(len(counts)):
+            heard = _Heard(inputs={group: windows[i]} if counts[i] else {})
+            back += batcher.add({"id": i}, heard)
+            assert all(w.finished() for w in back)
+        back += batcher.drain()
+    finally:
+        batcher.close()
+    assert [w.row["id"] for w in back] == list(range(len(counts)))
+    for work in back:
+        i = work.row["id"]
+        for model in models:
+            labels, embedding = work.sums[model.name]
+            if not counts[i]:
+                assert labels is None and work.done[group] == 0
+                continue
+            assert work.done[group] == counts[i]
+            assert np.allclose(labels, windows[i][:, 0].sum() * np.ones(3))
+            assert np.allclose(embedding, windows[i].sum(axis=0))
+    assert models[0].session.calls == models[1].session.calls == -(-sum(counts) // 4)
+
+
+def test_a_model_failing_in_flight_stops_the_job_with_its_error():
+    from jamcaps_desktop.analysis.analyze import _Batcher, _Heard
+
+    models = _batcher_models([_CountingSession(fail_at=2)])
+    batcher = _Batcher(models, 4, _PassThroughFrontEnds())
+    group = models[0].group
+    try:
+        with pytest.raises(RuntimeError, match="device was lost"):
+            for i in range(10):
+                batcher.add({"id": i}, _Heard(inputs={group: np.ones((3, 2), dtype=np.float32)}))
+            batcher.drain()
+    finally:
+        batcher.close()  # returns: nothing is left running
