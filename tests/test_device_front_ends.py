@@ -301,8 +301,7 @@ RAW_CASES = [  # file, codec, container, encoder format, rate, channels → what
 def test_decoded_samples_handed_over_as_they_are_give_the_workers_audio_and_loudness(
         front_ends, shared_folder, tmp_path, name, codec, container, encoded, rate, channels, dtype, interleaved):
     """The worker only decodes; the device resamples and measures: the same 16 kHz audio as FFmpeg's (to float
-    rounding), the same loudness and peak as the worker's own measurement, the same tempo and key as the
-    numpy measurements of that audio."""
+    rounding), the same loudness and peak as the worker's own measurement."""
     from jamcaps_desktop.analysis.analyze import _hear
     from jamcaps_desktop.audio.decode import decode, iter_samples
 
@@ -323,25 +322,11 @@ def test_decoded_samples_handed_over_as_they_are_give_the_workers_audio_and_loud
     assert raw.length == sum(c.shape[-1] for c in iter_samples(str(path), rate, mono=False))
     if interleaved is not None:
         assert raw.interleaved == interleaved
-    measured = front_ends.decoded(raw)
-    audio, loudness = measured.audio, measured.loudness
+    audio, loudness = front_ends.decoded(raw)
     assert not os.path.exists(raw.array.path)  # taken and removed
     expected = decode(str(path), 16000)
     assert len(audio) == len(expected) and heard.seconds == pytest.approx(len(expected) / 16000)
     assert np.abs(audio - expected).max() < 2e-6
-    onsets, pitches = OnsetEnvelope(), PitchProfile()  # the numpy measurements, as the CPU analysis streams them
-    for start in range(0, len(expected), 8192):
-        onsets.feed(expected[start:start + 8192])
-        pitches.feed(expected[start:start + 8192])
-    from jamcaps_desktop.audio.key import estimate as estimate_key
-    from jamcaps_desktop.audio.tempo import estimate as estimate_tempo
-
-    tempo, key = estimate_tempo(onsets.envelope()), estimate_key(pitches.profile(), pitches.frames)
-    assert tempo is not None and key is not None and measured.tempo is not None and measured.key is not None
-    assert measured.tempo.bpm == pytest.approx(tempo.bpm, abs=1e-3)
-    assert measured.tempo.confidence == pytest.approx(tempo.confidence, abs=1e-3)
-    assert measured.key.name == key.name
-    assert measured.key.confidence == pytest.approx(key.confidence, abs=1e-3)
 
     meter = LoudnessMeter(rate)
     for chunk in iter_samples(str(path), rate, mono=False):
@@ -363,7 +348,7 @@ def test_tracks_the_device_does_not_take_are_resampled_in_the_worker(shared_fold
 
     music = _music(3.0, 44100)
     cases = {"u8.wav": ("pcm_u8", "u8", 44100, music), "odd.wav": ("pcm_s16le", "s16", 44056, music),
-             "short.wav": ("pcm_s16le", "s16", 44100, music[:25000]),
+             "short.wav": ("pcm_s16le", "s16", 44100, music[:12000]),
              "long.wav": ("pcm_s16le", "s16", 44100, np.tile(music, 4))}
     cases["understated.mp3"] = ("libmp3lame", "fltp", 44100, np.tile(music, 3))  # planar, duration understated
     held = analyze_module.RAW_BYTES

@@ -75,8 +75,6 @@ PARALLEL_ANALYSIS_THRESHOLD = 4  # fewer files than this are decoded in the job'
 MEASURE_RATE = 16000  # tempo and key are measured on the 16 kHz decode
 RAW_BLOCK = 65536  # decoded samples a worker gathers before it writes them to shared memory
 RAW_ROOM_MARGIN = 1.1  # a planar channel's room in shared memory: the stated duration times this, and 2 s
-RAW_LEAST_SECONDS = 0.6  # shorter tracks are resampled in the worker: the device measures longer ones whole
-RAW_SECONDS = 12 * 60  # … and tracks up to this long (its transforms of a whole track need memory: 0.8 GB)
 FEATURES_VERSION = 2  # 1: loudness; 2: + tempo and key. Older measurements are redone.
 
 
@@ -215,14 +213,12 @@ def _hear_raw(path: str, native_folder: str) -> _Heard | None:
             elif current != shape:  # a FIFO must never be given frames of another format
                 return None
             fifo.write(frame)
-            if fifo.samples >= RAW_BLOCK and (not writer.write(fifo.read(RAW_BLOCK)) or writer.bytes() > RAW_BYTES
-                                              or writer.length > current[2] * RAW_SECONDS):
+            if fifo.samples >= RAW_BLOCK and (not writer.write(fifo.read(RAW_BLOCK)) or writer.bytes() > RAW_BYTES):
                 return None
         if writer is None or (fifo.samples and not writer.write(fifo.read())):
             return None
         rate = shape[2] if shape else 0
-        # four loudness steps; more than a key frame at 16 kHz (8,192 samples)
-        least = max(4 * block_plan(rate).step, int(rate * RAW_LEAST_SECONDS))
+        least = 4 * block_plan(rate).step
         if rate != MEASURE_RATE:
             least = max(least, resampler.plan(rate, MEASURE_RATE).taps + 1)
         if writer.length < least:
@@ -624,14 +620,8 @@ def _measure_on_device(front_ends: DeviceFrontEnds, heard: _Heard, groups: list[
     """Loudness, tempo, key and the model windows of a track whose worker handed over its audio."""
     native, heard.native = heard.native, None
     raw, heard.raw = heard.raw, None
-    if raw is not None:  # one graph run measures it all
-        measured = front_ends.decoded(raw)  # removes the file, whatever happens
-        heard.loudness, heard.tempo, heard.key = measured.loudness, measured.tempo, measured.key
-        if not heard.error:
-            heard.inputs = front_ends.cut(measured.audio, groups)
-            if groups and not heard.inputs:
-                heard.error = "no audio could be decoded from the file"
-        return
+    if raw is not None:
+        heard.audio, heard.loudness = front_ends.decoded(raw)  # removes the file, whatever happens
     if native is not None:
         try:
             heard.loudness = front_ends.loudness(native)  # removes the file, whatever happens

@@ -15,7 +15,6 @@ measurement would have made; the loudness takes one run per track (``native_audi
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,17 +34,6 @@ from jamcaps_desktop.audio.tempo import estimate as estimate_tempo
 from jamcaps_desktop.models.engine import make_session
 
 ONSET_STRETCH = 8192  # onset frames per run (82 s)
-
-
-@dataclass
-class Measured:
-    """What the device measured of a track's decoded samples."""
-
-    audio: np.ndarray  # mono, 16 kHz
-    loudness: Loudness
-    tempo: Tempo | None
-    key: Key | None
-
 PITCH_STRETCH = 512  # key frames per run (131 s)
 
 
@@ -104,12 +92,8 @@ class DeviceFrontEnds:
         finally:
             native.remove()
 
-    def decoded(self, raw: RawAudio) -> Measured:
-        """The 16 kHz mono audio, loudness, tempo and key of a track's decoded samples, from one graph run
-        (its file is removed)."""
-        length = raw.length
-        if raw.rate != graphs.MODEL_RATE:
-            length = resampler.plan(raw.rate, graphs.MODEL_RATE).output_length(raw.length)
+    def decoded(self, raw: RawAudio) -> tuple[np.ndarray, Loudness]:
+        """The 16 kHz mono audio and the loudness of a track's decoded samples (its file is removed)."""
         try:
             key = (raw.rate, raw.dtype, raw.interleaved)
             with self._loudness_lock:
@@ -117,17 +101,15 @@ class DeviceFrontEnds:
                     graph = graphs.decoded_audio_graph(*key)
                     self._decoded[key] = make_session(graph.SerializeToString(), self._device,
                                                       name="the decoded-audio front end", varying_shapes=True)
-            feeds = {graphs.RAW: raw.array.take(), graphs.LENGTH: np.array([raw.length], dtype=np.int64),
-                     graphs.AUDIO_LENGTH: np.array([length], dtype=np.int64)}
-            outputs = [graphs.AUDIO, graphs.ONSET_RISES, graphs.PITCH_PROFILE, graphs.STEP_POWER, graphs.PEAK]
-            audio, rises, profile, power, peak = self._decoded[key].run(outputs, feeds)
+            audio, power, peak = self._decoded[key].run(None, {graphs.RAW: raw.array.take(),
+                                                               graphs.LENGTH: np.array([raw.length], dtype=np.int64)})
         finally:
             raw.remove()
+        length = raw.length
+        if raw.rate != graphs.MODEL_RATE:
+            length = resampler.plan(raw.rate, graphs.MODEL_RATE).output_length(raw.length)
         steps = raw.length // block_plan(raw.rate).step
-        envelope = np.concatenate([np.zeros(1, dtype=np.float32), rises])  # the first frame has no rise
-        pitch_frames = 1 + (length - key_module.FFT) // key_module.HOP
-        return Measured(audio, _loudness(power, steps, raw.rate, raw.names, float(peak)), estimate_tempo(envelope),
-                        estimate_key(profile.astype(np.float64), pitch_frames))
+        return audio[:length], _loudness(power, steps, raw.rate, raw.names, float(peak))
 
     def tempo(self, audio: np.ndarray) -> Tempo | None:
         return estimate_tempo(self.onset_envelope(audio))

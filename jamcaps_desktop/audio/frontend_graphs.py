@@ -209,21 +209,9 @@ def onset_graph() -> Any:
     from onnx import TensorProto, helper
 
     g = _Graph()
-    _onset_nodes(g, SIGNAL)
-    band_info = [tempo_module.BANDS]
-    return g.model([helper.make_tensor_value_info(SIGNAL, TensorProto.FLOAT, ["samples"])],
-                   [helper.make_tensor_value_info(ONSET_RISES, TensorProto.FLOAT, ["frames"]),
-                    helper.make_tensor_value_info(ONSET_FIRST, TensorProto.FLOAT, band_info),
-                    helper.make_tensor_value_info(ONSET_LAST, TensorProto.FLOAT, band_info)], "onsets")
-
-
-def _onset_nodes(g: _Graph, signal: str) -> None:
-    """Nodes from a [samples] ``signal`` to ``ONSET_RISES``, ``ONSET_FIRST`` and ``ONSET_LAST``."""
-    from onnx import helper
-
     fft, bins = tempo_module.FFT, tempo_module.FFT // 2 + 1
     kernels = _dft_kernels(fft, np.arange(bins), window=periodic_hann(fft))
-    spectrum = _transform(g, _framed(g, signal, fft, tempo_module.HOP, 0), kernels)  # [frames, 2·bins]
+    spectrum = _transform(g, _framed(g, SIGNAL, fft, tempo_module.HOP, 0), kernels)  # [frames, 2·bins]
     magnitude = g.node("Sqrt", [g.power(spectrum, bins, axis=1)])
     pooled = g.node("MatMul", [magnitude, g.const(tempo_module.band_filters().T.copy(), "mel")])
     bands = g.node("Log", [g.node("Add", [g.node("Mul", [pooled, g.scalar(100.0)]), g.scalar(1.0)])])  # [frames, 40]
@@ -233,6 +221,11 @@ def _onset_nodes(g: _Graph, signal: str) -> None:
     g.nodes.append(helper.make_node("Squeeze", [g.slice(bands, 0, 1, 0), g.const(_int64(0), "axis")], [ONSET_FIRST]))
     g.nodes.append(helper.make_node("Squeeze", [g.slice(bands, -1, big, 0), g.const(_int64(0), "axis")],
                                     [ONSET_LAST]))
+    band_info = [tempo_module.BANDS]
+    return g.model([helper.make_tensor_value_info(SIGNAL, TensorProto.FLOAT, ["samples"])],
+                   [helper.make_tensor_value_info(ONSET_RISES, TensorProto.FLOAT, ["frames"]),
+                    helper.make_tensor_value_info(ONSET_FIRST, TensorProto.FLOAT, band_info),
+                    helper.make_tensor_value_info(ONSET_LAST, TensorProto.FLOAT, band_info)], "onsets")
 
 
 def pitch_graph() -> Any:
@@ -240,19 +233,10 @@ def pitch_graph() -> Any:
     from onnx import TensorProto, helper
 
     g = _Graph()
-    _pitch_nodes(g, SIGNAL)
-    return g.model([helper.make_tensor_value_info(SIGNAL, TensorProto.FLOAT, ["samples"])],
-                   [helper.make_tensor_value_info(PITCH_PROFILE, TensorProto.FLOAT, [12])], "pitch_profile")
-
-
-def _pitch_nodes(g: _Graph, signal: str) -> None:
-    """Nodes from a [samples] ``signal`` to ``PITCH_PROFILE``."""
-    from onnx import TensorProto, helper
-
     fft, hop = key_module.FFT, key_module.HOP
     chosen, lower, upper_share = key_module.analysed_bins()
     kernels = _dft_kernels(fft, chosen, window=periodic_hann(fft))
-    spectrum = _transform(g, _framed(g, signal, fft, hop, 0), kernels)  # [frames, 2·bins]
+    spectrum = _transform(g, _framed(g, SIGNAL, fft, hop, 0), kernels)  # [frames, 2·bins]
     count = len(chosen)
     magnitude = g.node("Sqrt", [g.power(spectrum, count, axis=1)])  # [frames, bins]
     # local maxima: above the left neighbour and not below the right one (the edge bins never count)
@@ -281,6 +265,8 @@ def _pitch_nodes(g: _Graph, signal: str) -> None:
     share[np.arange(count), (lower + 1) % 12] += upper_share
     profile = g.node("MatMul", [per_bin, g.const(share.astype(np.float32), "classes")])
     g.nodes.append(helper.make_node("Squeeze", [profile, g.const(_int64(0), "axis")], [PITCH_PROFILE]))
+    return g.model([helper.make_tensor_value_info(SIGNAL, TensorProto.FLOAT, ["samples"])],
+                   [helper.make_tensor_value_info(PITCH_PROFILE, TensorProto.FLOAT, [12])], "pitch_profile")
 
 
 # -- integrated loudness: the K-weighting filter as matrix products over blocks -------------------------------
@@ -395,22 +381,17 @@ def _k_weighted_power(g: _Graph, samples: str, plan: BlockPlan) -> None:
 
 RAW = "raw"  # [samples, channels] (interleaved) or [channels, room] (planar): int16, int32 or float32
 LENGTH = "length"  # [1] int64: the samples of each channel in RAW (planar channels may have room after them)
-AUDIO_LENGTH = "audio_length"  # [1] int64: the samples of the 16 kHz audio (``resampler``'s output length)
 PEAK = "peak"  # []: the largest magnitude of any sample (linear)
 RAW_SCALES = {"int16": 1.0 / 2**15, "int32": 1.0 / 2**31, "float32": 1.0}  # FFmpeg's conversions to float
 MODEL_RATE = 16000
 
 
 def decoded_audio_graph(rate: int, dtype: str, interleaved: bool) -> Any:
-    """A track's decoded samples at its own ``rate`` → everything the analysis measures of it, in one run:
-    ``AUDIO`` (the mono 16 kHz audio, ``AUDIO_LENGTH`` samples, resampled as FFmpeg resamples:
-    ``audio.resampler``), the whole track's onset flux (``ONSET_RISES``, for every frame after the first;
-    ``tempo.OnsetEnvelope``'s frames, its lead of zeros included) and pitch-class profile (``PITCH_PROFILE``),
-    ``STEP_POWER`` (the K-weighted power of each channel's 100 ms steps, the channels laid one after the
-    other with the filter's rest between them, as ``native_audio.save_native`` lays them out) and ``PEAK``.
-    The samples must be longer than the resampling filter, than four 100 ms steps and than one key frame
-    (8,192 samples at 16 kHz); the whole track is transformed at once, so its length should stay within a
-    few tens of minutes."""
+    """A track's decoded samples at its own ``rate`` → ``AUDIO`` (mono at 16 kHz, resampled as FFmpeg
+    resamples: ``audio.resampler``; the caller keeps the first ``output_length`` samples), ``STEP_POWER``
+    (the K-weighted power of each channel's 100 ms steps, the channels laid one after the other with the
+    filter's rest between them, as ``native_audio.save_native`` lays them out) and ``PEAK``. The samples must
+    be longer than the resampling filter and than four 100 ms steps."""
     from onnx import TensorProto, helper
 
     from jamcaps_desktop.audio import resampler
@@ -439,7 +420,7 @@ def decoded_audio_graph(rate: int, dtype: str, interleaved: bool) -> Any:
 
     mono = g.node("ReduceMean", [samples, g.const(_int64(0), "axis")], keepdims=0)  # [samples]
     if rate == MODEL_RATE:
-        resampled = mono
+        g.nodes.append(helper.make_node("Identity", [mono], [AUDIO]))
     else:
         resample = resampler.plan(rate, MODEL_RATE)
         lead, hop, span = resample.lead(), resample.hop, resample.span
@@ -458,22 +439,12 @@ def decoded_audio_graph(rate: int, dtype: str, interleaved: bool) -> Any:
                 for k in range(span)]  # row r reads blocks r … r + span - 1
         frames = g.node("Concat", rows, axis=1) if span > 1 else rows[0]
         product = g.node("MatMul", [frames, g.const(resample.matrix, "resample")])
-        resampled = g.node("Reshape", [product, g.const(_int64(-1), "shape")])
-    g.nodes.append(helper.make_node("Slice", [resampled, g.const(_int64(0), "start"), AUDIO_LENGTH], [AUDIO]))
-    lead = tempo_module.FFT // 2  # the onset envelope's first frame is centred on the first sample
-    _onset_nodes(g, g.node("Pad", [AUDIO, g.const(_int64(lead, 0), "pads")], mode="constant"))
-    _pitch_nodes(g, AUDIO)
+        g.nodes.append(helper.make_node("Reshape", [product, g.const(_int64(-1), "shape")], [AUDIO]))
     shape = ["samples", "channels"] if interleaved else ["channels", "room"]
     element = {"int16": TensorProto.INT16, "int32": TensorProto.INT32, "float32": TensorProto.FLOAT}[dtype]
-    band_info = [tempo_module.BANDS]
     return g.model([helper.make_tensor_value_info(RAW, element, shape),
-                    helper.make_tensor_value_info(LENGTH, TensorProto.INT64, [1]),
-                    helper.make_tensor_value_info(AUDIO_LENGTH, TensorProto.INT64, [1])],
+                    helper.make_tensor_value_info(LENGTH, TensorProto.INT64, [1])],
                    [helper.make_tensor_value_info(AUDIO, TensorProto.FLOAT, ["audio_samples"]),
-                    helper.make_tensor_value_info(ONSET_RISES, TensorProto.FLOAT, ["frames"]),
-                    helper.make_tensor_value_info(ONSET_FIRST, TensorProto.FLOAT, band_info),
-                    helper.make_tensor_value_info(ONSET_LAST, TensorProto.FLOAT, band_info),
-                    helper.make_tensor_value_info(PITCH_PROFILE, TensorProto.FLOAT, [12]),
                     helper.make_tensor_value_info(STEP_POWER, TensorProto.FLOAT, ["steps"]),
                     helper.make_tensor_value_info(PEAK, TensorProto.FLOAT, [])], "decoded_audio")
 
