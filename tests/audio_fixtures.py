@@ -108,3 +108,26 @@ def cadence(tonic: int, minor: bool, seconds: float, rate: int = 44100, chord_s:
         pieces.append(sound * np.exp(-t * 2 / chord_s))
     out = np.concatenate(pieces)[: int(seconds * rate)]
     return (0.5 * out / np.max(np.abs(out))).astype(np.float32)
+
+
+def encode_planes(path: Path, planes: np.ndarray, rate: int, layout: str, codec: str = "aac",
+                  container: str = "ipod") -> Path:
+    """Encode [channels, samples] float32 with ``layout`` (e.g. "7.1"). The frames are filled plane by plane:
+    PyAV's ``from_ndarray`` expects one plane too many for eight channels."""
+    with av.open(str(path), "w", format=container) as out:
+        stream = out.add_stream(codec, rate=rate)
+        stream.layout = layout
+        frame_size = stream.codec_context.frame_size or 1024
+        for start in range(0, planes.shape[1], frame_size):
+            chunk = np.ascontiguousarray(planes[:, start:start + frame_size], dtype=np.float32)
+            frame = av.AudioFrame(format="fltp", layout=layout, samples=chunk.shape[1])
+            frame.sample_rate = rate
+            frame.pts = start
+            frame.time_base = Fraction(1, rate)
+            for channel in range(planes.shape[0]):
+                frame.planes[channel].update(chunk[channel].tobytes())
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return path

@@ -87,3 +87,17 @@ def test_a_stream_that_changes_layout_and_rate_midway_decodes_whole(tmp_path):
     for index, chunk in iter_outputs(str(joined), [(16000, True), (None, False)]):
         seconds[index] += chunk.shape[-1] / (16000 if index == 0 else 44100)
     assert seconds[0] == pytest.approx(4.0, abs=0.25)
+
+
+def test_eight_channel_audio_decodes(tmp_path):
+    """7.1 audio (PyAV lists one plane too many for it, and reading them all crashed the process)."""
+    from audio_fixtures import encode_planes
+
+    rng = np.random.default_rng(7)
+    planes = (rng.standard_normal((8, 48000 * 2)) * 0.05).astype(np.float32)
+    planes[2] += 0.3 * np.sin(2 * np.pi * 440 * np.arange(planes.shape[1]) / 48000).astype(np.float32)
+    path = encode_planes(tmp_path / "surround.m4a", planes, 48000, "7.1")
+    audio = decode(str(path), 16000)
+    assert len(audio) == pytest.approx(32000, abs=1200)
+    spectrum = np.abs(np.fft.rfft(audio[4000:20000]))
+    assert np.argmax(spectrum) * 16000 / 16000 == pytest.approx(440, abs=2)  # 1 Hz bins: the centre channel's tone

@@ -322,6 +322,9 @@ def test_decoded_samples_handed_over_as_they_are_give_the_workers_audio_and_loud
     assert raw.length == sum(c.shape[-1] for c in iter_samples(str(path), rate, mono=False))
     if interleaved is not None:
         assert raw.interleaved == interleaved
+    info = os.stat(raw.array.path)  # dense: no room left after a planar channel, every byte written
+    assert info.st_size == raw.length * channels * np.dtype(raw.array.dtype).itemsize
+    assert info.st_blocks * 512 >= info.st_size
     audio, loudness = front_ends.decoded(raw)
     assert not os.path.exists(raw.array.path)  # taken and removed
     expected = decode(str(path), 16000)
@@ -377,8 +380,8 @@ def _discard_heard(heard) -> None:
 
 
 def test_a_full_shared_memory_leaves_no_file_and_the_worker_resamples(shared_folder, tmp_path, monkeypatch):
-    """The folder fills up while a worker writes a track's samples: its file goes, and the worker hands over
-    the track the other way (which here finds room again)."""
+    """The folder fills up while a worker writes a track's samples, or as it moves a planar track's channels
+    together: its file goes, and the worker hands the track over the other way (which here finds room)."""
     from jamcaps_desktop.analysis import native_audio
     from jamcaps_desktop.analysis.analyze import _hear
 
@@ -403,6 +406,29 @@ def test_a_full_shared_memory_leaves_no_file_and_the_worker_resamples(shared_fol
         assert len(writes) == 3 and heard.error is None and heard.raw is None and heard.audio is not None
         _discard_heard(heard)
         assert set(os.listdir(folder)) == before
+    # full just as the planar channels are moved together at the end
+    monkeypatch.setattr(native_audio.os, "pread", lambda fd, size, offset: b"")
+    heard = _hear(str(paths[1]), {}, True, shared_folder)
+    assert heard.error is None and heard.raw is None and heard.audio is not None
+    _discard_heard(heard)
+    assert set(os.listdir(folder)) == before
+
+
+def test_eight_channels_are_handed_over_and_mixed_down(front_ends, shared_folder, tmp_path):
+    from audio_fixtures import encode_planes
+
+    from jamcaps_desktop.analysis.analyze import _hear
+    from jamcaps_desktop.audio.decode import decode
+
+    music = _music(4.0, 48000)
+    planes = np.stack([music * (0.2 + 0.05 * c) for c in range(8)])
+    path = encode_planes(tmp_path / "surround.m4a", planes, 48000, "7.1")
+    heard = _hear(str(path), {}, True, shared_folder)
+    assert heard.error is None and heard.raw is not None and len(heard.raw.names) == 8
+    audio, loudness = front_ends.decoded(heard.raw)
+    expected = decode(str(path), 16000)
+    assert len(audio) == len(expected) and np.abs(audio - expected).max() < 2e-6
+    assert loudness.integrated_lufs is not None
 
 
 def test_a_raw_file_that_vanished_fails_that_track_only(front_ends, tmp_path):

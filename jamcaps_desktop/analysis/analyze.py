@@ -223,7 +223,11 @@ def _hear_raw(path: str, native_folder: str) -> _Heard | None:
             least = max(least, resampler.plan(rate, MEASURE_RATE).taps + 1)
         if writer.length < least:
             return None
-        raw, writer = writer.finish(rate, names), None
+        try:
+            raw = writer.finish(rate, names)
+        except OSError:  # no room left in shared memory to move the channels together
+            return None
+        writer = None
     finally:
         if writer is not None:
             writer.discard()

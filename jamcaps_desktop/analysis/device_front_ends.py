@@ -101,8 +101,7 @@ class DeviceFrontEnds:
                     graph = graphs.decoded_audio_graph(*key)
                     self._decoded[key] = make_session(graph.SerializeToString(), self._device,
                                                       name="the decoded-audio front end", varying_shapes=True)
-            audio, power, peak = self._decoded[key].run(None, {graphs.RAW: raw.array.take(),
-                                                               graphs.LENGTH: np.array([raw.length], dtype=np.int64)})
+            audio, power, peak = self._decoded[key].run(None, {graphs.RAW: raw.array.take()})
         finally:
             raw.remove()
         length = raw.length

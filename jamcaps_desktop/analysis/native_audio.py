@@ -201,9 +201,8 @@ RAW_BYTES = 256 * 1024 * 1024
 
 @dataclass(frozen=True)
 class RawAudio:
-    """A track's first ``length`` samples as its decoder made them, at ``rate``: [samples, channels] where
-    ``interleaved``, else [channels, room] (each channel's samples, then unwritten room); ``dtype`` one of
-    ``RAW_FORMATS``' values."""
+    """A track's ``length`` samples as its decoder made them, at ``rate``: [samples, channels] where
+    ``interleaved``, else [channels, samples]; ``dtype`` one of ``RAW_FORMATS``' values."""
 
     array: SharedArray
     rate: int
@@ -221,17 +220,20 @@ class RawAudio:
 
 class RawWriter:
     """Writes a track's decoded samples to a file in shared memory as they come, in blocks, without
-    converting them. Planar channels each get a region of ``room`` samples (the container's duration and
-    a margin): unwritten room takes no memory (the file is sparse) and is never read."""
+    converting them. Planar channels each get a region of ``room`` samples while the track is written (the
+    container's duration and a margin: unwritten room takes no memory, the file being sparse); ``finish``
+    then moves them together, so that the file handed over is dense: reading a hole of a file in shared
+    memory would take a page of it, and with the folder full, end the process."""
 
     def __init__(self, target: str, dtype: np.dtype, channels: int, interleaved: bool, room: int) -> None:
         folder, prefix = os.path.split(target)
         handle, self.path = tempfile.mkstemp(prefix=prefix, suffix=".raw", dir=folder)
-        self._out = os.fdopen(handle, "wb", buffering=0)
+        self._out = os.fdopen(handle, "r+b", buffering=0)
         self.dtype, self.channels, self.interleaved = dtype, channels, interleaved
         self.room = room
         self.length = 0
         self._width = channels if interleaved else 1  # values per sample in a plane
+        self._planes = 1 if interleaved else channels  # PyAV may list more planes than there are
 
     def write(self, block: Any) -> bool:
         """Append an AudioFrame's samples; False where they do not fit (the room, or shared memory)."""
@@ -239,11 +241,12 @@ class RawWriter:
         if not self.interleaved and self.length + count > self.room:
             return False
         size = count * self._width * self.dtype.itemsize
+        planes = block.planes
         try:
-            for channel, plane in enumerate(block.planes):
+            for channel in range(self._planes):
                 offset = (channel * self.room + self.length) * self.dtype.itemsize if not self.interleaved else \
                     self.length * self._width * self.dtype.itemsize
-                if os.pwrite(self._out.fileno(), memoryview(plane)[:size], offset) != size:
+                if os.pwrite(self._out.fileno(), memoryview(planes[channel])[:size], offset) != size:
                     return False  # a short write: shared memory is full
         except OSError:
             return False
@@ -254,14 +257,21 @@ class RawWriter:
         return self.length * self.channels * self.dtype.itemsize
 
     def finish(self, rate: int, names: list[str]) -> RawAudio:
-        if self.interleaved:
-            shape: tuple[int, ...] = (self.length, self.channels)
-        elif self.channels == 1:
-            shape = (1, self.length)
-        else:  # the last channel's room too, unwritten (sparse)
-            shape = (self.channels, self.room)
-            os.ftruncate(self._out.fileno(), self.channels * self.room * self.dtype.itemsize)
+        """The written samples, dense: [samples, channels] or [channels, samples]. OSError where shared
+        memory is full."""
+        handle = self._out.fileno()
+        if not self.interleaved and self.channels > 1:  # channel c moves from c·room back to c·length
+            item, chunk = self.dtype.itemsize, _MOVE_CHUNK
+            for channel in range(1, self.channels):
+                source, target, left = channel * self.room * item, channel * self.length * item, self.length * item
+                while left > 0:  # forward, in chunks: the target never overtakes the source
+                    data = os.pread(handle, min(chunk, left), source)
+                    if not data or os.pwrite(handle, data, target) != len(data):
+                        raise OSError("shared memory is full")
+                    source, target, left = source + len(data), target + len(data), left - len(data)
+        os.ftruncate(handle, self.bytes())
         self._out.close()
+        shape = (self.length, self.channels) if self.interleaved else (self.channels, self.length)
         return RawAudio(SharedArray(self.path, self.dtype.str, shape), rate, self.interleaved, list(names),
                         self.length)
 
@@ -269,6 +279,9 @@ class RawWriter:
         self._out.close()
         with contextlib.suppress(OSError):
             os.unlink(self.path)
+
+
+_MOVE_CHUNK = 4 * 1024 * 1024  # bytes moved at a time when a planar file is made dense
 
 
 def remove_native_files(target: str) -> None:

@@ -197,7 +197,7 @@ class _Converter:
     def _emit(self, index: int, frames: list[av.AudioFrame]) -> Iterator[tuple[int, np.ndarray]]:
         mono, limit, gain = self.outputs[index][1], self._limit(index), self.gains[index]
         for out in frames:
-            planes = out.to_ndarray()  # [channels, samples] for a planar format
+            planes = frame_planes(out)
             if not mono:
                 chunk = np.ascontiguousarray(planes, dtype=np.float32)
             elif gain is not None:  # mixed down by the resampler
@@ -214,6 +214,14 @@ class _Converter:
                 self.stats.samples += size
             if size:
                 yield index, chunk
+
+
+def frame_planes(frame: av.AudioFrame) -> np.ndarray:
+    """[channels, samples] float32 of a planar float frame, read plane by plane. (PyAV's ``to_ndarray``
+    counts one plane too many for eight channels, 7.1 audio, and crashes the process reading it.)"""
+    count, channels = frame.samples, len(frame.layout.channels)
+    planes = frame.planes
+    return np.stack([np.frombuffer(planes[channel], dtype=np.float32, count=count) for channel in range(channels)])
 
 
 def iter_windows(path: str, sample_rate: int, window_s: float, *, hop_s: float | None = None,

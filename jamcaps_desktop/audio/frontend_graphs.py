@@ -379,8 +379,7 @@ def _k_weighted_power(g: _Graph, samples: str, plan: BlockPlan) -> None:
 
 # -- a track's decoded samples as they come from the decoder, made into what the analysis measures ------------
 
-RAW = "raw"  # [samples, channels] (interleaved) or [channels, room] (planar): int16, int32 or float32
-LENGTH = "length"  # [1] int64: the samples of each channel in RAW (planar channels may have room after them)
+RAW = "raw"  # [samples, channels] (interleaved) or [channels, samples] (planar): int16, int32 or float32
 PEAK = "peak"  # []: the largest magnitude of any sample (linear)
 RAW_SCALES = {"int16": 1.0 / 2**15, "int32": 1.0 / 2**31, "float32": 1.0}  # FFmpeg's conversions to float
 MODEL_RATE = 16000
@@ -402,7 +401,6 @@ def decoded_audio_graph(rate: int, dtype: str, interleaved: bool) -> Any:
         samples = g.node("Mul", [samples, g.scalar(RAW_SCALES[dtype])])
     if interleaved:
         samples = g.node("Transpose", [samples], perm=[1, 0])  # [channels, samples]
-    samples = g.node("Slice", [samples, g.const(_int64(0), "start"), LENGTH, g.const(_int64(1), "axis")])
     g.nodes.append(helper.make_node("ReduceMax", [g.node("Abs", [samples])], [PEAK], keepdims=0))
 
     # loudness: each channel's whole steps, the filter's rest after each but the last, the context before
@@ -440,10 +438,9 @@ def decoded_audio_graph(rate: int, dtype: str, interleaved: bool) -> Any:
         frames = g.node("Concat", rows, axis=1) if span > 1 else rows[0]
         product = g.node("MatMul", [frames, g.const(resample.matrix, "resample")])
         g.nodes.append(helper.make_node("Reshape", [product, g.const(_int64(-1), "shape")], [AUDIO]))
-    shape = ["samples", "channels"] if interleaved else ["channels", "room"]
+    shape = ["samples", "channels"] if interleaved else ["channels", "samples"]
     element = {"int16": TensorProto.INT16, "int32": TensorProto.INT32, "float32": TensorProto.FLOAT}[dtype]
-    return g.model([helper.make_tensor_value_info(RAW, element, shape),
-                    helper.make_tensor_value_info(LENGTH, TensorProto.INT64, [1])],
+    return g.model([helper.make_tensor_value_info(RAW, element, shape)],
                    [helper.make_tensor_value_info(AUDIO, TensorProto.FLOAT, ["audio_samples"]),
                     helper.make_tensor_value_info(STEP_POWER, TensorProto.FLOAT, ["steps"]),
                     helper.make_tensor_value_info(PEAK, TensorProto.FLOAT, [])], "decoded_audio")
