@@ -520,3 +520,41 @@ def test_a_model_failing_in_flight_stops_the_job_with_its_error():
             batcher.drain()
     finally:
         batcher.close()  # returns: nothing is left running
+
+
+def test_a_track_the_device_fails_to_measure_is_decoded_again_and_kept(installed_models, make_track, tmp_path,
+                                                                       monkeypatch):
+    """The device failing on one track's samples (its memory, say) costs that track a second decode, not its
+    results."""
+    from jamcaps_desktop.analysis.analyze import analyze, track_features
+    from jamcaps_desktop.library import Library
+    from jamcaps_desktop.scan.scanner import scan
+
+    music = tmp_path / "music"
+    for i, fmt in enumerate(("mp3", "flac", "wav", "ogg")):
+        make_track(music, fmt, name=f"t{i}")
+    real = DeviceFrontEnds.decoded
+    failed = []
+
+    def failing(self, raw):
+        if raw.dtype == "int16" and raw.interleaved and not failed:  # the first 16-bit file
+            failed.append(raw.array.path)
+            raw.remove()
+            raise RuntimeError("out of device memory")
+        return real(self, raw)
+
+    results = []
+    for fail in (False, True):
+        if fail:
+            monkeypatch.setattr(DeviceFrontEnds, "decoded", failing)
+        with Library(tmp_path / f"lib{fail}.sqlite") as library:
+            scan(library, [music])
+            summary = analyze(library, device="cpu", workers=2, front_ends_on_device=True)
+            assert summary.analysed == 4 and not summary.errors
+            results.append([(path, json.loads(labels), track_features(library, track_id)) for track_id, path, labels in
+                            library.conn.execute("SELECT t.id, t.path, a.labels FROM analyses a JOIN tracks t "
+                                                 "ON t.id = a.track_id ORDER BY t.path, a.model")])
+    assert len(failed) == 1 and not os.path.exists(failed[0])
+    for (path, labels, features), (other_path, other_labels, other_features) in zip(*results, strict=True):
+        assert path == other_path and features == other_features
+        assert max(abs(labels[k] - other_labels[k]) for k in labels) < 2e-4

@@ -136,6 +136,7 @@ class _Heard:
     audio: np.ndarray | SharedArray | None = None  # the 16 kHz mono audio, where the front ends run on the GPU
     native: NativeAudio | None = None  # the audio at its own rate, for the loudness on the models' device
     raw: RawAudio | None = None  # the decoded samples as they are, resampled and measured on the models' device
+    source: str | None = None  # the file, where it may have to be decoded again (the device failed on ``raw``)
 
 
 def _hear(path: str, specs: dict[_Group, InputSpec], ship_audio: bool = False,
@@ -232,7 +233,7 @@ def _hear_raw(path: str, native_folder: str) -> _Heard | None:
         if writer is not None:
             writer.discard()
     produced = resampler.plan(rate, MEASURE_RATE).output_length(raw.length) if rate != MEASURE_RATE else raw.length
-    return _Heard(seconds=produced / MEASURE_RATE, raw=raw)
+    return _Heard(seconds=produced / MEASURE_RATE, raw=raw, source=path)
 
 
 def _raw_writer(frame: Any, stats: DecodeStats, native_folder: str) -> RawWriter | None:
@@ -625,7 +626,15 @@ def _measure_on_device(front_ends: DeviceFrontEnds, heard: _Heard, groups: list[
     native, heard.native = heard.native, None
     raw, heard.raw = heard.raw, None
     if raw is not None:
-        heard.audio, heard.loudness = front_ends.decoded(raw)  # removes the file, whatever happens
+        try:
+            heard.audio, heard.loudness = front_ends.decoded(raw)  # removes the file, whatever happens
+        except Exception:  # e.g. the GPU's memory: the file is decoded again here, and resampled by FFmpeg
+            log.exception("measuring %s's decoded samples on the device failed", heard.source)
+            again = _hear(heard.source, {}, ship_audio=True) if heard.source else _Heard(error="no audio")
+            if again.error:
+                heard.error = again.error
+                return
+            heard.audio, heard.loudness = again.audio, again.loudness
     if native is not None:
         try:
             heard.loudness = front_ends.loudness(native)  # removes the file, whatever happens
