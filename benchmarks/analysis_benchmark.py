@@ -3,7 +3,7 @@
     python benchmarks/analysis_benchmark.py [--audio FOLDER] [--minutes 60] [--device auto|cpu|cuda]
                                             [--workers N] [--decode-workers N] [--batches 1,8,64,256]
                                             [--skip-memory]
-                                            [--front-ends auto|workers|device[,...]]
+                                            [--front-ends auto|workers|device|device-resampled[,...]]
 
 Measures, on the same files: (1) decoding alone (PyAV to 16 kHz mono, as the analysis decodes, in as
 many worker processes as the analysis uses), (2) the whole analysis job (one decode per file feeding the
@@ -91,9 +91,10 @@ def _measure(folder: Path, workdir: Path, device: str, workers: int, models: lis
         paths, seconds = [r[0] for r in rows], sum(r[1] for r in rows)
         if not decode_s:
             decode_s = _decode_all(paths, decode_workers or workers)
-        on_device = {"auto": None, "workers": False, "device": True}[placement]
+        on_device = {"auto": None, "workers": False, "device": True, "device-resampled": True}[placement]
         start = time.perf_counter()
-        summary = analyze(library, device=device, workers=workers, models=models, front_ends_on_device=on_device)
+        summary = analyze(library, device=device, workers=workers, models=models, front_ends_on_device=on_device,
+                          decoded_samples=placement != "device-resampled")
         analysis_s = time.perf_counter() - start
         library.close()
         result = {
@@ -108,7 +109,8 @@ def _measure(folder: Path, workdir: Path, device: str, workers: int, models: lis
         }
         if len(front_ends) == 1:
             return result
-        out[placement if placement not in out else f"{placement} (again)"] = result
+        repeats = sum(1 for key in out if key.split(" (")[0] == placement)
+        out[placement if not repeats else f"{placement} ({repeats + 1})"] = result
     return out
 
 
@@ -170,7 +172,8 @@ def main() -> None:
     parser.add_argument("--skip-throughput", action="store_true", help="Do not time the models alone.")
     parser.add_argument("--front-ends", default="auto",
                         help="Where the model inputs, tempo and key are computed: auto (on the GPU where the models "
-                             "run there), workers, device; several, comma-separated, are measured in turn.")
+                             "run there), workers, device, device-resampled (on the device, the workers resampling "
+                             "as before the device did); several, comma-separated, are measured in turn.")
     args = parser.parse_args()
     results: dict[str, object] = {}
     with tempfile.TemporaryDirectory() as tmp:

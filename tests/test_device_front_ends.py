@@ -185,10 +185,11 @@ def test_analysis_with_front_ends_on_the_device_gives_the_numpy_results(installe
     encode_signal(music / "beat.mp3", "mp3", drum_pattern(123.4, 20.0), 44100)
     encode_signal(music / "chords.flac", "flac", cadence(10, False, 16.0), 48000)
     results = []
-    for on_device in (False, True):
-        with Library(tmp_path / f"lib{on_device}.sqlite") as library:
+    for on_device, decoded_samples in ((False, True), (True, True), (True, False)):
+        with Library(tmp_path / f"lib{on_device}{decoded_samples}.sqlite") as library:
             scan(library, [music])
-            summary = analyze(library, device="cpu", workers=2, front_ends_on_device=on_device)
+            summary = analyze(library, device="cpu", workers=2, front_ends_on_device=on_device,
+                              decoded_samples=decoded_samples)
             assert summary.analysed == 7 and not summary.errors
             rows = library.conn.execute(
                 "SELECT t.id, t.path, a.model, a.labels, a.embedding, a.windows FROM analyses a "
@@ -196,8 +197,10 @@ def test_analysis_with_front_ends_on_the_device_gives_the_numpy_results(installe
             results.append([(path, model, json.loads(labels), np.frombuffer(embedding, np.float32), windows,
                               track_features(library, track_id)) for track_id, path, model, labels, embedding,
                              windows in rows])
-    assert len(results[0]) == len(results[1]) == 14
-    for (path, model, labels, embedding, windows, features), other in zip(*results, strict=True):
+    assert len(results[0]) == len(results[1]) == len(results[2]) == 14
+    for (path, model, labels, embedding, windows, features), other, resampled in zip(*results, strict=True):
+        assert resampled[5] == other[5]  # the workers resampling, or the device: the same measurements
+        assert max(abs(resampled[2][k] - other[2][k]) for k in labels) < 2e-4
         assert (path, model, windows) == (*other[0:2], other[4])
         assert features == other[5]  # tempo, key, loudness and peak: the same to the stored decimals
         assert max(abs(labels[k] - other[2][k]) for k in labels) < 2e-4

@@ -140,17 +140,18 @@ class _Heard:
 
 
 def _hear(path: str, specs: dict[_Group, InputSpec], ship_audio: bool = False,
-          native_folder: str | None = None) -> _Heard:
+          native_folder: str | None = None, decoded_samples: bool = True) -> _Heard:
     """Decode one file once and compute every group's model inputs and the measurements (runs in a worker).
     With ``ship_audio`` the worker hands the audio over instead, for the front ends on the models' device
     (``device_front_ends``): where there is shared memory (``native_folder``), the decoded samples as
     they are, which the device resamples and measures; for formats, rates and lengths it does not take,
     the 16 kHz audio and the audio at its own rate for the loudness; without shared memory, the 16 kHz
-    audio, the worker measuring the loudness itself."""
+    audio, the worker measuring the loudness itself. (``decoded_samples=False`` always hands over the 16 kHz
+    audio, as before the device resampled: for comparing the two.)"""
     try:
         if not ship_audio:
             return _hear_features(path, specs)
-        heard = _hear_raw(path, native_folder) if native_folder else None
+        heard = _hear_raw(path, native_folder) if native_folder and decoded_samples else None
         return heard or _hear_audio(path, native_folder)
     except DecodeError as exc:
         return _Heard(error=str(exc))
@@ -293,12 +294,13 @@ def _meter_of(chunks: list[np.ndarray], rate: int) -> LoudnessMeter:
 
 
 def _heard_in_order(paths: list[str], specs: dict[_Group, InputSpec], cancel: CancelToken,
-                    workers: int | None, ship_audio: bool = False, native_folder: str | None = None
-                    ) -> Iterator[_Heard]:
+                    workers: int | None, ship_audio: bool = False, native_folder: str | None = None,
+                    decoded_samples: bool = True) -> Iterator[_Heard]:
     """Decoded inputs per file, in order; decoding runs in worker processes when there are several files,
     so the models are fed while the next files are decoded."""
     count = workers if workers is not None else 1
-    hear = functools.partial(_hear, specs=specs, ship_audio=ship_audio, native_folder=native_folder)
+    hear = functools.partial(_hear, specs=specs, ship_audio=ship_audio, native_folder=native_folder,
+                             decoded_samples=decoded_samples)
     return in_order(hear, paths, count, cancel, ahead=_files_in_flight(count, ship_audio),
                     crashed=lambda _path: _Heard(error="the decoder crashed on this file"), discard=_discard,
                     sequential_below=PARALLEL_ANALYSIS_THRESHOLD)
@@ -500,11 +502,14 @@ def _run_model(model: _Loaded, batch: Any, owners: list[tuple[_TrackWork, int]])
 
 def analyze(library: Library, *, models: list[str] | None = None, device: str = "auto", limit: int | None = None,
             progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
-            workers: int | None = None, front_ends_on_device: bool | None = None) -> AnalysisSummary:
+            workers: int | None = None, front_ends_on_device: bool | None = None,
+            decoded_samples: bool = True) -> AnalysisSummary:
     """Analyse the library's tracks that the installed models have not heard yet, and measure them.
 
     ``front_ends_on_device`` (default: where the models run on a GPU) computes the model inputs, tempo and
-    key with the models' provider instead of in the decoding workers."""
+    key with the models' provider instead of in the decoding workers; there, the workers hand over the
+    decoded samples as they are (``decoded_samples``), or, with False, resample them themselves (the
+    former way, kept for comparing the two: the results are the same to float rounding)."""
     progress = progress or no_progress
     cancel = cancel or CancelToken()
     names = models if models is not None else [  # the default audio models (text encoders have their own job)
@@ -531,7 +536,8 @@ def analyze(library: Library, *, models: list[str] | None = None, device: str = 
         progress(Progress("analyze", 0, len(todo)))
         native_folder = native_audio_folder() if front_ends is not None else None
         heard_files = _heard_in_order([fs_path(bytes(row["path_key"])) for row in todo], specs, cancel, workers,
-                                      ship_audio=front_ends is not None, native_folder=native_folder)
+                                      ship_audio=front_ends is not None, native_folder=native_folder,
+                                      decoded_samples=decoded_samples)
         if front_ends is not None:  # tempo, key and windows are made beside the model runs, in a thread of their own
             heard_files = _measured_ahead(heard_files, front_ends, list(specs))
         stored = 0
