@@ -453,11 +453,13 @@ def test_two_jobs_cannot_run_on_one_library_at_once(library, make_track, tmp_pat
 def test_a_crashing_reader_becomes_an_error_row(library, make_track, tmp_path, monkeypatch):
     from fake_pools import dying_pool
 
+    import jamcaps_desktop.jobs.workers as workers_module
+
     music = tmp_path / "music"
     _tree(make_track, music, scanner_module.PARALLEL_THRESHOLD + 2)
     victim = sorted(music.rglob("*.flac"))[3]
     # reads run in-process; the victim's read fails the way a dead worker does
-    monkeypatch.setattr(scanner_module, "ProcessPoolExecutor", dying_pool(lambda found: found.path == str(victim)))
+    monkeypatch.setattr(workers_module, "ProcessPoolExecutor", dying_pool(lambda found: found.path == str(victim)))
     summary = scan(library, [music], workers=2)
     assert summary.status == "completed"
     reasons = {e["path"]: e["reason"] for e in summary.errors}

@@ -113,9 +113,12 @@ def single_threaded_workers() -> Iterator[None]:
 
 def in_order(function: Callable[[Any], Any], items: list[Any], workers: int, cancel: CancelToken, *,
              ahead: int, crashed: Callable[[Any], Any], discard: Callable[[Any], None] | None = None,
-             sequential_below: int = 2) -> Iterator[Any]:
-    """``function(item)`` of each item, in order, computed by ``workers`` spawned processes up to ``ahead``
-    items ahead of the one taken (fewer than ``sequential_below`` items, or one worker: in this process).
+             sequential_below: int = 2, context: multiprocessing.context.BaseContext | None = None
+             ) -> Iterator[Any]:
+    """``function(item)`` of each item, in order, computed by ``workers`` processes up to ``ahead`` items
+    ahead of the one taken (fewer than ``sequential_below`` items, or one worker: in this process). The
+    processes start from ``context``; by default they are spawned, with one math-library thread each
+    (``single_threaded_workers``).
 
     ``function`` must never raise (a worker returns the reason a file failed as a result). A worker that
     dies (a decoder crash) takes every unfinished item of its pool with it: those are computed again one at
@@ -128,8 +131,7 @@ def in_order(function: Callable[[Any], Any], items: list[Any], workers: int, can
                 return
             yield function(item)
         return
-    context = multiprocessing.get_context("spawn")
-    with single_threaded_workers(), ProcessPoolExecutor(workers, mp_context=context, initializer=init_worker) as pool:
+    with _pool(workers, context) as pool:
         futures = deque(pool.submit(function, item) for item in items[:ahead])
         submitted = len(futures)
         while futures:
@@ -147,9 +149,9 @@ def in_order(function: Callable[[Any], Any], items: list[Any], workers: int, can
                 for item in items[submitted - len(futures):submitted]:
                     if cancel.cancelled:
                         return
-                    yield _isolated(function, item, crashed)
+                    yield _isolated(function, item, crashed, context)
                 yield from in_order(function, items[submitted:], workers, cancel, ahead=ahead, crashed=crashed,
-                                    discard=discard, sequential_below=sequential_below)
+                                    discard=discard, sequential_below=sequential_below, context=context)
                 return
             futures.popleft()  # the result's memory goes with its future
             if submitted < len(items) and not cancel.cancelled:
@@ -158,9 +160,20 @@ def in_order(function: Callable[[Any], Any], items: list[Any], workers: int, can
             yield result
 
 
-def _isolated(function: Callable[[Any], Any], item: Any, crashed: Callable[[Any], Any]) -> Any:
-    context = multiprocessing.get_context("spawn")
-    with single_threaded_workers(), ProcessPoolExecutor(1, mp_context=context, initializer=init_worker) as pool:
+@contextmanager
+def _pool(workers: int, context: multiprocessing.context.BaseContext | None) -> Iterator[ProcessPoolExecutor]:
+    if context is not None:
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=init_worker) as pool:
+            yield pool
+        return
+    with single_threaded_workers(), ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                                        initializer=init_worker) as pool:
+        yield pool
+
+
+def _isolated(function: Callable[[Any], Any], item: Any, crashed: Callable[[Any], Any],
+              context: multiprocessing.context.BaseContext | None) -> Any:
+    with _pool(1, context) as pool:
         try:
             return pool.submit(function, item).result()
         except BrokenProcessPool:

@@ -20,13 +20,11 @@ import logging
 import os
 import time
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from jamcaps_desktop.jobs.base import CancelToken, Progress, ProgressCallback, no_progress
-from jamcaps_desktop.jobs.workers import init_worker, tag_worker_context
+from jamcaps_desktop.jobs.workers import in_order, tag_worker_context
 from jamcaps_desktop.library.database import Library, utc_now
 from jamcaps_desktop.library.paths import display_path, fs_path, key_range, path_key, real_path
 from jamcaps_desktop.library.tracks import insert_track, record_values, replace_tags, store_record
@@ -211,61 +209,15 @@ def _crashed(found: FoundFile) -> FileRecord:
 def _records(to_read: list[FoundFile], cancel: CancelToken, workers: int | None) -> Iterator[FileRecord]:
     """Records in the order of ``to_read``, read in parallel worker processes when there are many.
 
-    A worker that dies (a decoder crash, the out-of-memory killer) does not stop the scan: the pool is
-    started again, and the files that were in flight are read one at a time, each in its own worker,
-    so the one that kills its reader is found and recorded as an error.
+    A worker that dies (a decoder crash, the out-of-memory killer) does not stop the scan: the files that
+    were in flight are read again one at a time, each in its own worker, so the one that kills its reader
+    is found and recorded as an error (``jobs.workers.in_order``).
     """
     count = workers if workers is not None else min(4, os.cpu_count() or 1)
-    if count <= 1 or len(to_read) < PARALLEL_THRESHOLD:
-        for found in to_read:
-            if cancel.cancelled:
-                return
-            yield _read_one(found)
-        return
-    context = tag_worker_context()  # never a fork of this process: safe beside threads and GUI toolkits
-    position = 0
-    window = count * 8
-    while position < len(to_read):
-        executor = ProcessPoolExecutor(max_workers=count, mp_context=context, initializer=init_worker)
-        futures: dict[int, Future[FileRecord]] = {}
-        broken_at: int | None = None
-        try:
-            for index in range(position, min(position + window, len(to_read))):
-                futures[index] = executor.submit(_read_one, to_read[index])
-            while position < len(to_read):
-                if cancel.cancelled:
-                    return
-                try:
-                    record = futures.pop(position).result()
-                except BrokenProcessPool:
-                    broken_at = position
-                    break
-                position += 1
-                following = position + window - 1
-                if following < len(to_read) and following not in futures:
-                    futures[following] = executor.submit(_read_one, to_read[following])
-                yield record
-        finally:
-            executor.shutdown(wait=broken_at is None, cancel_futures=True)
-        if broken_at is None:
-            return
-        # Read what was in flight one file per fresh worker: the culprit cannot take others down.
-        suspects = to_read[broken_at:broken_at + window]
-        log.warning("a file reader crashed; reading the next %d files one by one", len(suspects))
-        for found in suspects:
-            if cancel.cancelled:
-                return
-            yield _read_isolated(found, context)
-        position = broken_at + len(suspects)
-
-
-def _read_isolated(found: FoundFile, context: Any) -> FileRecord:
-    with ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=init_worker) as single:
-        try:
-            return single.submit(_read_one, found).result()
-        except BrokenProcessPool:
-            log.warning("the file reader crashed on %s", found.path)
-            return _crashed(found)
+    # never a fork of this process: safe beside threads and GUI toolkits
+    context = tag_worker_context() if count > 1 and len(to_read) >= PARALLEL_THRESHOLD else None
+    return in_order(_read_one, to_read, count, cancel, ahead=count * 8, crashed=_crashed,
+                    sequential_below=PARALLEL_THRESHOLD, context=context)
 
 
 # -- database side -----------------------------------------------------------------------------
