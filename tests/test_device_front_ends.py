@@ -437,8 +437,7 @@ def test_eight_channels_are_handed_over_and_mixed_down(front_ends, shared_folder
 def test_a_raw_file_that_vanished_fails_that_track_only(front_ends, tmp_path):
     from jamcaps_desktop.analysis.native_audio import RawAudio
 
-    gone = RawAudio(SharedArray(str(tmp_path / "gone.raw"), "<i2", (44100 * 2, 2)), 44100, True, ["FL", "FR"],
-                    44100 * 2)
+    gone = RawAudio(SharedArray(str(tmp_path / "gone.raw"), "<i2", (44100 * 2, 2)), 44100, True, ["FL", "FR"])
     with pytest.raises(OSError):
         front_ends.decoded(gone)
 

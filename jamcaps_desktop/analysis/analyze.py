@@ -220,10 +220,7 @@ def _hear_raw(path: str, native_folder: str) -> _Heard | None:
         if writer is None or (fifo.samples and not writer.write(fifo.read())):
             return None
         rate = shape[2] if shape else 0
-        least = 4 * block_plan(rate).step
-        if rate != MEASURE_RATE:
-            least = max(least, resampler.plan(rate, MEASURE_RATE).taps + 1)
-        if writer.length < least:
+        if writer.length < max(4 * block_plan(rate).step, resampler.shortest(rate, MEASURE_RATE)):
             return None
         try:
             raw = writer.finish(rate, names)
@@ -233,8 +230,8 @@ def _hear_raw(path: str, native_folder: str) -> _Heard | None:
     finally:
         if writer is not None:
             writer.discard()
-    produced = resampler.plan(rate, MEASURE_RATE).output_length(raw.length) if rate != MEASURE_RATE else raw.length
-    return _Heard(seconds=produced / MEASURE_RATE, raw=raw, source=path)
+    return _Heard(seconds=resampler.output_length(rate, MEASURE_RATE, raw.length) / MEASURE_RATE, raw=raw,
+                  source=path)
 
 
 def _raw_writer(frame: Any, stats: DecodeStats, native_folder: str) -> RawWriter | None:

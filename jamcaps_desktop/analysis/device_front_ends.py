@@ -56,7 +56,7 @@ class DeviceFrontEnds:
         self._device = device
         self._loudness: dict[int, Any] = {}  # sessions per sample rate
         self._decoded: dict[tuple[int, str, bool], Any] = {}  # per rate, sample format and layout
-        self._loudness_lock = threading.Lock()  # tracks are measured in several threads: one session a rate
+        self._sessions_lock = threading.Lock()  # tracks are measured in several threads: one session each
 
     def features(self, group: Any, batch: np.ndarray) -> Any:
         """The model input of a batch of windows, as an OrtValue on the device."""
@@ -80,7 +80,7 @@ class DeviceFrontEnds:
         """The integrated loudness of a track's channels at their own rate, laid out by ``save_native``
         (its file is removed)."""
         try:
-            with self._loudness_lock:
+            with self._sessions_lock:
                 if native.rate not in self._loudness:
                     graph = graphs.loudness_graph(native.rate)
                     self._loudness[native.rate] = make_session(graph.SerializeToString(), self._device,
@@ -96,7 +96,7 @@ class DeviceFrontEnds:
         """The 16 kHz mono audio and the loudness of a track's decoded samples (its file is removed)."""
         try:
             key = (raw.rate, raw.dtype, raw.interleaved)
-            with self._loudness_lock:
+            with self._sessions_lock:
                 if key not in self._decoded:
                     graph = graphs.decoded_audio_graph(*key)
                     self._decoded[key] = make_session(graph.SerializeToString(), self._device,
@@ -104,9 +104,7 @@ class DeviceFrontEnds:
             audio, power, peak = self._decoded[key].run(None, {graphs.RAW: raw.array.take()})
         finally:
             raw.remove()
-        length = raw.length
-        if raw.rate != graphs.MODEL_RATE:
-            length = resampler.plan(raw.rate, graphs.MODEL_RATE).output_length(raw.length)
+        length = resampler.output_length(raw.rate, graphs.MODEL_RATE, raw.length)
         steps = raw.length // block_plan(raw.rate).step
         return audio[:length], _loudness(power, steps, raw.rate, raw.names, float(peak))
 

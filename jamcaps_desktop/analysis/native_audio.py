@@ -208,11 +208,15 @@ class RawAudio:
     rate: int
     interleaved: bool
     names: list[str]
-    length: int
 
     @property
     def dtype(self) -> str:
         return np.dtype(self.array.dtype).name
+
+    @property
+    def length(self) -> int:
+        """Samples per channel."""
+        return self.array.shape[0 if self.interleaved else 1]
 
     def remove(self) -> None:
         self.array.remove()
@@ -243,9 +247,8 @@ class RawWriter:
         size = count * self._width * self.dtype.itemsize
         planes = block.planes
         try:
-            for channel in range(self._planes):
-                offset = (channel * self.room + self.length) * self.dtype.itemsize if not self.interleaved else \
-                    self.length * self._width * self.dtype.itemsize
+            for channel in range(self._planes):  # interleaved: one plane, at the start
+                offset = (channel * self.room + self.length) * self._width * self.dtype.itemsize
                 if os.pwrite(self._out.fileno(), memoryview(planes[channel])[:size], offset) != size:
                     return False  # a short write: shared memory is full
         except OSError:
@@ -272,8 +275,7 @@ class RawWriter:
         os.ftruncate(handle, self.bytes())
         self._out.close()
         shape = (self.length, self.channels) if self.interleaved else (self.channels, self.length)
-        return RawAudio(SharedArray(self.path, self.dtype.str, shape), rate, self.interleaved, list(names),
-                        self.length)
+        return RawAudio(SharedArray(self.path, self.dtype.str, shape), rate, self.interleaved, list(names))
 
     def discard(self) -> None:
         self._out.close()

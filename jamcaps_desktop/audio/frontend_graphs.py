@@ -421,7 +421,7 @@ def decoded_audio_graph(rate: int, dtype: str, interleaved: bool) -> Any:
         g.nodes.append(helper.make_node("Identity", [mono], [AUDIO]))
     else:
         resample = resampler.plan(rate, MODEL_RATE)
-        lead, hop, span = resample.lead(), resample.hop, resample.span
+        lead, hop, span = resample.center, resample.hop, resample.span
         head = g.node("Slice", [mono, g.const(_int64(lead), "start"), g.const(_int64(0), "end"),
                                 g.const(_int64(0), "axis"), g.const(_int64(-1), "step")])  # x[lead] … x[1]
         tail = g.node("Slice", [mono, g.const(_int64(-1), "start"), g.const(_int64(-resample.taps - 1), "end"),

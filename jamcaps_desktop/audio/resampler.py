@@ -77,10 +77,6 @@ class ResamplePlan:
         """How many outputs are centred at or before input sample ``position``."""
         return -(-(position + 1) * self.phases // self.step) if position >= 0 else 0
 
-    def lead(self) -> int:
-        """Samples of mirrored signal before the first input sample."""
-        return self.center
-
     def padded_length(self, samples: int) -> int:
         """Input samples, mirrored lead and padding included, that the product reads for ``samples``."""
         rows = -(-self.output_length(samples) // self.per_row)
@@ -97,6 +93,16 @@ class ResamplePlan:
             base, phase = divmod(position, self.phases)
             matrix[base:base + self.taps, i] = bank[phase]
         return matrix.astype(np.float32)
+
+
+def output_length(rate: int, out: int, samples: int) -> int:
+    """How many samples at ``out`` FFmpeg makes of ``samples`` at ``rate`` (as many where they are equal)."""
+    return samples if rate == out else plan(rate, out).output_length(samples)
+
+
+def shortest(rate: int, out: int) -> int:
+    """The fewest samples ``resample`` takes: one more than the filter (one where nothing is resampled)."""
+    return 1 if rate == out else plan(rate, out).taps + 1
 
 
 def exact(rate: int, out: int) -> bool:
@@ -147,7 +153,7 @@ def filter_bank(rate: int, out: int) -> np.ndarray:
 def padded(signal: np.ndarray, resample: ResamplePlan) -> np.ndarray:
     """The signal as the product reads it: mirrored about its first sample before it, mirrored about its
     end after it, then silence (numpy reference of what the device graph does)."""
-    n, lead = len(signal), resample.lead()
+    n, lead = len(signal), resample.center
     head = signal[1:lead + 1][::-1]
     head = np.concatenate([np.zeros(lead - len(head), dtype=signal.dtype), head])
     tail = signal[::-1][:resample.taps]
@@ -168,7 +174,7 @@ def resample(signal: np.ndarray, rate: int, out: int) -> np.ndarray:
     if rate == out:
         return signal.copy()
     resample_plan = plan(rate, out)
-    if len(signal) <= resample_plan.taps:
+    if len(signal) < shortest(rate, out):
         raise ValueError(f"a signal no longer than the filter ({resample_plan.taps} samples)")
     source = padded(signal, resample_plan)
     hop, span = resample_plan.hop, resample_plan.span
