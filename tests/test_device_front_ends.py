@@ -401,20 +401,19 @@ def test_a_full_shared_memory_leaves_no_file_and_the_worker_resamples(shared_fol
             writes.append(offset)
             return real_pwrite(fd, data, offset) if len(writes) < 3 else len(data) // 2
 
-        folder = os.path.dirname(shared_folder) or "."
-        before = set(os.listdir(folder))
+        before = _job_files(shared_folder)
         monkeypatch.setattr(native_audio.os, "pwrite", filling_pwrite)
         heard = _hear(str(path), {}, True, shared_folder)
         monkeypatch.setattr(native_audio.os, "pwrite", real_pwrite)
         assert len(writes) == 3 and heard.error is None and heard.raw is None and heard.audio is not None
         _discard_heard(heard)
-        assert set(os.listdir(folder)) == before
+        assert _job_files(shared_folder) == before
     # full just as the planar channels are moved together at the end
     monkeypatch.setattr(native_audio.os, "pread", lambda fd, size, offset: b"")
     heard = _hear(str(paths[1]), {}, True, shared_folder)
     assert heard.error is None and heard.raw is None and heard.audio is not None
     _discard_heard(heard)
-    assert set(os.listdir(folder)) == before
+    assert _job_files(shared_folder) == before
 
 
 def test_eight_channels_are_handed_over_and_mixed_down(front_ends, shared_folder, tmp_path):
@@ -432,6 +431,12 @@ def test_eight_channels_are_handed_over_and_mixed_down(front_ends, shared_folder
     expected = decode(str(path), 16000)
     assert len(audio) == len(expected) and np.abs(audio - expected).max() < 2e-6
     assert loudness.integrated_lufs is not None
+
+
+def _job_files(target: str) -> set[str]:
+    """This job's files in its shared-memory folder (other jobs, other test runs, may write there too)."""
+    folder, prefix = os.path.split(target)
+    return {name for name in os.listdir(folder or ".") if name.startswith(prefix)}
 
 
 def test_a_raw_file_that_vanished_fails_that_track_only(front_ends, tmp_path):
