@@ -3,8 +3,10 @@ numpy implementations the CPU analysis uses, and the analysis with its front end
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import time
 
 import numpy as np
 import pytest
@@ -452,9 +454,11 @@ class _CountingSession:
 
     def __init__(self, fail_at: int | None = None) -> None:
         self.calls, self.fail_at = 0, fail_at
+        self.sizes: list[int] = []
 
     def run(self, names, feeds):
         self.calls += 1
+        self.sizes.append(len(feeds["x"]))
         if self.calls == self.fail_at:
             raise RuntimeError("the device was lost")
         windows = feeds["x"]
@@ -479,15 +483,17 @@ def _batcher_models(sessions):
             for i, session in enumerate(sessions)]
 
 
-def test_batches_in_flight_give_each_track_its_own_windows_in_order():
+@pytest.mark.parametrize("full_batches", [False, True])
+def test_batches_in_flight_give_each_track_its_own_windows_in_order(full_batches):
     """Batches of four windows spanning tracks of 0–12 windows, each batch's two models running while the
     next batch is put together: every track gets the sums of exactly its windows, tracks come back in
-    order, and only once every window of theirs has been through both models."""
+    order, and only once every window of theirs has been through both models. With ``full_batches`` (a
+    GPU) the last batch is filled up with silence, which no track's sums take in."""
     from jamcaps_desktop.analysis.analyze import _Batcher, _Heard
 
     models = _batcher_models([_CountingSession(), _CountingSession()])
     group = models[0].group
-    batcher = _Batcher(models, 4, _PassThroughFrontEnds())
+    batcher = _Batcher(models, 4, _PassThroughFrontEnds(), full_batches=full_batches)
     counts = [1, 7, 3, 0, 12, 5, 2]
     windows = {i: np.stack([[i + w / 100, -i] for w in range(n)]).astype(np.float32) if n else None
                for i, n in enumerate(counts)}
@@ -512,6 +518,24 @@ def test_batches_in_flight_give_each_track_its_own_windows_in_order():
             assert np.allclose(labels, windows[i][:, 0].sum() * np.ones(3))
             assert np.allclose(embedding, windows[i].sum(axis=0))
     assert models[0].session.calls == models[1].session.calls == -(-sum(counts) // 4)
+    sizes = models[0].session.sizes
+    assert sizes == ([4] * len(sizes) if full_batches else [4] * (len(sizes) - 1) + [sum(counts) % 4 or 4])
+
+
+def test_a_warm_up_runs_every_model_on_a_full_batch_and_counts_nothing():
+    from jamcaps_desktop.analysis.analyze import _Batcher, _Heard
+
+    models = _batcher_models([_CountingSession(), _CountingSession()])
+    batcher = _Batcher(models, 4, _PassThroughFrontEnds(), full_batches=True)
+    try:
+        batcher.warm_up()
+        assert [m.session.sizes for m in models] == [[4], [4]]
+        back = batcher.add({"id": 0}, _Heard(inputs={models[0].group: np.ones((2, 2), dtype=np.float32)}))
+        back += batcher.drain()
+    finally:
+        batcher.close()
+    assert back[0].done[models[0].group] == 2
+    assert np.allclose(back[0].sums["m0"][1], [2.0, 2.0])
 
 
 def test_a_model_failing_in_flight_stops_the_job_with_its_error():
@@ -565,3 +589,36 @@ def test_a_track_the_device_fails_to_measure_is_decoded_again_and_kept(installed
     for (path, labels, features), (other_path, other_labels, other_features) in zip(*results, strict=True):
         assert path == other_path and features == other_features
         assert max(abs(labels[k] - other_labels[k]) for k in labels) < 2e-4
+
+
+def test_front_ends_that_cannot_be_made_stop_the_job_with_their_error(installed_models, make_track, tmp_path,
+                                                                     monkeypatch):
+    """The decoding workers start before the front ends are made: where making them fails, the job ends with
+    that error, the workers stop, and no track's audio is left in shared memory."""
+    from jamcaps_desktop.analysis import native_audio
+    from jamcaps_desktop.analysis.analyze import analyze
+    from jamcaps_desktop.library import Library
+    from jamcaps_desktop.scan.scanner import scan
+
+    music = tmp_path / "music"
+    for i, fmt in enumerate(("mp3", "flac", "wav", "ogg", "mp3")):
+        make_track(music, fmt, name=f"t{i}")
+
+    def failing(self, specs, device):
+        time.sleep(0.5)  # the workers are decoding by now
+        raise RuntimeError("no device memory for the front ends")
+
+    folders: list[str | None] = []
+
+    def recorded_folder():
+        folders.append(native_audio.native_audio_folder())
+        return folders[-1]
+
+    monkeypatch.setattr("jamcaps_desktop.analysis.analyze.native_audio_folder", recorded_folder)
+    monkeypatch.setattr(DeviceFrontEnds, "__init__", failing)
+    with Library(tmp_path / "lib.sqlite") as library:
+        scan(library, [music])
+        with pytest.raises(RuntimeError, match="no device memory"):
+            analyze(library, device="cpu", workers=2, front_ends_on_device=True)
+        assert library.conn.execute("SELECT COUNT(*) FROM analyses").fetchone()[0] == 0
+    assert folders and not (folders[0] and glob.glob(folders[0] + "*"))

@@ -60,6 +60,30 @@ def test_install_from_the_wheel_verify_and_run(models_dir, musicnn_wheel_file):
     assert registry.remove("musicnn-mtt") and not registry.is_installed("musicnn-mtt")
 
 
+def test_a_job_hashes_a_model_file_again_only_when_it_changed(models_dir, musicnn_wheel_file, monkeypatch):
+    """Loading a model for a job skips hashing files unchanged since their checksum last matched; any change
+    (even one that keeps the size) has them hashed again, and ``verify`` in full always hashes."""
+    model = registry.install("musicnn-mtt", local=musicnn_wheel_file)
+    hashed = []
+    real = registry.file_sha256
+    monkeypatch.setattr(registry, "file_sha256", lambda path: hashed.append(path.name) or real(path))
+    registry.verify("musicnn-mtt", thorough=False)
+    assert hashed == []  # the install checked it
+    registry.verify("musicnn-mtt")
+    assert hashed == [model.onnx_path.name]
+    data = bytearray(model.onnx_path.read_bytes())
+    data[-1] ^= 0xFF  # the same size, another content
+    model.onnx_path.write_bytes(bytes(data))
+    with pytest.raises(registry.ModelError, match="damaged"):
+        registry.verify("musicnn-mtt", thorough=False)
+    data[-1] ^= 0xFF
+    model.onnx_path.write_bytes(bytes(data))
+    registry.verify("musicnn-mtt", thorough=False)
+    hashed.clear()
+    registry.verify("musicnn-mtt", thorough=False)
+    assert hashed == []
+
+
 def test_install_from_an_unpacked_checkpoint_folder(models_dir, musicnn_wheel_file, tmp_path):
     with zipfile.ZipFile(musicnn_wheel_file) as archive:
         for member in archive.namelist():

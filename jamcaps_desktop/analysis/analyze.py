@@ -54,11 +54,10 @@ from jamcaps_desktop.analysis.native_audio import (
 )
 from jamcaps_desktop.audio import frontends, resampler
 from jamcaps_desktop.audio.decode import DecodeError, DecodeStats, iter_frames, iter_outputs
-from jamcaps_desktop.audio.frontend_graphs import block_plan
 from jamcaps_desktop.audio.frontends import InputSpec, Windower
 from jamcaps_desktop.audio.key import Key, PitchProfile
 from jamcaps_desktop.audio.key import estimate as estimate_key
-from jamcaps_desktop.audio.loudness import Loudness, LoudnessMeter
+from jamcaps_desktop.audio.loudness import Loudness, LoudnessMeter, step_samples
 from jamcaps_desktop.audio.tempo import OnsetEnvelope, Tempo
 from jamcaps_desktop.audio.tempo import estimate as estimate_tempo
 from jamcaps_desktop.jobs.base import CancelToken, Progress, ProgressCallback, no_progress
@@ -220,7 +219,7 @@ def _hear_raw(path: str, native_folder: str) -> _Heard | None:
         if writer is None or (fifo.samples and not writer.write(fifo.read())):
             return None
         rate = shape[2] if shape else 0
-        if writer.length < max(4 * block_plan(rate).step, resampler.shortest(rate, MEASURE_RATE)):
+        if writer.length < max(4 * step_samples(rate), resampler.shortest(rate, MEASURE_RATE)):
             return None
         try:
             raw = writer.finish(rate, names)
@@ -342,7 +341,7 @@ def _todo(library: Library, models: list[_Loaded], limit: int | None) -> tuple[l
 
 
 def _load(name: str, device: str) -> _Loaded:
-    model = registry.verify(name)  # ModelError names the install command
+    model = registry.verify(name, thorough=False)  # ModelError names the install command
     spec = model.manifest
     try:
         input_spec = frontends.input_spec(spec["input"])
@@ -384,12 +383,17 @@ class _Batcher:
 
     With the front ends on the device, a batch's models run in threads of their own while the job's thread
     goes on (the next track, the next batch's features): one batch is in flight at a time, and it is
-    settled before the next one starts, so the models' device work overlaps the job's own."""
+    settled before the next one starts, so the models' device work overlaps the job's own.
 
-    def __init__(self, models: list[_Loaded], batch: int, front_ends: DeviceFrontEnds | None = None) -> None:
+    With ``full_batches`` (on a GPU) a job's last, short batch is filled up with silence: a batch of a new
+    size would make cuDNN search its kernels again, which takes longer than the extra windows."""
+
+    def __init__(self, models: list[_Loaded], batch: int, front_ends: DeviceFrontEnds | None = None,
+                 full_batches: bool = False) -> None:
         self.models = models
         self.batch = batch
         self.front_ends = front_ends  # where set, the windows are audio and their features are made on the device
+        self.full_batches = full_batches
         self.groups: dict[_Group, list[_Loaded]] = {}
         for model in models:
             self.groups.setdefault(model.group, []).append(model)
@@ -402,6 +406,19 @@ class _Batcher:
         self.pending.append(_TrackWork(row, heard, dict.fromkeys(self.groups, 0),
                                        {m.name: [None, None] for m in self.models}, dict.fromkeys(self.groups, 0)))
         return self._run(full_only=True)
+
+    def warm_up(self) -> None:
+        """Run each model once on a batch of silence: a GPU chooses its kernels (cuDNN tries them all) and sets
+        up its memory on a model's first run, which the job does while its decoding workers start."""
+        for group, models in self.groups.items():
+            spec = models[0].spec
+            silence = np.zeros((self.batch, group.window_samples), dtype=np.float32)
+            if self.front_ends is not None:
+                features = self.front_ends.features(group, silence)
+            else:
+                features = np.stack([spec.features(window) for window in silence]).astype(np.float32, copy=False)
+            for model in models:
+                _run_model(model, features, [])
 
     def close(self) -> None:
         if self._pool is not None:
@@ -428,6 +445,9 @@ class _Batcher:
                     owners.append((work, take))
                     if sum(len(p) for p in pieces) >= self.batch:
                         break
+                short = self.batch - sum(len(p) for p in pieces) if self.full_batches else 0
+                if short > 0:
+                    pieces.append(np.zeros((short, *pieces[0].shape[1:]), dtype=pieces[0].dtype))
                 batch = np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
                 features = self.front_ends.features(group, batch) if self.front_ends else batch
                 for work, take in owners:
@@ -517,26 +537,23 @@ def analyze(library: Library, *, models: list[str] | None = None, device: str = 
     on_gpu = provider == "CUDAExecutionProvider"
     specs = {model.group: model.spec for model in loaded}
     on_device = on_gpu if front_ends_on_device is None else front_ends_on_device
-    front_ends = DeviceFrontEnds(specs, "cuda" if on_gpu else "cpu") if on_device else None
-    batcher = _Batcher(loaded, BATCH_WINDOWS["cuda" if on_gpu else "cpu"], front_ends)
     if workers is None:  # with a GPU the cores are free for decoding; on the CPU the models need them too
         cores = os.cpu_count() or 1
         # the job's own process takes about three cores when it feeds the GPU the front ends' audio (its
         # threads copy the audio over and measure; 13 workers of 16 cores measured faster than 15)
-        workers = max(1, cores - (3 if front_ends is not None else 1)) if on_gpu else min(4, cores)
+        workers = max(1, cores - (3 if on_device else 1)) if on_gpu else min(4, cores)
     started = time.monotonic()
     # with the front ends on the device, decoding pools start in the measuring thread: the workers'
     # environment is set here, once, before any thread runs (see ``single_threaded_workers``)
-    environment = single_threaded_workers() if front_ends is not None else contextlib.nullcontext()
+    environment = single_threaded_workers() if on_device else contextlib.nullcontext()
     with library.job_lock("analyze"), environment:
         todo, summary.skipped = _todo(library, loaded, limit)
         progress(Progress("analyze", 0, len(todo)))
-        native_folder = native_audio_folder() if front_ends is not None else None
-        heard_files = _heard_in_order([fs_path(bytes(row["path_key"])) for row in todo], specs, cancel, workers,
-                                      ship_audio=front_ends is not None, native_folder=native_folder,
-                                      decoded_samples=decoded_samples)
-        if front_ends is not None:  # tempo, key and windows are made beside the model runs, in a thread of their own
-            heard_files = _measured_ahead(heard_files, front_ends, list(specs))
+        native_folder = native_audio_folder() if on_device else None
+        heard_files: Any = _heard_in_order([fs_path(bytes(row["path_key"])) for row in todo], specs, cancel, workers,
+                                           ship_audio=on_device, native_folder=native_folder,
+                                           decoded_samples=decoded_samples)
+        batcher: _Batcher | None = None
         stored = 0
 
         def store(finished: list[_TrackWork]) -> None:
@@ -549,17 +566,53 @@ def analyze(library: Library, *, models: list[str] | None = None, device: str = 
                                   message=f"{speed:.0f}× real time"))
 
         try:
+            front_ends = None
+            if on_device and todo:  # tempo, key and windows are made beside the model runs, in threads of their own
+                ready: Future[DeviceFrontEnds] = Future()
+                heard_files = _MeasuredAhead(heard_files, ready, list(specs))  # the workers start now
+                front_ends = _made_front_ends(ready, specs, "cuda" if on_gpu else "cpu", todo)
+            batcher = _Batcher(loaded, BATCH_WINDOWS["cuda" if on_gpu else "cpu"], front_ends, full_batches=on_gpu)
+            if on_gpu and todo:
+                batcher.warm_up()
             for row, heard in zip(todo, heard_files, strict=False):
                 store(batcher.add(row, heard))
             store(batcher.drain())  # also after a cancel: what was heard is kept
         finally:
             heard_files.close()
-            batcher.close()
+            if batcher is not None:
+                batcher.close()
             if native_folder:
                 remove_native_files(native_folder)  # of tracks heard but never measured (a cancel, a failure)
         summary.status = "cancelled" if cancel.cancelled else "completed"
     summary.elapsed_s = round(time.monotonic() - started, 3)
     return summary
+
+
+# what the decoders of lossless formats hand over, for warming up their graphs (other codecs: float, planar)
+_INTEGER_DECODERS = {"flac": ("int16", True), "pcm_s16le": ("int16", True), "pcm_s16be": ("int16", True),
+                     "tta": ("int16", True), "alac": ("int16", False), "ape": ("int16", False),
+                     "wavpack": ("int16", False), "tak": ("int16", False)}
+WARMED_FORMATS = 3  # the commonest formats among the tracks to analyse get their graphs before the first track
+
+
+def _made_front_ends(ready: Future[DeviceFrontEnds], specs: dict[_Group, InputSpec], device: str,
+                     todo: list[dict[str, Any]]) -> DeviceFrontEnds:
+    """The front ends' sessions, handed to the measuring threads, then warmed up for the formats the tracks
+    to analyse will most likely decode to (while the decoding workers start)."""
+    try:
+        front_ends = DeviceFrontEnds(specs, device)
+    except BaseException as exc:
+        ready.set_exception(exc)
+        raise
+    ready.set_result(front_ends)
+    counts: dict[tuple[int, str, bool], int] = {}
+    for row in todo:
+        rate = row["sample_rate"]
+        if rate and resampler.exact(rate, MEASURE_RATE):
+            key = (rate, *_INTEGER_DECODERS.get(row["codec"] or "", ("float32", False)))
+            counts[key] = counts.get(key, 0) + 1
+    front_ends.warm_up(sorted(counts, key=lambda key: -counts[key])[:WARMED_FORMATS])
+    return front_ends
 
 
 _END = object()
@@ -569,59 +622,80 @@ MEASURED_AHEAD = 8  # tracks measured ahead of the model runs
 MEASURE_THREADS = 4  # tracks measured at once: their graphs and copies run beside one another
 
 
-def _measured_ahead(heard_files: Iterator[_Heard], front_ends: DeviceFrontEnds, groups: list[_Group]
-                    ) -> Iterator[_Heard]:
+class _MeasuredAhead:
     """The heard tracks, measured on the device by threads that keep a few tracks ahead: ONNX Runtime
     releases the interpreter while a graph runs, so their graphs and copies, and the waiting for the
-    workers, overlap one another and the model runs of the job's thread."""
-    ahead: queue.Queue[Any] = queue.Queue(maxsize=MEASURED_AHEAD)
-    stop = threading.Event()
+    workers, overlap one another and the model runs of the job's thread.
 
-    def put(item: Any) -> bool:
-        while not stop.is_set():
+    Its thread starts at once, and with it the decoding workers; the front ends (``front_ends``, resolved
+    by the job's thread) are made and warmed up while the workers start."""
+
+    def __init__(self, heard_files: Iterator[_Heard], front_ends: Future[DeviceFrontEnds], groups: list[_Group]
+                 ) -> None:
+        self._heard_files, self._front_ends, self._groups = heard_files, front_ends, groups
+        self._ahead: queue.Queue[Any] = queue.Queue(maxsize=MEASURED_AHEAD)
+        self._stop = threading.Event()
+        self._ended = False
+        self._thread = threading.Thread(target=self._measure, name="analysis-measure", daemon=True)
+        self._thread.start()
+
+    def __iter__(self) -> _MeasuredAhead:
+        return self
+
+    def __next__(self) -> _Heard:
+        if self._ended:
+            raise StopIteration
+        item = self._ahead.get()
+        if item is _END or isinstance(item, BaseException):
+            self._ended = True
+            if item is _END:
+                raise StopIteration
+            raise item
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._front_ends.cancel()  # where the front ends were never made: no measuring thread waits for them
+        self._thread.join()
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
             try:
-                ahead.put(item, timeout=0.1)
+                self._ahead.put(item, timeout=0.1)
                 return True
             except queue.Full:
                 continue
         return False
 
-    def settled(heard: _Heard, measuring: Future[None]) -> _Heard:
-        exc = measuring.exception()
-        if exc is not None:  # one track the graphs trip over never stops the batch
-            log.error("measuring a track on the device failed: %s", exc)
-            heard.error = f"the audio could not be measured ({type(exc).__name__}: {exc})"
-        return heard
+    def _measure_one(self, heard: _Heard) -> None:
+        _measure_on_device(self._front_ends.result(), heard, self._groups)
 
-    def measure() -> None:
+    def _measure(self) -> None:
         pending: deque[tuple[_Heard, Future[None]]] = deque()
         try:
             with ThreadPoolExecutor(max_workers=MEASURE_THREADS, thread_name_prefix="analysis-measure") as pool:
-                for heard in heard_files:
-                    pending.append((heard, pool.submit(_measure_on_device, front_ends, heard, groups)))
+                for heard in self._heard_files:
+                    pending.append((heard, pool.submit(self._measure_one, heard)))
                     # in order: a track goes on once it and every track before it are measured
                     while pending and (len(pending) > MEASURE_THREADS or pending[0][1].done()):
-                        if not put(settled(*pending.popleft())):
+                        if not self._put(_settled(*pending.popleft())):
                             return
                 while pending:
-                    if not put(settled(*pending.popleft())):
+                    if not self._put(_settled(*pending.popleft())):
                         return
         except BaseException as exc:  # the workers' failure is the job's: hand it over
-            put(exc)
+            self._put(exc)
         finally:
-            heard_files.close()  # type: ignore[attr-defined]
-            put(_END)
+            self._heard_files.close()  # type: ignore[attr-defined]
+            self._put(_END)
 
-    thread = threading.Thread(target=measure, name="analysis-measure", daemon=True)
-    thread.start()
-    try:
-        while (item := ahead.get()) is not _END:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        thread.join()
+
+def _settled(heard: _Heard, measuring: Future[None]) -> _Heard:
+    exc = measuring.exception()
+    if exc is not None:  # one track the graphs trip over never stops the batch
+        log.error("measuring a track on the device failed: %s", exc)
+        heard.error = f"the audio could not be measured ({type(exc).__name__}: {exc})"
+    return heard
 
 
 def _measure_on_device(front_ends: DeviceFrontEnds, heard: _Heard, groups: list[_Group]) -> None:

@@ -92,16 +92,30 @@ class DeviceFrontEnds:
         finally:
             native.remove()
 
+    def warm_up(self, formats: list[tuple[int, str, bool]]) -> None:
+        """Make the decoded-audio graphs of the given formats (rate, sample type, interleaved), and run every
+        graph once on a second of silence: on a GPU a graph's first run loads its kernels and sets up its
+        memory, which would otherwise hold up the first tracks (the job does this while its workers start)."""
+        silence = np.zeros(graphs.MODEL_RATE, dtype=np.float32)
+        self.onsets.run(None, {graphs.SIGNAL: silence})
+        self.pitches.run(None, {graphs.SIGNAL: silence})
+        for rate, dtype, interleaved in formats:
+            shape = (rate, 2) if interleaved else (2, rate)
+            self._decoded_session((rate, dtype, interleaved)).run(None, {graphs.RAW: np.zeros(shape, dtype=dtype)})
+
+    def _decoded_session(self, key: tuple[int, str, bool]) -> Any:
+        with self._sessions_lock:
+            if key not in self._decoded:
+                graph = graphs.decoded_audio_graph(*key)
+                self._decoded[key] = make_session(graph.SerializeToString(), self._device,
+                                                  name="the decoded-audio front end", varying_shapes=True)
+            return self._decoded[key]
+
     def decoded(self, raw: RawAudio) -> tuple[np.ndarray, Loudness]:
         """The 16 kHz mono audio and the loudness of a track's decoded samples (its file is removed)."""
         try:
-            key = (raw.rate, raw.dtype, raw.interleaved)
-            with self._sessions_lock:
-                if key not in self._decoded:
-                    graph = graphs.decoded_audio_graph(*key)
-                    self._decoded[key] = make_session(graph.SerializeToString(), self._device,
-                                                      name="the decoded-audio front end", varying_shapes=True)
-            audio, power, peak = self._decoded[key].run(None, {graphs.RAW: raw.array.take()})
+            session = self._decoded_session((raw.rate, raw.dtype, raw.interleaved))
+            audio, power, peak = session.run(None, {graphs.RAW: raw.array.take()})
         finally:
             raw.remove()
         length = resampler.output_length(raw.rate, graphs.MODEL_RATE, raw.length)

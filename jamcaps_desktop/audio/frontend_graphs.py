@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import scipy.linalg
 
 from jamcaps_desktop.audio import key as key_module
 from jamcaps_desktop.audio import loudness as loudness_module
@@ -345,6 +344,7 @@ def _k_weighted_power(g: _Graph, samples: str, plan: BlockPlan) -> None:
     block's samples end up in the state, F: how a block carries the state over). F^m dies away within a
     few blocks, so ``context`` blocks before each give every block its state to float precision: all the
     blocks are filtered at once, as matrix products."""
+    import scipy.linalg  # loaded where a graph is built (the decoding workers, which import this, never do)
     from onnx import helper
 
     a, b, c, d = _state_space(loudness_module.k_weighting(plan.rate))

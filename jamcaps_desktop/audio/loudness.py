@@ -16,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.signal import sosfilt
 
 from jamcaps_desktop.audio.decode import DecodeStats, iter_outputs
 
@@ -106,6 +105,8 @@ class LoudnessMeter:
             self._peak = max(self._peak, float(np.max(np.abs(chunk))))
         # filtered in float32 (three times faster than float64; it moves the result by under 0.001 LU),
         # the 100 ms means summed in float64
+        from scipy.signal import sosfilt  # loaded on first use: it takes a decoding worker half a second to load
+
         filtered, self._state = sosfilt(self._sos32, np.asarray(chunk, dtype=np.float32), axis=1, zi=self._state)
         np.square(filtered, out=filtered)
         pending = np.concatenate([self._pending, filtered], axis=1) if self._pending.shape[1] else filtered

@@ -10,6 +10,7 @@ folder with a record of its own checksum. Nothing at run time touches the networ
 from __future__ import annotations
 
 import ast
+import contextlib
 import hashlib
 import json
 import logging
@@ -116,12 +117,39 @@ def installed(name: str) -> InstalledModel:
     return model
 
 
-def verify(name: str) -> InstalledModel:
+VERIFIED_FILE = "verified.json"  # per model file: its size, modification time and inode when its checksum last matched
+
+
+def verify(name: str, thorough: bool = True) -> InstalledModel:
+    """The installed model, its files' checksums checked against its record (ModelError where one differs).
+
+    Without ``thorough`` (a job loading the model), a file whose size, modification time and inode are those
+    it had when its checksum last matched is taken as checked: hashing a large model (BEATs: about half a
+    gigabyte) took a second of every job's start. Any change to a file, a copy or a new download has it
+    hashed again; ``jamcaps models verify`` always hashes every file."""
     model = installed(name)
-    if file_sha256(model.onnx_path) != model.record["sha256"] or any(
-            file_sha256(model.folder / extra) != digest for extra, digest in model.record.get("files", {}).items()):
-        raise ModelError(f"the model {name} is damaged (checksum mismatch); reinstall it with "
-                         f"'jamcaps models install {name}'")
+    expected = {model.record["file"]: model.record["sha256"], **model.record.get("files", {})}
+    stamps_path = model.folder / VERIFIED_FILE
+    stamps: dict[str, Any] = {}
+    if not thorough:
+        with contextlib.suppress(OSError, ValueError):
+            stamps = json.loads(stamps_path.read_text(encoding="utf-8"))
+    changed = False
+    for file, digest in expected.items():
+        path = model.folder / file
+        stat = path.stat()
+        stamp = [stat.st_size, stat.st_mtime_ns, stat.st_ino, digest]
+        if stamps.get(file) == stamp:
+            continue
+        if file_sha256(path) != digest:
+            raise ModelError(f"the model {name} is damaged (checksum mismatch); reinstall it with "
+                             f"'jamcaps models install {name}'")
+        stamps[file], changed = stamp, True
+    if changed or thorough:
+        with contextlib.suppress(OSError):  # a read-only models folder is checked in full every time
+            temporary = stamps_path.with_suffix(".tmp")
+            temporary.write_text(json.dumps(stamps), encoding="utf-8")
+            os.replace(temporary, stamps_path)
     return model
 
 
