@@ -17,7 +17,6 @@ installed (`jamcaps models install --default`).
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
 import resource
@@ -35,7 +34,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from audio_fixtures import cadence, drum_pattern, encode_signal, make_audio
-from machine import machine_line
+from machine import report
 
 from jamcaps_desktop.analysis.analyze import analyze
 from jamcaps_desktop.audio.decode import iter_samples
@@ -92,9 +91,11 @@ def _measure(folder: Path, workdir: Path, device: str, workers: int, models: lis
         if not decode_s:
             decode_s = _decode_all(paths, decode_workers or workers)
         on_device = {"auto": None, "workers": False, "device": True, "device-resampled": True}[placement]
+        stored: list[float] = []
         start = time.perf_counter()
         summary = analyze(library, device=device, workers=workers, models=models, front_ends_on_device=on_device,
-                          decoded_samples=placement != "device-resampled")
+                          decoded_samples=placement != "device-resampled",
+                          progress=lambda p, times=stored: times.append(time.perf_counter()) if p.done else None)
         analysis_s = time.perf_counter() - start
         library.close()
         result = {
@@ -106,12 +107,23 @@ def _measure(folder: Path, workdir: Path, device: str, workers: int, models: lis
             "analysis_s": round(analysis_s, 1), "analysis_tracks_per_min": round(summary.analysed / analysis_s * 60, 1),
             "analysis_x_realtime": round(seconds / analysis_s, 1),
             "analysis_vs_decode": round(decode_s / analysis_s, 2),
+            **_pace(stored, start),
         }
         if len(front_ends) == 1:
             return result
         repeats = sum(1 for key in out if key.split(" (")[0] == placement)
         out[placement if not repeats else f"{placement} ({repeats + 1})"] = result
     return out
+
+
+def _pace(stored: list[float], start: float) -> dict[str, float]:
+    """When the first track was stored (the job's start-up), and the rate between its 10th and 90th
+    percentile tracks (the job once running)."""
+    if len(stored) < 10:
+        return {}
+    first, last = int(0.1 * len(stored)), int(0.9 * len(stored))
+    return {"first_track_s": round(stored[0] - start, 2),
+            "running_tracks_per_s": round((last - first) / max(stored[last] - stored[first], 1e-9), 1)}
 
 
 def _model_throughput(device: str, batches: list[int], models: list[str] | None = None
@@ -195,10 +207,7 @@ def main() -> None:
             child = subprocess.run([sys.executable, __file__, "--peak-child", str(long_file),
                                     str(work / "long.sqlite")], capture_output=True, text=True, check=True)
             results["two_hour_file_peak_rss_mb"] = round(int(child.stdout.strip().splitlines()[-1]) / 1024, 1)
-    results["machine"] = machine_line()
-    print(json.dumps(results, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    report(results, args.json)
 
 
 if __name__ == "__main__":
