@@ -622,3 +622,22 @@ def test_front_ends_that_cannot_be_made_stop_the_job_with_their_error(installed_
             analyze(library, device="cpu", workers=2, front_ends_on_device=True)
         assert library.conn.execute("SELECT COUNT(*) FROM analyses").fetchone()[0] == 0
     assert folders and not (folders[0] and glob.glob(folders[0] + "*"))
+
+
+def test_a_warm_up_that_fails_costs_the_job_nothing(installed_models, make_track, tmp_path, monkeypatch):
+    from jamcaps_desktop.analysis.analyze import analyze
+    from jamcaps_desktop.library import Library
+    from jamcaps_desktop.scan.scanner import scan
+
+    music = tmp_path / "music"
+    for i, fmt in enumerate(("mp3", "flac", "wav", "ogg")):
+        make_track(music, fmt, name=f"t{i}")
+
+    def failing(self, formats):
+        raise RuntimeError("a graph could not be built")
+
+    monkeypatch.setattr(DeviceFrontEnds, "warm_up", failing)
+    with Library(tmp_path / "lib.sqlite") as library:
+        scan(library, [music])
+        summary = analyze(library, device="cpu", workers=2, front_ends_on_device=True)
+    assert summary.analysed == 4 and not summary.errors

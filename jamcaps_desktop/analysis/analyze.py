@@ -611,7 +611,10 @@ def _made_front_ends(ready: Future[DeviceFrontEnds], specs: dict[_Group, InputSp
         if rate and resampler.exact(rate, MEASURE_RATE):
             key = (rate, *_INTEGER_DECODERS.get(row["codec"] or "", ("float32", False)))
             counts[key] = counts.get(key, 0) + 1
-    front_ends.warm_up(sorted(counts, key=lambda key: -counts[key])[:WARMED_FORMATS])
+    try:
+        front_ends.warm_up(sorted(counts, key=lambda key: -counts[key])[:WARMED_FORMATS])
+    except Exception:  # only a head start: each track's own measuring reports what fails for it
+        log.exception("warming up the front ends failed")
     return front_ends
 
 
