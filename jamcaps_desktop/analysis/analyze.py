@@ -29,7 +29,7 @@ import os
 import queue
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -411,12 +411,11 @@ class _Batcher:
         """Run each model once on a batch of silence: a GPU chooses its kernels (cuDNN tries them all) and sets
         up its memory on a model's first run, which the job does while its decoding workers start."""
         for group, models in self.groups.items():
-            spec = models[0].spec
             silence = np.zeros((self.batch, group.window_samples), dtype=np.float32)
             if self.front_ends is not None:
                 features = self.front_ends.features(group, silence)
             else:
-                features = np.stack([spec.features(window) for window in silence]).astype(np.float32, copy=False)
+                features = np.stack([models[0].spec.features(w) for w in silence]).astype(np.float32, copy=False)
             for model in models:
                 _run_model(model, features, [])
 
@@ -605,14 +604,10 @@ def _made_front_ends(ready: Future[DeviceFrontEnds], specs: dict[_Group, InputSp
         ready.set_exception(exc)
         raise
     ready.set_result(front_ends)
-    counts: dict[tuple[int, str, bool], int] = {}
-    for row in todo:
-        rate = row["sample_rate"]
-        if rate and resampler.exact(rate, MEASURE_RATE):
-            key = (rate, *_INTEGER_DECODERS.get(row["codec"] or "", ("float32", False)))
-            counts[key] = counts.get(key, 0) + 1
+    formats = Counter((row["sample_rate"], *_INTEGER_DECODERS.get(row["codec"] or "", ("float32", False)))
+                      for row in todo if row["sample_rate"] and resampler.exact(row["sample_rate"], MEASURE_RATE))
     try:
-        front_ends.warm_up(sorted(counts, key=lambda key: -counts[key])[:WARMED_FORMATS])
+        front_ends.warm_up([key for key, _count in formats.most_common(WARMED_FORMATS)])
     except Exception:  # only a head start: each track's own measuring reports what fails for it
         log.exception("warming up the front ends failed")
     return front_ends
