@@ -159,7 +159,8 @@ def install_random(models: Path, weights: dict[str, np.ndarray], graphs: dict) -
     digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
     record = {"manifest": spec, "file": "model.onnx", "sha256": digest(folder / "model.onnx"),
               "labels": list(audioset_names().values()), "fp16_file": "model.fp16.onnx",
-              "files": {"model.fp16.onnx": digest(folder / "model.fp16.onnx")}}
+              "files": {"model.fp16.onnx": digest(folder / "model.fp16.onnx")},
+              "graph_revision": registry.graph_revision(spec)}
     registry.write_record(folder, record)
 
 

@@ -50,6 +50,26 @@ def test_the_graph_runs_with_padding_and_gives_probabilities():
     assert np.abs(half.run(["probs"], {"fbank": fbank, "padding_mask": mask})[0] - probs).max() < 5e-3
 
 
+@pytest.mark.parametrize(("width", "groups"), [(8, 4), (7, 2), (16, 1), (33, 4)])
+def test_the_positional_convolution_as_block_products_equals_the_convolution(width, groups):
+    """The graph for a GPU computes the grouped positional convolution as matrix products over blocks of
+    tokens; every length (whole blocks or not, shorter than one block, padded or not) must give the
+    convolution's numbers, for even and odd kernels."""
+    config = dict(TINY, conv_pos=width, conv_pos_groups=groups)
+    weights = random_weights(config, np.random.default_rng(width))
+    convolution = _session(build_onnx(weights, config, positional_blocks=False))
+    blocks = _session(build_onnx(weights, config, positional_blocks=True))
+    rng = np.random.default_rng(1)
+    for frames in (16, 160, 333, 998):
+        fbank = rng.standard_normal((3, frames, 128)).astype(np.float32)
+        mask = np.zeros((3, frames), dtype=bool)
+        mask[1, frames // 2:] = True
+        feeds = {"fbank": fbank, "padding_mask": mask}
+        for expected, got in zip(convolution.run(None, feeds), blocks.run(None, feeds), strict=True):
+            assert got.shape == expected.shape
+            assert np.abs(got.astype(np.float64) - expected.astype(np.float64)).max() < 1e-5
+
+
 def test_relative_buckets_follow_the_official_rule():
     offsets = np.arange(-3000, 3001)
     buckets = relative_buckets(offsets, 320, 800)

@@ -84,6 +84,26 @@ def test_a_job_hashes_a_model_file_again_only_when_it_changed(models_dir, musicn
     assert hashed == []
 
 
+def test_a_model_converted_by_an_earlier_version_is_told_to_be_rebuilt(models_dir, musicnn_wheel_file):
+    """A graph built by an earlier converter still works (same results), but a faster one can be had: verify,
+    install and a job say how; a reinstall with --force builds the current graph."""
+    model = registry.install("musicnn-mtt", local=musicnn_wheel_file)
+    assert model.rebuild_hint is None and model.record["graph_revision"] == registry.graph_revision(model.manifest)
+    record = json.loads((model.folder / "installed.json").read_text())
+    del record["graph_revision"]  # as an earlier version wrote it
+    registry.write_record(model.folder, record)
+    hint = registry.verify("musicnn-mtt").rebuild_hint
+    assert hint and "jamcaps models install musicnn-mtt --force" in hint
+    runner = CliRunner()
+    verified = runner.invoke(cli, ["models", "verify", "musicnn-mtt"])
+    assert verified.exit_code == 0 and "--force" in verified.output
+    again = runner.invoke(cli, ["models", "install", "musicnn-mtt"])
+    assert again.exit_code == 0 and "already installed" in again.output and "--force" in again.output
+    forced = runner.invoke(cli, ["models", "install", "musicnn-mtt", "--force", "--from", str(musicnn_wheel_file)])
+    assert forced.exit_code == 0, forced.output
+    assert registry.verify("musicnn-mtt").rebuild_hint is None
+
+
 def test_install_from_an_unpacked_checkpoint_folder(models_dir, musicnn_wheel_file, tmp_path):
     with zipfile.ZipFile(musicnn_wheel_file) as archive:
         for member in archive.namelist():

@@ -149,3 +149,86 @@ def test_whole_pipeline_from_audio_matches_the_reference(musicnn_wheel):
         (tags,) = session.run(["tags"], {"melspec": mel})
         difference = np.abs(tags - reference[f"{clip}_MTT_musicnn_tags"])
         assert difference.mean() < 0.005 and difference.max() < 0.06  # what two resamplers leave
+
+
+_KERNELS = {"conv2d": (7, 38, 1, 204), "conv2d_1": (7, 67, 1, 204), "conv2d_2": (128, 1, 1, 51),
+            "conv2d_3": (64, 1, 1, 51), "conv2d_4": (32, 1, 1, 51), "conv2d_5": (7, 561, 1, 64),
+            "conv2d_6": (7, 64, 1, 64), "conv2d_7": (7, 64, 1, 64), "dense": (1506, 200), "dense_1": (200, 50)}
+_NORMS = [1, 204, 204, 51, 51, 51, 64, 64, 64, 1506, 200]
+
+
+def _random_musicnn(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Weights of the musicnn shape; batch-norm gains of both signs, as the real checkpoints have."""
+    weights = {}
+    for name, shape in _KERNELS.items():
+        fan_in = int(np.prod(shape[:-1]))
+        weights[f"{name}/kernel"] = rng.normal(0, 1 / np.sqrt(fan_in), shape).astype(np.float32)
+        weights[f"{name}/bias"] = rng.normal(0, 0.1, shape[-1]).astype(np.float32)
+    for index, size in enumerate(_NORMS):
+        prefix = "batch_normalization" + ("" if index == 0 else f"_{index}")
+        weights[prefix + "/gamma"] = rng.normal(0, 1, size).astype(np.float32)
+        weights[prefix + "/beta"] = rng.normal(0, 0.5, size).astype(np.float32)
+        weights[prefix + "/moving_mean"] = rng.normal(0, 0.5, size).astype(np.float32)
+        weights[prefix + "/moving_variance"] = rng.uniform(0.5, 2, size).astype(np.float32)
+    return weights
+
+
+def _numpy_musicnn(weights: dict[str, np.ndarray], mel: np.ndarray) -> dict[str, np.ndarray]:
+    """The network written out directly in numpy (float64): every convolution, then ReLU, then batch norm."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    w = {k: v.astype(np.float64) for k, v in weights.items()}
+
+    def norm(x, index, axis):
+        prefix = "batch_normalization" + ("" if index == 0 else f"_{index}")
+        shape = [1] * x.ndim
+        shape[axis] = -1
+        scale = w[prefix + "/gamma"] / np.sqrt(w[prefix + "/moving_variance"] + 1e-3)
+        centred = x - w[prefix + "/moving_mean"].reshape(shape)
+        return centred * scale.reshape(shape) + w[prefix + "/beta"].reshape(shape)
+
+    def conv_block(x, name, index, before, after):  # x [N, T, F] → max over bands of BN(ReLU(conv)) [N, C, T]
+        kernel = w[name + "/kernel"][:, :, 0, :]  # [time taps, band taps, C]
+        padded = np.pad(x, ((0, 0), (before, after), (0, 0)))
+        windows = sliding_window_view(padded, kernel.shape[:2], axis=(1, 2))  # [N, T, F', taps, bands]
+        y = np.einsum("ntfij,ijo->notf", windows, kernel) + w[name + "/bias"][None, :, None, None]
+        return norm(np.maximum(y, 0), index, 1).max(axis=3)
+
+    def conv1d(x, name):  # x [N, C, T], kernel 7, SAME
+        kernel = w[name + "/kernel"][:, :, 0, :]  # [7, C, O]
+        windows = sliding_window_view(np.pad(x, ((0, 0), (0, 0), (3, 3))), 7, axis=2)  # [N, C, T, 7]
+        return np.einsum("ncti,ico->not", windows, kernel) + w[name + "/bias"][None, :, None]
+
+    x = norm(mel.astype(np.float64)[:, None], 0, 1)[:, 0]
+    front = [conv_block(x, "conv2d", 1, 3, 3), conv_block(x, "conv2d_1", 2, 3, 3)]
+    for name, index, length in (("conv2d_2", 3, 128), ("conv2d_3", 4, 64), ("conv2d_4", 5, 32)):
+        front.append(conv_block(x, name, index, (length - 1) // 2, length // 2))
+    front_end = np.concatenate(front, axis=1)
+    mid1 = norm(np.maximum(conv1d(front_end, "conv2d_5"), 0), 6, 1)
+    mid2 = norm(np.maximum(conv1d(mid1, "conv2d_6"), 0), 7, 1) + mid1
+    mid3 = norm(np.maximum(conv1d(mid2, "conv2d_7"), 0), 8, 1) + mid2
+    features = np.concatenate([front_end, mid1, mid2, mid3], axis=1)
+    max_pool, mean_pool = features.max(axis=2), features.mean(axis=2)
+    flat = norm(np.stack([max_pool, mean_pool], axis=2).reshape(len(mel), -1), 9, 1)
+    penultimate = norm(np.maximum(flat @ w["dense/kernel"] + w["dense/bias"], 0), 10, 1)
+    tags = 1 / (1 + np.exp(-(penultimate @ w["dense_1/kernel"] + w["dense_1/bias"])))
+    return {"tags": tags, "penultimate": penultimate, "max_pool": max_pool, "mean_pool": mean_pool}
+
+
+def test_the_graph_computes_the_network_as_written():
+    """The graph reorders the front end (the maximum over bands before the bias, ReLU and batch norm, with
+    the kernels of falling channels negated) and must still give the network's numbers, whatever the
+    signs of the batch-norm gains."""
+    ort = pytest.importorskip("onnxruntime")
+    from jamcaps_desktop.models.musicnn import build_onnx
+
+    rng = np.random.default_rng(11)
+    weights = _random_musicnn(rng)
+    mel = rng.normal(0, 1, (2, 187, 96)).astype(np.float32)
+    session = ort.InferenceSession(build_onnx(weights).SerializeToString(), providers=["CPUExecutionProvider"])
+    names = ["tags", "penultimate", "max_pool", "mean_pool"]
+    got = dict(zip(names, session.run(names, {"melspec": mel}), strict=True))
+    expected = _numpy_musicnn(weights, mel)
+    for name in names:
+        scale = max(1.0, float(np.abs(expected[name]).max()))
+        assert np.abs(got[name] - expected[name]).max() <= 1e-4 * scale, name

@@ -342,6 +342,8 @@ def _todo(library: Library, models: list[_Loaded], limit: int | None) -> tuple[l
 
 def _load(name: str, device: str) -> _Loaded:
     model = registry.verify(name, thorough=False)  # ModelError names the install command
+    if model.rebuild_hint:
+        log.warning(model.rebuild_hint)
     spec = model.manifest
     try:
         input_spec = frontends.input_spec(spec["input"])

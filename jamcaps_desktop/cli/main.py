@@ -610,8 +610,8 @@ def models_install(names: tuple[str, ...], defaults: bool, local: str | None, fo
     for name in dict.fromkeys(wanted):
         try:
             if registry.is_installed(name) and not force and local is None:
-                registry.verify(name)
-                out.print(f"{name}: already installed")
+                hint = registry.verify(name).rebuild_hint
+                out.print(f"{name}: already installed" + (f" [yellow]({hint})" if hint else ""))
                 continue
             with err.status(f"installing {name}…"):
                 model = registry.install(name, local=local, accept_licence=accept_licence)
@@ -629,8 +629,8 @@ def models_verify(names: tuple[str, ...]) -> None:
     problems = 0
     for name in names or [n for n in registry.manifests() if registry.is_installed(n)]:
         try:
-            registry.verify(name)
-            out.print(f"{name}: ok")
+            model = registry.verify(name)
+            out.print(f"{name}: ok" + (f" [yellow]({model.rebuild_hint})" if model.rebuild_hint else ""))
         except registry.ModelError as exc:
             problems += 1
             err.print(f"[red]{exc}")

@@ -174,6 +174,7 @@ def install_checkpoint(name: str, spec: dict[str, Any], local: str | os.PathLike
             record = {"manifest": spec, "file": "model.onnx", "sha256": registry.file_sha256(staging / "model.onnx"),
                       "labels": labels, "files": {"model.fp16.onnx": registry.file_sha256(staging / "model.fp16.onnx")},
                       "fp16_file": "model.fp16.onnx", "checkpoint_sha256": digest,
+                      "graph_revision": registry.graph_revision(spec),
                       "config": {k: v for k, v in cfg.items() if isinstance(v, (int, float, str, bool))}}
             registry.write_record(staging, record)
         if not expected:

@@ -74,6 +74,18 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+# the revision of the graph each converter builds now; an install records the one it built, so that a model
+# converted by an earlier version of the app (a correct graph, but a slower one) can be told to be rebuilt.
+# musicnn 2: the front end's bias, ReLU and batch norm after the maximum over bands; beats 2: the positional
+# convolution as block products, the GELU in the order ONNX Runtime fuses
+GRAPH_REVISIONS = {"musicnn": 2, "beats": 2}
+
+
+def graph_revision(spec: dict[str, Any]) -> int:
+    """The revision of the graph this version of the app builds for a manifest."""
+    return GRAPH_REVISIONS.get(spec.get("convert", ""), 1)
+
+
 @dataclass
 class InstalledModel:
     name: str
@@ -98,6 +110,14 @@ class InstalledModel:
     @property
     def manifest(self) -> dict[str, Any]:
         return self.record["manifest"]
+
+    @property
+    def rebuild_hint(self) -> str | None:
+        """What to do where the model's graph was built by an earlier, slower converter (else None)."""
+        if self.record.get("graph_revision", 1) >= graph_revision(self.manifest):
+            return None
+        return (f"{self.name} was converted by an earlier version of jamcaps-desktop; "
+                f"'jamcaps models install {self.name} --force' rebuilds it (the same results, faster on a GPU)")
 
 
 def installed(name: str) -> InstalledModel:
@@ -294,7 +314,7 @@ def install(name: str, *, local: str | os.PathLike[str] | None = None, accept_li
             onnx_path = staging / "model.onnx"
             onnx_path.write_bytes(model.SerializeToString())
             record = {"manifest": spec, "file": "model.onnx", "sha256": file_sha256(onnx_path),
-                      "labels": labels or spec.get("labels") or []}
+                      "labels": labels or spec.get("labels") or [], "graph_revision": graph_revision(spec)}
             # a text encoder has no labels, nor does a model whose manifest names no source for them
             wants_labels = spec.get("kind") != "text-encoder" and bool(source.get("labels") or spec.get("labels"))
             if wants_labels and not record["labels"]:
