@@ -461,8 +461,8 @@ class _CountingSession:
         self.sizes.append(len(feeds["x"]))
         if self.calls == self.fail_at:
             raise RuntimeError("the device was lost")
-        windows = feeds["x"]
-        return [windows[:, :1] * np.ones((1, 3), dtype=np.float32), windows]
+        windows = feeds["x"]  # [n, values], or model inputs of any shape (a warm-up's)
+        return [windows.reshape(len(windows), -1)[:, :1] * np.ones((1, 3), dtype=np.float32), windows]
 
     def get_providers(self):
         return ["CPUExecutionProvider"]
@@ -528,7 +528,7 @@ def test_a_warm_up_runs_every_model_on_a_full_batch_and_counts_nothing():
     models = _batcher_models([_CountingSession(), _CountingSession()])
     batcher = _Batcher(models, 4, _PassThroughFrontEnds(), full_batches=True)
     try:
-        batcher.warm_up()
+        batcher.warm_up()  # on the model inputs of silence, as the CPU front end makes them: no device needed
         assert [m.session.sizes for m in models] == [[4], [4]]
         back = batcher.add({"id": 0}, _Heard(inputs={models[0].group: np.ones((2, 2), dtype=np.float32)}))
         back += batcher.drain()
@@ -641,3 +641,36 @@ def test_a_warm_up_that_fails_costs_the_job_nothing(installed_models, make_track
         scan(library, [music])
         summary = analyze(library, device="cpu", workers=2, front_ends_on_device=True)
     assert summary.analysed == 4 and not summary.errors
+
+
+def test_a_session_asked_for_by_several_threads_at_once_is_made_once(monkeypatch):
+    """Measuring threads meeting a new sample format together wait for one session instead of each making
+    its own; a session that fails to be made is tried again by the next track."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from jamcaps_desktop.analysis import device_front_ends as module
+
+    front_ends = DeviceFrontEnds({"musicnn": InputSpec(FRONT_ENDS["musicnn-logmel"], 2.992, 187)}, "cpu")
+    made, failures = [], [1]
+    gate = threading.Barrier(4)
+
+    def slow_make(model, device, **kwargs):
+        if failures and failures.pop():
+            raise RuntimeError("out of device memory")
+        made.append(kwargs["name"])
+        time.sleep(0.2)  # every thread asks while the first is still making it
+        return make_session(model, device, **kwargs)
+
+    monkeypatch.setattr(module, "make_session", slow_make)
+    key = (44100, "int16", True)
+    with pytest.raises(RuntimeError, match="out of device memory"):
+        front_ends._decoded_session(key)
+
+    def ask(_):
+        gate.wait()
+        return front_ends._decoded_session(key)
+
+    with ThreadPoolExecutor(4) as pool:
+        sessions = list(pool.map(ask, range(4)))
+    assert len(made) == 1 and all(session is sessions[0] for session in sessions)

@@ -14,7 +14,10 @@ measurement would have made; the loudness takes one run per track (``native_audi
 
 from __future__ import annotations
 
+import functools
 import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -33,6 +36,7 @@ from jamcaps_desktop.audio.tempo import Tempo
 from jamcaps_desktop.audio.tempo import estimate as estimate_tempo
 from jamcaps_desktop.models.engine import make_session
 
+_ONSETS, _PITCHES = object(), object()  # keys of the tempo and key sessions while they are made
 ONSET_STRETCH = 8192  # onset frames per run (82 s)
 PITCH_STRETCH = 512  # key frames per run (131 s)
 
@@ -41,22 +45,40 @@ class DeviceFrontEnds:
     """Sessions for the window front ends of the given model inputs, and for the tempo and key graphs."""
 
     def __init__(self, specs: dict[Any, InputSpec], device: str) -> None:
-        self.windows: dict[Any, Any] = {}
-        for group, spec in specs.items():
-            build = graphs.WINDOW_GRAPHS[spec.front_end.name]
-            model = build(spec.window_samples, spec.frames) if spec.frames else build(spec.window_samples)
-            name = f"the {spec.front_end.name} front end"
-            self.windows[group] = make_session(model.SerializeToString(), device, name=name, varying_shapes=True)
-        self.onsets = make_session(graphs.onset_graph().SerializeToString(), device, name="the onset front end",
-                                   varying_shapes=True)
-        self.pitches = make_session(graphs.pitch_graph().SerializeToString(), device, name="the key front end",
-                                    varying_shapes=True)
+        # the graphs are built and their sessions made side by side: numpy and ONNX Runtime release the
+        # interpreter for most of it, and a job's first track waits for all of them
+        makers = {group: functools.partial(_window_session, spec, device) for group, spec in specs.items()}
+        makers[_ONSETS] = lambda: make_session(graphs.onset_graph().SerializeToString(), device,
+                                               name="the onset front end", varying_shapes=True)
+        makers[_PITCHES] = lambda: make_session(graphs.pitch_graph().SerializeToString(), device,
+                                                name="the key front end", varying_shapes=True)
+        with ThreadPoolExecutor(len(makers), thread_name_prefix="front-end-sessions") as pool:
+            made = {key: pool.submit(maker) for key, maker in makers.items()}
+            sessions = {key: future.result() for key, future in made.items()}
+        self.onsets, self.pitches = sessions.pop(_ONSETS), sessions.pop(_PITCHES)
+        self.windows: dict[Any, Any] = sessions
         provider = self.onsets.get_providers()[0]
         self.device_type = "cuda" if provider == "CUDAExecutionProvider" else "cpu"
         self._device = device
-        self._loudness: dict[int, Any] = {}  # sessions per sample rate
-        self._decoded: dict[tuple[int, str, bool], Any] = {}  # per rate, sample format and layout
-        self._sessions_lock = threading.Lock()  # tracks are measured in several threads: one session each
+        # sessions made when first needed, once each (tracks are measured in several threads)
+        self._made: dict[Any, Future[Any]] = {}
+        self._sessions_lock = threading.Lock()
+
+    def _session(self, key: Any, maker: Callable[[], Any]) -> Any:
+        """The session under ``key``, made by ``maker`` by the first thread that asks; the others wait."""
+        with self._sessions_lock:
+            future = self._made.get(key)
+            mine = future is None
+            if mine:
+                future = self._made[key] = Future()
+        if mine:
+            try:
+                future.set_result(maker())
+            except BaseException as exc:
+                with self._sessions_lock:
+                    del self._made[key]  # the next track tries again
+                future.set_exception(exc)
+        return future.result()
 
     def features(self, group: Any, batch: np.ndarray) -> Any:
         """The model input of a batch of windows, as an OrtValue on the device."""
@@ -80,36 +102,38 @@ class DeviceFrontEnds:
         """The integrated loudness of a track's channels at their own rate, laid out by ``save_native``
         (its file is removed)."""
         try:
-            with self._sessions_lock:
-                if native.rate not in self._loudness:
-                    graph = graphs.loudness_graph(native.rate)
-                    self._loudness[native.rate] = make_session(graph.SerializeToString(), self._device,
-                                                               name="the loudness front end", varying_shapes=True)
+            session = self._session(("loudness", native.rate), lambda: make_session(
+                graphs.loudness_graph(native.rate).SerializeToString(), self._device, name="the loudness front end",
+                varying_shapes=True))
             plan = native.plan
             blocks = native.array.take().reshape(-1, plan.block)
-            power = self._loudness[native.rate].run(None, {graphs.LOUDNESS_BLOCKS: blocks})[0]
+            power = session.run(None, {graphs.LOUDNESS_BLOCKS: blocks})[0]
             return _loudness(power, native.steps, native.rate, native.names, native.peak)
         finally:
             native.remove()
 
     def warm_up(self, formats: list[tuple[int, str, bool]]) -> None:
         """Make the decoded-audio graphs of the given formats (rate, sample type, interleaved), and run every
-        graph once on a second of silence: on a GPU a graph's first run loads its kernels and sets up its
-        memory, which would otherwise hold up the first tracks (the job does this while its workers start)."""
+        graph once on a second of silence, side by side: on a GPU a graph's first run loads its kernels and
+        sets up its memory, which would otherwise hold up the first tracks (the job does this while its
+        workers start)."""
         silence = np.zeros(graphs.MODEL_RATE, dtype=np.float32)
-        self.onsets.run(None, {graphs.SIGNAL: silence})
-        self.pitches.run(None, {graphs.SIGNAL: silence})
+        runs: list[Callable[[], Any]] = [lambda: self.onsets.run(None, {graphs.SIGNAL: silence}),
+                                         lambda: self.pitches.run(None, {graphs.SIGNAL: silence})]
         for rate, dtype, interleaved in formats:
             shape = (rate, 2) if interleaved else (2, rate)
-            self._decoded_session((rate, dtype, interleaved)).run(None, {graphs.RAW: np.zeros(shape, dtype=dtype)})
+            runs.append(functools.partial(self._warm_decoded, (rate, dtype, interleaved), np.zeros(shape, dtype=dtype)))
+        with ThreadPoolExecutor(len(runs), thread_name_prefix="front-end-warm-up") as pool:
+            for future in [pool.submit(run) for run in runs]:
+                future.result()
+
+    def _warm_decoded(self, key: tuple[int, str, bool], samples: np.ndarray) -> None:
+        self._decoded_session(key).run(None, {graphs.RAW: samples})
 
     def _decoded_session(self, key: tuple[int, str, bool]) -> Any:
-        with self._sessions_lock:
-            if key not in self._decoded:
-                graph = graphs.decoded_audio_graph(*key)
-                self._decoded[key] = make_session(graph.SerializeToString(), self._device,
-                                                  name="the decoded-audio front end", varying_shapes=True)
-            return self._decoded[key]
+        return self._session(("decoded", key), lambda: make_session(
+            graphs.decoded_audio_graph(*key).SerializeToString(), self._device, name="the decoded-audio front end",
+            varying_shapes=True))
 
     def decoded(self, raw: RawAudio) -> tuple[np.ndarray, Loudness]:
         """The 16 kHz mono audio and the loudness of a track's decoded samples (its file is removed)."""
@@ -164,6 +188,14 @@ class DeviceFrontEnds:
             stretch = audio[first * hop:(first + count - 1) * hop + fft]
             profile += self.pitches.run(None, {graphs.SIGNAL: _float32(stretch)})[0]
         return profile, frames
+
+
+def _window_session(spec: InputSpec, device: str) -> Any:
+    """A session for the window front end of a model input."""
+    build = graphs.WINDOW_GRAPHS[spec.front_end.name]
+    model = build(spec.window_samples, spec.frames) if spec.frames else build(spec.window_samples)
+    return make_session(model.SerializeToString(), device, name=f"the {spec.front_end.name} front end",
+                        varying_shapes=True)
 
 
 def _loudness(power: np.ndarray, steps: int, rate: int, names: list[str], peak: float) -> Loudness:

@@ -52,16 +52,21 @@ SIGNAL = "signal"  # the tempo and key graphs' input: [samples] of one stretch o
 def _dft_kernels(size: int, bins: np.ndarray, frame_map: np.ndarray | None = None,
                  window: np.ndarray | None = None, fft: int | None = None) -> np.ndarray:
     """[2·bins, size]: rows giving the real then the imaginary part of the chosen DFT bins of each frame,
-    after an optional linear map of the frame (``frame_map``, [size, size]) and window."""
+    after an optional linear map of the frame (``frame_map``, [size, size]) and window.
+
+    The phase n·k is taken modulo the transform's length in integers and its cosine and sine looked up in a
+    table of one period: exact, and several times faster than evaluating them for every entry (the key
+    graph's 8192-sample frames make 16 million of them, which took a second of each job's start). The
+    array is laid out [size, 2·bins] and returned transposed, as ``_transform`` stores it."""
     fft = fft or size
-    n = np.arange(size)
-    angles = 2 * np.pi * np.outer(bins, n) / fft
-    kernels = np.concatenate([np.cos(angles), -np.sin(angles)])
+    phase = np.multiply.outer(np.arange(size, dtype=np.int64), np.asarray(bins, dtype=np.int64)) % fft
+    turn = 2 * np.pi * np.arange(fft) / fft
+    columns = np.concatenate([np.cos(turn)[phase], -np.sin(turn)[phase]], axis=1)  # [size, 2·bins]
     if window is not None:
-        kernels = kernels * window[None, :]
+        columns *= window[:, None]
     if frame_map is not None:
-        kernels = kernels @ frame_map
-    return kernels
+        columns = frame_map.T @ columns
+    return columns.T
 
 
 def _int64(*values: int) -> np.ndarray:
