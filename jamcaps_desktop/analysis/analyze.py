@@ -411,8 +411,8 @@ class _Batcher:
 
     def warm_up(self) -> None:
         """Run each model once on a full batch of silence: a GPU chooses its kernels (cuDNN tries them all) and
-        sets up its memory on a model's first run. The silence's features are the CPU front end's (of the
-        shape the device's gives), so that this needs no front-end session and runs while they are made."""
+        sets up its memory on a model's first run, which the job does while its decoding workers start. The
+        silence's features are the CPU front end's, of the shape the device's gives."""
         for group, models in self.groups.items():
             window = models[0].spec.features(np.zeros(group.window_samples, dtype=np.float32))
             features = np.ascontiguousarray(np.broadcast_to(window.astype(np.float32), (self.batch, *window.shape)))
@@ -564,26 +564,19 @@ def analyze(library: Library, *, models: list[str] | None = None, device: str = 
                 progress(Progress("analyze", stored, len(todo), current=work.row["path"],
                                   message=f"{speed:.0f}× real time"))
 
-        warming: threading.Thread | None = None
         try:
-            batch = BATCH_WINDOWS["cuda" if on_gpu else "cpu"]
-            if on_gpu and todo:  # the models' first runs, beside the making of the front ends
-                warming = threading.Thread(target=_warm_up, args=(_Batcher(loaded, batch),), name="analysis-warm-up")
-                warming.start()
             front_ends = None
             if on_device and todo:  # tempo, key and windows are made beside the model runs, in threads of their own
                 ready: Future[DeviceFrontEnds] = Future()
                 heard_files = _MeasuredAhead(heard_files, ready, list(specs))  # the workers start now
                 front_ends = _made_front_ends(ready, specs, "cuda" if on_gpu else "cpu", todo)
-            batcher = _Batcher(loaded, batch, front_ends, full_batches=on_gpu)
-            if warming is not None:
-                warming.join()
+            batcher = _Batcher(loaded, BATCH_WINDOWS["cuda" if on_gpu else "cpu"], front_ends, full_batches=on_gpu)
+            if on_gpu and todo:
+                batcher.warm_up()
             for row, heard in zip(todo, heard_files, strict=False):
                 store(batcher.add(row, heard))
             store(batcher.drain())  # also after a cancel: what was heard is kept
         finally:
-            if warming is not None:
-                warming.join()
             heard_files.close()
             if batcher is not None:
                 batcher.close()
@@ -599,13 +592,6 @@ _INTEGER_DECODERS = {"flac": ("int16", True), "pcm_s16le": ("int16", True), "pcm
                      "tta": ("int16", True), "alac": ("int16", False), "ape": ("int16", False),
                      "wavpack": ("int16", False), "tak": ("int16", False)}
 WARMED_FORMATS = 3  # the commonest formats among the tracks to analyse get their graphs before the first track
-
-
-def _warm_up(batcher: _Batcher) -> None:
-    try:
-        batcher.warm_up()
-    except Exception:  # only a head start: the first batch reports what fails
-        log.exception("warming up the models failed")
 
 
 def _made_front_ends(ready: Future[DeviceFrontEnds], specs: dict[_Group, InputSpec], device: str,

@@ -14,10 +14,9 @@ measurement would have made; the loudness takes one run per track (``native_audi
 
 from __future__ import annotations
 
-import functools
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
@@ -36,7 +35,6 @@ from jamcaps_desktop.audio.tempo import Tempo
 from jamcaps_desktop.audio.tempo import estimate as estimate_tempo
 from jamcaps_desktop.models.engine import make_session
 
-_ONSETS, _PITCHES = object(), object()  # keys of the tempo and key sessions while they are made
 ONSET_STRETCH = 8192  # onset frames per run (82 s)
 PITCH_STRETCH = 512  # key frames per run (131 s)
 
@@ -45,18 +43,14 @@ class DeviceFrontEnds:
     """Sessions for the window front ends of the given model inputs, and for the tempo and key graphs."""
 
     def __init__(self, specs: dict[Any, InputSpec], device: str) -> None:
-        # the graphs are built and their sessions made side by side: numpy and ONNX Runtime release the
-        # interpreter for most of it, and a job's first track waits for all of them
-        makers = {group: functools.partial(_window_session, spec, device) for group, spec in specs.items()}
-        makers[_ONSETS] = lambda: make_session(graphs.onset_graph().SerializeToString(), device,
-                                               name="the onset front end", varying_shapes=True)
-        makers[_PITCHES] = lambda: make_session(graphs.pitch_graph().SerializeToString(), device,
-                                                name="the key front end", varying_shapes=True)
-        with ThreadPoolExecutor(len(makers), thread_name_prefix="front-end-sessions") as pool:
-            made = {key: pool.submit(maker) for key, maker in makers.items()}
-            sessions = {key: future.result() for key, future in made.items()}
-        self.onsets, self.pitches = sessions.pop(_ONSETS), sessions.pop(_PITCHES)
-        self.windows: dict[Any, Any] = sessions
+        # one after the other: ONNX Runtime's CUDA provider, starting in one thread while another makes a
+        # session or runs a graph for the first time, failed on an H100 ("operation not permitted when
+        # stream is capturing"), and making them side by side gained nothing
+        self.windows: dict[Any, Any] = {group: _window_session(spec, device) for group, spec in specs.items()}
+        self.onsets = make_session(graphs.onset_graph().SerializeToString(), device, name="the onset front end",
+                                   varying_shapes=True)
+        self.pitches = make_session(graphs.pitch_graph().SerializeToString(), device, name="the key front end",
+                                    varying_shapes=True)
         provider = self.onsets.get_providers()[0]
         self.device_type = "cuda" if provider == "CUDAExecutionProvider" else "cpu"
         self._device = device
@@ -114,18 +108,14 @@ class DeviceFrontEnds:
 
     def warm_up(self, formats: list[tuple[int, str, bool]]) -> None:
         """Make the decoded-audio graphs of the given formats (rate, sample type, interleaved), and run every
-        graph once on a second of silence, side by side: on a GPU a graph's first run loads its kernels and
-        sets up its memory, which would otherwise hold up the first tracks (the job does this while its
-        workers start)."""
+        graph once on a second of silence: on a GPU a graph's first run loads its kernels and sets up its
+        memory, which would otherwise hold up the first tracks (the job does this while its workers start)."""
         silence = np.zeros(graphs.MODEL_RATE, dtype=np.float32)
-        runs: list[Callable[[], Any]] = [lambda: self.onsets.run(None, {graphs.SIGNAL: silence}),
-                                         lambda: self.pitches.run(None, {graphs.SIGNAL: silence})]
+        self.onsets.run(None, {graphs.SIGNAL: silence})
+        self.pitches.run(None, {graphs.SIGNAL: silence})
         for rate, dtype, interleaved in formats:
             shape = (rate, 2) if interleaved else (2, rate)
-            runs.append(functools.partial(self._warm_decoded, (rate, dtype, interleaved), np.zeros(shape, dtype=dtype)))
-        with ThreadPoolExecutor(len(runs), thread_name_prefix="front-end-warm-up") as pool:
-            for future in [pool.submit(run) for run in runs]:
-                future.result()
+            self._warm_decoded((rate, dtype, interleaved), np.zeros(shape, dtype=dtype))
 
     def _warm_decoded(self, key: tuple[int, str, bool], samples: np.ndarray) -> None:
         self._decoded_session(key).run(None, {graphs.RAW: samples})
