@@ -241,6 +241,16 @@ def build_onnx(weights: dict[str, np.ndarray], cfg: dict[str, Any], name: str = 
                            const(np.array(-1e4 if half else np.finfo(np.float32).min / 2, dtype=np.float32),
                                  "blocked")])
     blocked = node("Cast", [blocked], to=onnx_dtype)                                   # [B, 1, 1, N]
+    # the padded keys are excluded inside the scores' matrix product: each query gets the extra components
+    # [1, 0 × 7] and each key [blocked, 0 × 7] (eight, so that the product keeps its tensor-core alignment),
+    # which saves a pass over the [B, H, N, N] scores in every layer
+    batch = node("Shape", [x], start=0, end=1)
+    unit = np.zeros((1, 1, 1, 8), dtype=dtype)
+    unit[..., 0] = 1
+    query_extra = node("Expand", [const(unit, "unit"), node("Concat", [batch, ints(heads), tokens, ints(8)], axis=0)])
+    key_extra = node("Concat", [blocked, node("Expand", [const(np.zeros((1, 1, 7, 1), dtype=dtype), "zeros"),
+                                                         node("Concat", [batch, ints(1, 7), tokens], axis=0)])], axis=2)
+    key_extra = node("Expand", [key_extra, node("Concat", [batch, ints(heads, 8), tokens], axis=0)])  # [B, H, 8, N]
     alpha = math.pow(2 * layers, 0.25) if cfg["deep_norm"] else 1.0
     split = ints(0, 0, heads, head_dim)
     merged = ints(0, 0, dim)
@@ -253,7 +263,8 @@ def build_onnx(weights: dict[str, np.ndarray], cfg: dict[str, Any], name: str = 
         q = node("Transpose", [node("Reshape", [q, split])], perm=[0, 2, 1, 3])        # [B, H, N, d] unscaled
         k = node("Transpose", [node("Reshape", [k, split])], perm=[0, 2, 3, 1])        # [B, H, d, N]
         value = node("Transpose", [node("Reshape", [value, split])], perm=[0, 2, 1, 3])
-        scores = node("MatMul", [node("Mul", [q, scalar(head_dim ** -0.5)]), k])      # [B, H, N, N]
+        scores = node("MatMul", [node("Concat", [node("Mul", [q, scalar(head_dim ** -0.5)]), query_extra], axis=3),
+                                 node("Concat", [k, key_extra], axis=2)])            # [B, H, N, N], masked
         if position_bias is not None:
             bias = position_bias
             if cfg["gru_rel_pos"]:
@@ -267,7 +278,6 @@ def build_onnx(weights: dict[str, np.ndarray], cfg: dict[str, Any], name: str = 
                                                                        scalar(1.0)])]), scalar(2.0)])
                 bias = node("Mul", [factor, position_bias])                            # [B, H, N, N]
             scores = node("Add", [scores, bias])
-        scores = node("Add", [scores, blocked])
         context = node("MatMul", [node("Softmax", [scores], axis=-1), value])
         context = node("Reshape", [node("Transpose", [context], perm=[0, 2, 1, 3]), merged])
         attended = linear(context, key + "self_attn.out_proj", dim, dim)

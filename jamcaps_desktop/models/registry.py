@@ -77,7 +77,7 @@ def file_sha256(path: Path) -> str:
 # the revision of the graph each converter builds now; an install records the one it built, so that a model
 # converted by an earlier version of the app (a correct graph, but a slower one) can be told to be rebuilt.
 # musicnn 2: the front end's bias, ReLU and batch norm after the maximum over bands; beats 2: the positional
-# convolution as block products, the GELU in the order ONNX Runtime fuses
+# convolution as block products, the GELU in the order ONNX Runtime fuses, the key mask inside the scores' product
 GRAPH_REVISIONS = {"musicnn": 2, "beats": 2}
 
 
