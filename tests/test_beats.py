@@ -53,8 +53,8 @@ def test_the_graph_runs_with_padding_and_gives_probabilities():
 @pytest.mark.parametrize(("width", "groups"), [(8, 4), (7, 2), (16, 1), (33, 4)])
 def test_the_positional_convolution_as_block_products_equals_the_convolution(width, groups):
     """The graph for a GPU computes the grouped positional convolution as matrix products over blocks of
-    tokens; every length (whole blocks or not, shorter than one block, padded or not) must give the
-    convolution's numbers, for even and odd kernels."""
+    tokens; the whole graph must give the convolution's numbers at every length, padded or not, for even
+    and odd kernels (the next test covers token counts that are not whole blocks)."""
     config = dict(TINY, conv_pos=width, conv_pos_groups=groups)
     weights = random_weights(config, np.random.default_rng(width))
     convolution = _session(build_onnx(weights, config, positional_blocks=False))
@@ -68,6 +68,42 @@ def test_the_positional_convolution_as_block_products_equals_the_convolution(wid
         for expected, got in zip(convolution.run(None, feeds), blocks.run(None, feeds), strict=True):
             assert got.shape == expected.shape
             assert np.abs(got.astype(np.float64) - expected.astype(np.float64)).max() < 1e-5
+
+
+@pytest.mark.parametrize(("width", "groups", "block"), [(8, 4, 8), (7, 2, 3), (16, 1, 5), (33, 4, 8), (1, 2, 4)])
+def test_the_block_products_give_the_convolution_for_any_number_of_tokens(width, groups, block):
+    """``_positional_blocks`` on its own, for token counts that fill no block, some blocks, or whole blocks
+    and a part (BEATs' own frames always give whole blocks of 8), against the convolution written out."""
+    from onnx import TensorProto, helper
+
+    from jamcaps_desktop.models.beats import _positional_blocks, positional_band
+    from jamcaps_desktop.models.onnx_graph import GraphBuilder
+
+    rng = np.random.default_rng(width * 10 + groups)
+    dim = 6 * groups
+    kernel = rng.standard_normal((dim, dim // groups, width)).astype(np.float32)
+    builder = GraphBuilder()
+    band = builder.const(positional_band(kernel, groups, block), "band")
+    out = _positional_blocks(builder, "x", band, dim, groups, width, block)
+    builder.nodes.append(helper.make_node("Identity", [out], ["y"]))
+    graph = helper.make_graph(builder.nodes, "blocks", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                                      ["b", "n", dim])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "n", dim])],
+                              builder.initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    session = _session(model)
+    per_group = dim // groups
+    for tokens in range(1, 3 * block + 2):
+        x = rng.standard_normal((2, tokens, dim)).astype(np.float32)
+        padded = np.pad(x.astype(np.float64), ((0, 0), (width // 2, width), (0, 0)))
+        expected = np.zeros((2, tokens, dim))
+        for group in range(groups):
+            channels = slice(group * per_group, (group + 1) * per_group)
+            for tap in range(width):  # out[n, o] = Σ_c,t kernel[o, c, t]·x[n + t − width//2, c]
+                expected[:, :, channels] += padded[:, tap:tap + tokens, channels] @ kernel[channels, :, tap].T
+        got = session.run(None, {"x": x})[0]
+        assert got.shape == expected.shape and np.abs(got - expected).max() < 1e-4, tokens
 
 
 def test_relative_buckets_follow_the_official_rule():

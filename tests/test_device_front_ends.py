@@ -645,32 +645,42 @@ def test_a_warm_up_that_fails_costs_the_job_nothing(installed_models, make_track
 
 def test_a_session_asked_for_by_several_threads_at_once_is_made_once(monkeypatch):
     """Measuring threads meeting a new sample format together wait for one session instead of each making
-    its own; a session that fails to be made is tried again by the next track."""
+    its own; sessions for different formats are made one at a time (ONNX Runtime's CUDA provider failed to
+    start beside another); a session that fails to be made is tried again by the next track."""
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
     from jamcaps_desktop.analysis import device_front_ends as module
 
     front_ends = DeviceFrontEnds({"musicnn": InputSpec(FRONT_ENDS["musicnn-logmel"], 2.992, 187)}, "cpu")
-    made, failures = [], [1]
-    gate = threading.Barrier(4)
+    made, failures, making, most = [], [1], [0], [0]
+    gate = threading.Barrier(6)
+    count = threading.Lock()
 
     def slow_make(model, device, **kwargs):
         if failures and failures.pop():
             raise RuntimeError("out of device memory")
+        with count:
+            making[0] += 1
+            most[0] = max(most[0], making[0])
         made.append(kwargs["name"])
         time.sleep(0.2)  # every thread asks while the first is still making it
-        return make_session(model, device, **kwargs)
+        try:
+            return make_session(model, device, **kwargs)
+        finally:
+            with count:
+                making[0] -= 1
 
     monkeypatch.setattr(module, "make_session", slow_make)
     key = (44100, "int16", True)
     with pytest.raises(RuntimeError, match="out of device memory"):
         front_ends._decoded_session(key)
 
-    def ask(_):
+    def ask(index):
         gate.wait()
-        return front_ends._decoded_session(key)
+        return front_ends._decoded_session(key if index < 4 else (48000, "float32", False))
 
-    with ThreadPoolExecutor(4) as pool:
-        sessions = list(pool.map(ask, range(4)))
-    assert len(made) == 1 and all(session is sessions[0] for session in sessions)
+    with ThreadPoolExecutor(6) as pool:
+        sessions = list(pool.map(ask, range(6)))
+    assert len(made) == 2 and most[0] == 1
+    assert all(session is sessions[0] for session in sessions[:4]) and sessions[4] is sessions[5]

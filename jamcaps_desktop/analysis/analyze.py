@@ -410,12 +410,16 @@ class _Batcher:
         return self._run(full_only=True)
 
     def warm_up(self) -> None:
-        """Run each model once on a full batch of silence: a GPU chooses its kernels (cuDNN tries them all) and
-        sets up its memory on a model's first run, which the job does while its decoding workers start. The
-        silence's features are the CPU front end's, of the shape the device's gives."""
+        """Run each model (and its window front end, on the device) once on a full batch of silence: a GPU
+        chooses its kernels (cuDNN tries them all) and sets up its memory on a graph's first run, which the
+        job does while its decoding workers start."""
         for group, models in self.groups.items():
-            window = models[0].spec.features(np.zeros(group.window_samples, dtype=np.float32))
-            features = np.ascontiguousarray(np.broadcast_to(window.astype(np.float32), (self.batch, *window.shape)))
+            if self.front_ends is not None:
+                features = self.front_ends.features(group, np.zeros((self.batch, group.window_samples), np.float32))
+            else:
+                window = models[0].spec.features(np.zeros(group.window_samples, dtype=np.float32))
+                features = np.ascontiguousarray(np.broadcast_to(window.astype(np.float32),
+                                                                (self.batch, *window.shape)))
             for model in models:
                 _run_model(model, features, [])
 

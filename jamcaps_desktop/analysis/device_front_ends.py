@@ -54,9 +54,11 @@ class DeviceFrontEnds:
         provider = self.onsets.get_providers()[0]
         self.device_type = "cuda" if provider == "CUDAExecutionProvider" else "cpu"
         self._device = device
-        # sessions made when first needed, once each (tracks are measured in several threads)
+        # sessions made when first needed, once each (tracks are measured in several threads), and one at a
+        # time (see above)
         self._made: dict[Any, Future[Any]] = {}
         self._sessions_lock = threading.Lock()
+        self._making_lock = threading.Lock()
 
     def _session(self, key: Any, maker: Callable[[], Any]) -> Any:
         """The session under ``key``, made by ``maker`` by the first thread that asks; the others wait."""
@@ -67,11 +69,14 @@ class DeviceFrontEnds:
                 future = self._made[key] = Future()
         if mine:
             try:
-                future.set_result(maker())
+                with self._making_lock:
+                    session = maker()
             except BaseException as exc:
                 with self._sessions_lock:
                     del self._made[key]  # the next track tries again
                 future.set_exception(exc)
+            else:
+                future.set_result(session)
         return future.result()
 
     def features(self, group: Any, batch: np.ndarray) -> Any:
@@ -115,10 +120,7 @@ class DeviceFrontEnds:
         self.pitches.run(None, {graphs.SIGNAL: silence})
         for rate, dtype, interleaved in formats:
             shape = (rate, 2) if interleaved else (2, rate)
-            self._warm_decoded((rate, dtype, interleaved), np.zeros(shape, dtype=dtype))
-
-    def _warm_decoded(self, key: tuple[int, str, bool], samples: np.ndarray) -> None:
-        self._decoded_session(key).run(None, {graphs.RAW: samples})
+            self._decoded_session((rate, dtype, interleaved)).run(None, {graphs.RAW: np.zeros(shape, dtype=dtype)})
 
     def _decoded_session(self, key: tuple[int, str, bool]) -> Any:
         return self._session(("decoded", key), lambda: make_session(

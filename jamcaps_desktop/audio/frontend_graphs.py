@@ -59,7 +59,10 @@ def _dft_kernels(size: int, bins: np.ndarray, frame_map: np.ndarray | None = Non
     graph's 8192-sample frames make 16 million of them, which took a second of each job's start). The
     array is laid out [size, 2·bins] and returned transposed, as ``_transform`` stores it."""
     fft = fft or size
-    phase = np.multiply.outer(np.arange(size, dtype=np.int64), np.asarray(bins, dtype=np.int64)) % fft
+    bins = np.asarray(bins)
+    if not np.issubdtype(bins.dtype, np.integer):
+        raise TypeError("the DFT bins must be whole numbers")
+    phase = np.multiply.outer(np.arange(size, dtype=np.int64), bins.astype(np.int64)) % fft
     turn = 2 * np.pi * np.arange(fft) / fft
     columns = np.concatenate([np.cos(turn)[phase], -np.sin(turn)[phase]], axis=1)  # [size, 2·bins]
     if window is not None:

@@ -117,7 +117,8 @@ class InstalledModel:
         if self.record.get("graph_revision", 1) >= graph_revision(self.manifest):
             return None
         return (f"{self.name} was converted by an earlier version of jamcaps-desktop; "
-                f"'jamcaps models install {self.name} --force' rebuilds it (the same results, faster on a GPU)")
+                f"'jamcaps models install {self.name} --force' rebuilds it (the same results, faster on a GPU; "
+                "add --from with its source file on a machine without a network)")
 
 
 def installed(name: str) -> InstalledModel:
