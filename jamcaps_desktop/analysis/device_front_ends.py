@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
@@ -54,30 +53,21 @@ class DeviceFrontEnds:
         provider = self.onsets.get_providers()[0]
         self.device_type = "cuda" if provider == "CUDAExecutionProvider" else "cpu"
         self._device = device
-        # sessions made when first needed, once each (tracks are measured in several threads), and one at a
-        # time (see above)
-        self._made: dict[Any, Future[Any]] = {}
-        self._sessions_lock = threading.Lock()
+        # sessions made when first needed (tracks are measured in several threads): once each, one at a time
+        # (see above)
+        self._sessions: dict[Any, Any] = {}
         self._making_lock = threading.Lock()
 
     def _session(self, key: Any, maker: Callable[[], Any]) -> Any:
-        """The session under ``key``, made by ``maker`` by the first thread that asks; the others wait."""
-        with self._sessions_lock:
-            future = self._made.get(key)
-            mine = future is None
-            if mine:
-                future = self._made[key] = Future()
-        if mine:
-            try:
-                with self._making_lock:
-                    session = maker()
-            except BaseException as exc:
-                with self._sessions_lock:
-                    del self._made[key]  # the next track tries again
-                future.set_exception(exc)
-            else:
-                future.set_result(session)
-        return future.result()
+        """The session under ``key``, made by ``maker`` by the first thread that asks while the others wait
+        (a session that fails to be made is not kept: the next track tries again)."""
+        session = self._sessions.get(key)
+        if session is None:
+            with self._making_lock:
+                session = self._sessions.get(key)
+                if session is None:
+                    session = self._sessions[key] = maker()
+        return session
 
     def features(self, group: Any, batch: np.ndarray) -> Any:
         """The model input of a batch of windows, as an OrtValue on the device."""
