@@ -33,18 +33,17 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from audio_fixtures import cadence, drum_pattern, encode_signal, make_audio
-from machine import report
-
-from jamcaps_desktop.analysis.analyze import analyze
+# Only what decoding needs is imported here: the worker processes (of decoding alone and of the analysis)
+# import this script as they start, as they import the command line's when the app runs; the rest is
+# imported where it is used.
 from jamcaps_desktop.audio.decode import iter_samples
-from jamcaps_desktop.library import Library
-from jamcaps_desktop.scan.scanner import scan
 
 
 def _generated_hour(folder: Path, minutes: int, copies: int = 1) -> Path:
     """Three-minute tracks of drums over chords (a different tempo and key each), MP3 and FLAC in turn;
     with ``copies`` > 1 the set is repeated in sub-folders (more audio without more generating)."""
+    from audio_fixtures import cadence, drum_pattern, encode_signal
+
     folder.mkdir(parents=True, exist_ok=True)
     for copy in range(1, copies):
         (folder / f"copy{copy}").mkdir(exist_ok=True)
@@ -81,6 +80,10 @@ def _measure(folder: Path, workdir: Path, device: str, workers: int, models: lis
              front_ends: tuple[str, ...] = ("auto",), decode_workers: int | None = None) -> dict[str, object]:
     """Decoding alone (with ``decode_workers``, by default as many as the analysis), then the whole analysis
     once per front-end placement (each on a fresh library)."""
+    from jamcaps_desktop.analysis.analyze import analyze
+    from jamcaps_desktop.library import Library
+    from jamcaps_desktop.scan.scanner import scan
+
     out: dict[str, object] = {}
     decode_s = 0.0
     for run, placement in enumerate(front_ends):
@@ -159,6 +162,10 @@ def _model_throughput(device: str, batches: list[int], models: list[str] | None 
 
 
 def _peak_memory_child(path: str, library: str) -> None:
+    from jamcaps_desktop.analysis.analyze import analyze
+    from jamcaps_desktop.library import Library
+    from jamcaps_desktop.scan.scanner import scan
+
     with Library(library) as lib:
         scan(lib, [path])
         analyze(lib, device="cpu", workers=1)
@@ -169,6 +176,9 @@ def main() -> None:
     if len(sys.argv) == 4 and sys.argv[1] == "--peak-child":
         _peak_memory_child(sys.argv[2], sys.argv[3])
         return
+    from audio_fixtures import make_audio
+    from machine import report
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--audio", type=Path, action="append", default=[])
     parser.add_argument("--minutes", type=int, default=60)

@@ -32,7 +32,7 @@ from analysis_benchmark import _decode_all, _generated_hour
 from machine import report
 
 from jamcaps_desktop.analysis import analyze as job
-from jamcaps_desktop.analysis import native_audio
+from jamcaps_desktop.analysis import hearing, native_audio
 from jamcaps_desktop.analysis.device_front_ends import DeviceFrontEnds
 from jamcaps_desktop.library import Library
 from jamcaps_desktop.models import registry
@@ -70,20 +70,20 @@ def _timed(name: str, tracks: int, run: Any) -> dict[str, float]:
 
 
 def _hand_over(path: str, folder: str) -> Any:
-    heard = job._hear_raw(path, folder)
+    heard = hearing._hear_raw(path, folder)
     return heard.raw if heard else None
 
 
 class _Listed:
     """Heard tracks as the job's pipeline takes them (an iterator with ``close``)."""
 
-    def __init__(self, items: list[job._Heard]) -> None:
+    def __init__(self, items: list[hearing.Heard]) -> None:
         self._items = iter(items)
 
-    def __iter__(self) -> Iterator[job._Heard]:
+    def __iter__(self) -> Iterator[hearing.Heard]:
         return self
 
-    def __next__(self) -> job._Heard:
+    def __next__(self) -> hearing.Heard:
         return next(self._items)
 
     def close(self) -> None:
@@ -109,7 +109,9 @@ def main() -> None:
     results: dict[str, Any] = {"tracks": count, "decode_alone_s": round(_decode_all(paths, args.workers + 2), 2)}
     names = args.models.split(",") if args.models else [
         name for name in registry.default_models() if registry.manifest(name).get("kind") != "text-encoder"]
-    loaded = [job._load(name, args.device) for name in names]
+    loaded = [job._prepare(name) for name in names]
+    for model in loaded:
+        job._open(model, args.device)
     specs = {model.group: model.spec for model in loaded}
     groups = list(specs)
     front_ends = DeviceFrontEnds(specs, args.device)
@@ -128,7 +130,7 @@ def main() -> None:
     native_audio.SharedArray.remove = lambda self: None  # every pass reads the same hand-overs
     try:
         for raw in raws[:3]:  # graphs built and run once
-            job._measure_on_device(front_ends, job._Heard(raw=raw), groups)
+            job._measure_on_device(front_ends, hearing.Heard(raw=raw), groups)
         steps = {"decoded": 0.0, "tempo": 0.0, "key": 0.0, "cut": 0.0}
         for raw in raws:
             start = time.perf_counter()
@@ -141,11 +143,11 @@ def main() -> None:
                 steps[step] += time.perf_counter() - start
         results["one_thread_ms_per_track"] = {k: round(1000 * v / len(raws), 1) for k, v in steps.items()}
         print("one thread, ms per track:", results["one_thread_ms_per_track"], flush=True)
-        measured: list[job._Heard] = []
+        measured: list[hearing.Heard] = []
         for threads in (1, 2, 4, 8):
-            measured = [job._Heard(raw=raw) for raw in raws]
+            measured = [hearing.Heard(raw=raw) for raw in raws]
 
-            def measure(threads: int = threads, heard: list[job._Heard] = measured) -> None:
+            def measure(threads: int = threads, heard: list[hearing.Heard] = measured) -> None:
                 with ThreadPoolExecutor(threads) as pool:
                     list(pool.map(lambda h: job._measure_on_device(front_ends, h, groups), heard))
 
@@ -156,7 +158,7 @@ def main() -> None:
                                    full_batches=args.device == "cuda")
             try:
                 for heard in measured:
-                    batcher.add({}, job._Heard(inputs=dict(heard.inputs)))
+                    batcher.add({}, hearing.Heard(inputs=dict(heard.inputs)))
                 batcher.drain()
             finally:
                 batcher.close()
@@ -168,7 +170,7 @@ def main() -> None:
                                    full_batches=args.device == "cuda")
             ready: Future[DeviceFrontEnds] = Future()
             ready.set_result(front_ends)
-            heard_files = job._MeasuredAhead(_Listed([job._Heard(raw=raw) for raw in raws]), ready, groups)
+            heard_files = job._MeasuredAhead(_Listed([hearing.Heard(raw=raw) for raw in raws]), ready, groups)
             try:
                 for heard in heard_files:
                     batcher.add({}, heard)

@@ -223,7 +223,7 @@ def test_a_track_whose_channels_change_midway_keeps_its_results(tmp_path):
     import av
     from audio_fixtures import encode_signal
 
-    from jamcaps_desktop.analysis.analyze import _hear
+    from jamcaps_desktop.analysis.hearing import hear
     from jamcaps_desktop.analysis.native_audio import native_audio_folder, remove_native_files
 
     t = np.arange(44100 * 3) / 44100
@@ -242,7 +242,7 @@ def test_a_track_whose_channels_change_midway_keeps_its_results(tmp_path):
     target = native_audio_folder() or str(tmp_path / "shared-")
     try:
         for folder in (target, None):  # through shared memory, and measured in the worker
-            heard = _hear(str(joined), {}, True, folder)
+            heard = hear(str(joined), {}, True, folder)
             assert heard.error is None and heard.seconds == pytest.approx(6.0, abs=0.2)
             assert heard.native is None and heard.loudness is not None  # the first layout, in the worker
             assert heard.loudness.integrated_lufs == pytest.approx(-13.7, abs=1.0)  # the stereo part alone
@@ -307,7 +307,7 @@ def test_decoded_samples_handed_over_as_they_are_give_the_workers_audio_and_loud
         front_ends, shared_folder, tmp_path, name, codec, container, encoded, rate, channels, dtype, interleaved):
     """The worker only decodes; the device resamples and measures: the same 16 kHz audio as FFmpeg's (to float
     rounding), the same loudness and peak as the worker's own measurement."""
-    from jamcaps_desktop.analysis.analyze import _hear
+    from jamcaps_desktop.analysis.hearing import hear
     from jamcaps_desktop.audio.decode import decode, iter_samples
 
     seconds = 6.3
@@ -320,7 +320,7 @@ def test_decoded_samples_handed_over_as_they_are_give_the_workers_audio_and_loud
     path = tmp_path / name
     _write_pcm(path, planes, rate, codec, container, encoded)
 
-    heard = _hear(str(path), {}, True, shared_folder)
+    heard = hear(str(path), {}, True, shared_folder)
     assert heard.error is None and heard.raw is not None and heard.audio is None and heard.native is None
     raw = heard.raw
     assert (raw.rate, raw.dtype, len(raw.names)) == (rate, dtype, channels)
@@ -350,8 +350,8 @@ def test_tracks_the_device_does_not_take_are_resampled_in_the_worker(shared_fold
     """An unsigned 8-bit file, a rate FFmpeg resamples by interpolating phases, a track shorter than four
     loudness steps, one longer than a worker may hold and a planar one longer than its container says: each
     falls back to the worker's resampling, with the same audio the CPU analysis hears."""
-    import jamcaps_desktop.analysis.analyze as analyze_module
-    from jamcaps_desktop.analysis.analyze import _hear
+    import jamcaps_desktop.analysis.hearing as hearing_module
+    from jamcaps_desktop.analysis.hearing import hear
     from jamcaps_desktop.audio.decode import decode
 
     music = _music(3.0, 44100)
@@ -359,18 +359,18 @@ def test_tracks_the_device_does_not_take_are_resampled_in_the_worker(shared_fold
              "short.wav": ("pcm_s16le", "s16", 44100, music[:12000]),
              "long.wav": ("pcm_s16le", "s16", 44100, np.tile(music, 4))}
     cases["understated.mp3"] = ("libmp3lame", "fltp", 44100, np.tile(music, 3))  # planar, duration understated
-    held = analyze_module.RAW_BYTES
+    held = hearing_module.RAW_BYTES
     for name, (codec, encoded, rate, signal) in cases.items():
         path = tmp_path / name
         container = "mp3" if name.endswith(".mp3") else "wav"
         _write_pcm(path, np.stack([signal, signal * 0.5]), rate, codec, container, encoded)
         if name == "understated.mp3":  # taken as it is, unless its container understated its duration
-            heard = _hear(str(path), {}, True, shared_folder)
+            heard = hear(str(path), {}, True, shared_folder)
             assert heard.raw is not None
             _discard_heard(heard)
-        monkeypatch.setattr(analyze_module, "RAW_BYTES", 800_000 if name == "long.wav" else held)
-        monkeypatch.setattr(analyze_module, "RAW_ROOM_MARGIN", 0.5)  # as if the file stated half its duration
-        heard = _hear(str(path), {}, True, shared_folder)
+        monkeypatch.setattr(hearing_module, "RAW_BYTES", 800_000 if name == "long.wav" else held)
+        monkeypatch.setattr(hearing_module, "RAW_ROOM_MARGIN", 0.5)  # as if the file stated half its duration
+        heard = hear(str(path), {}, True, shared_folder)
         assert heard.error is None and heard.raw is None, name
         audio = heard.audio.take() if isinstance(heard.audio, SharedArray) else heard.audio
         assert np.array_equal(audio, decode(str(path), 16000)), name
@@ -379,16 +379,16 @@ def test_tracks_the_device_does_not_take_are_resampled_in_the_worker(shared_fold
 
 
 def _discard_heard(heard) -> None:
-    from jamcaps_desktop.analysis.analyze import _discard
+    from jamcaps_desktop.analysis.hearing import discard
 
-    _discard(heard)
+    discard(heard)
 
 
 def test_a_full_shared_memory_leaves_no_file_and_the_worker_resamples(shared_folder, tmp_path, monkeypatch):
     """The folder fills up while a worker writes a track's samples, or as it moves a planar track's channels
     together: its file goes, and the worker hands the track over the other way (which here finds room)."""
     from jamcaps_desktop.analysis import native_audio
-    from jamcaps_desktop.analysis.analyze import _hear
+    from jamcaps_desktop.analysis.hearing import hear
 
     music = _music(9.0, 44100)
     paths = []
@@ -405,14 +405,14 @@ def test_a_full_shared_memory_leaves_no_file_and_the_worker_resamples(shared_fol
 
         before = _job_files(shared_folder)
         monkeypatch.setattr(native_audio.os, "pwrite", filling_pwrite)
-        heard = _hear(str(path), {}, True, shared_folder)
+        heard = hear(str(path), {}, True, shared_folder)
         monkeypatch.setattr(native_audio.os, "pwrite", real_pwrite)
         assert len(writes) == 3 and heard.error is None and heard.raw is None and heard.audio is not None
         _discard_heard(heard)
         assert _job_files(shared_folder) == before
     # full just as the planar channels are moved together at the end
     monkeypatch.setattr(native_audio.os, "pread", lambda fd, size, offset: b"")
-    heard = _hear(str(paths[1]), {}, True, shared_folder)
+    heard = hear(str(paths[1]), {}, True, shared_folder)
     assert heard.error is None and heard.raw is None and heard.audio is not None
     _discard_heard(heard)
     assert _job_files(shared_folder) == before
@@ -421,13 +421,13 @@ def test_a_full_shared_memory_leaves_no_file_and_the_worker_resamples(shared_fol
 def test_eight_channels_are_handed_over_and_mixed_down(front_ends, shared_folder, tmp_path):
     from audio_fixtures import encode_planes
 
-    from jamcaps_desktop.analysis.analyze import _hear
+    from jamcaps_desktop.analysis.hearing import hear
     from jamcaps_desktop.audio.decode import decode
 
     music = _music(4.0, 48000)
     planes = np.stack([music * (0.2 + 0.05 * c) for c in range(8)])
     path = encode_planes(tmp_path / "surround.m4a", planes, 48000, "7.1")
-    heard = _hear(str(path), {}, True, shared_folder)
+    heard = hear(str(path), {}, True, shared_folder)
     assert heard.error is None and heard.raw is not None and len(heard.raw.names) == 8
     audio, loudness = front_ends.decoded(heard.raw)
     expected = decode(str(path), 16000)
@@ -489,7 +489,8 @@ def test_batches_in_flight_give_each_track_its_own_windows_in_order(full_batches
     next batch is put together: every track gets the sums of exactly its windows, tracks come back in
     order, and only once every window of theirs has been through both models. With ``full_batches`` (a
     GPU) the last batch is filled up with silence, which no track's sums take in."""
-    from jamcaps_desktop.analysis.analyze import _Batcher, _Heard
+    from jamcaps_desktop.analysis.analyze import _Batcher
+    from jamcaps_desktop.analysis.hearing import Heard
 
     models = _batcher_models([_CountingSession(), _CountingSession()])
     group = models[0].group
@@ -500,7 +501,7 @@ def test_batches_in_flight_give_each_track_its_own_windows_in_order(full_batches
     back = []
     try:
         for i in range(len(counts)):
-            heard = _Heard(inputs={group: windows[i]} if counts[i] else {})
+            heard = Heard(inputs={group: windows[i]} if counts[i] else {})
             back += batcher.add({"id": i}, heard)
             assert all(w.finished() for w in back)
         back += batcher.drain()
@@ -523,14 +524,15 @@ def test_batches_in_flight_give_each_track_its_own_windows_in_order(full_batches
 
 
 def test_a_warm_up_runs_every_model_on_a_full_batch_and_counts_nothing():
-    from jamcaps_desktop.analysis.analyze import _Batcher, _Heard
+    from jamcaps_desktop.analysis.analyze import _Batcher
+    from jamcaps_desktop.analysis.hearing import Heard
 
     models = _batcher_models([_CountingSession(), _CountingSession()])
     batcher = _Batcher(models, 4, _PassThroughFrontEnds(), full_batches=True)
     try:
         batcher.warm_up()  # on the model inputs of silence, as the CPU front end makes them: no device needed
         assert [m.session.sizes for m in models] == [[4], [4]]
-        back = batcher.add({"id": 0}, _Heard(inputs={models[0].group: np.ones((2, 2), dtype=np.float32)}))
+        back = batcher.add({"id": 0}, Heard(inputs={models[0].group: np.ones((2, 2), dtype=np.float32)}))
         back += batcher.drain()
     finally:
         batcher.close()
@@ -539,7 +541,8 @@ def test_a_warm_up_runs_every_model_on_a_full_batch_and_counts_nothing():
 
 
 def test_a_model_failing_in_flight_stops_the_job_with_its_error():
-    from jamcaps_desktop.analysis.analyze import _Batcher, _Heard
+    from jamcaps_desktop.analysis.analyze import _Batcher
+    from jamcaps_desktop.analysis.hearing import Heard
 
     models = _batcher_models([_CountingSession(fail_at=2)])
     batcher = _Batcher(models, 4, _PassThroughFrontEnds())
@@ -547,7 +550,7 @@ def test_a_model_failing_in_flight_stops_the_job_with_its_error():
     try:
         with pytest.raises(RuntimeError, match="device was lost"):
             for i in range(10):
-                batcher.add({"id": i}, _Heard(inputs={group: np.ones((3, 2), dtype=np.float32)}))
+                batcher.add({"id": i}, Heard(inputs={group: np.ones((3, 2), dtype=np.float32)}))
             batcher.drain()
     finally:
         batcher.close()  # returns: nothing is left running
@@ -591,12 +594,13 @@ def test_a_track_the_device_fails_to_measure_is_decoded_again_and_kept(installed
         assert max(abs(labels[k] - other_labels[k]) for k in labels) < 2e-4
 
 
-def test_front_ends_that_cannot_be_made_stop_the_job_with_their_error(installed_models, make_track, tmp_path,
-                                                                     monkeypatch):
-    """The decoding workers start before the front ends are made: where making them fails, the job ends with
-    that error, the workers stop, and no track's audio is left in shared memory."""
+@pytest.mark.parametrize("failing_part", ["front ends", "model"])
+def test_a_session_that_cannot_be_made_stops_the_job_with_its_error(installed_models, make_track, tmp_path,
+                                                                    monkeypatch, failing_part):
+    """The decoding workers start before the models' and the front ends' sessions are made: where making one
+    fails, the job ends with that error, the workers stop, and no track's audio is left in shared memory."""
+    from jamcaps_desktop.analysis import analyze as analyze_module
     from jamcaps_desktop.analysis import native_audio
-    from jamcaps_desktop.analysis.analyze import analyze
     from jamcaps_desktop.library import Library
     from jamcaps_desktop.scan.scanner import scan
 
@@ -604,9 +608,9 @@ def test_front_ends_that_cannot_be_made_stop_the_job_with_their_error(installed_
     for i, fmt in enumerate(("mp3", "flac", "wav", "ogg", "mp3")):
         make_track(music, fmt, name=f"t{i}")
 
-    def failing(self, specs, device):
+    def failing(*_args, **_kwargs):
         time.sleep(0.5)  # the workers are decoding by now
-        raise RuntimeError("no device memory for the front ends")
+        raise RuntimeError("no device memory for the sessions")
 
     folders: list[str | None] = []
 
@@ -614,14 +618,53 @@ def test_front_ends_that_cannot_be_made_stop_the_job_with_their_error(installed_
         folders.append(native_audio.native_audio_folder())
         return folders[-1]
 
-    monkeypatch.setattr("jamcaps_desktop.analysis.analyze.native_audio_folder", recorded_folder)
-    monkeypatch.setattr(DeviceFrontEnds, "__init__", failing)
+    monkeypatch.setattr(analyze_module, "native_audio_folder", recorded_folder)
+    if failing_part == "front ends":
+        monkeypatch.setattr(DeviceFrontEnds, "__init__", failing)
+    else:
+        monkeypatch.setattr(analyze_module, "make_session", failing)
     with Library(tmp_path / "lib.sqlite") as library:
         scan(library, [music])
         with pytest.raises(RuntimeError, match="no device memory"):
-            analyze(library, device="cpu", workers=2, front_ends_on_device=True)
+            analyze_module.analyze(library, device="cpu", workers=2, front_ends_on_device=True)
         assert library.conn.execute("SELECT COUNT(*) FROM analyses").fetchone()[0] == 0
     assert folders and not (folders[0] and glob.glob(folders[0] + "*"))
+
+
+def test_tracks_are_decoded_while_the_models_sessions_are_made(installed_models, make_track, tmp_path,
+                                                               monkeypatch):
+    """Making the models' sessions takes seconds on a GPU (CUDA starts): the workers decode meanwhile."""
+    from jamcaps_desktop.analysis import analyze as analyze_module
+    from jamcaps_desktop.analysis import native_audio
+    from jamcaps_desktop.library import Library
+    from jamcaps_desktop.scan.scanner import scan
+
+    music = tmp_path / "music"
+    for i, fmt in enumerate(("mp3", "flac", "wav", "ogg", "mp3", "flac")):
+        make_track(music, fmt, name=f"t{i}")
+    folders: list[str] = []
+    seen_while_opening: list[bool] = []
+    opening = analyze_module._open
+
+    def recorded_folder():
+        folders.append(native_audio.native_audio_folder())
+        return folders[-1]
+
+    def slow_open(model, device):
+        deadline = time.monotonic() + 30
+        while not glob.glob(folders[0] + "*") and time.monotonic() < deadline:  # a worker's decoded audio
+            time.sleep(0.02)
+        seen_while_opening.append(bool(glob.glob(folders[0] + "*")))
+        opening(model, device)
+
+    monkeypatch.setattr(analyze_module, "native_audio_folder", recorded_folder)
+    monkeypatch.setattr(analyze_module, "_open", slow_open)
+    with Library(tmp_path / "lib.sqlite") as library:
+        scan(library, [music])
+        summary = analyze_module.analyze(library, device="cpu", workers=2, front_ends_on_device=True)
+    assert seen_while_opening and seen_while_opening[0]
+    assert summary.analysed == 6 and not summary.errors
+    assert not glob.glob(folders[0] + "*")
 
 
 def test_a_warm_up_that_fails_costs_the_job_nothing(installed_models, make_track, tmp_path, monkeypatch):
@@ -684,3 +727,106 @@ def test_a_session_asked_for_by_several_threads_at_once_is_made_once(monkeypatch
         sessions = list(pool.map(ask, range(6)))
     assert len(made) == 2 and most[0] == 1
     assert all(session is sessions[0] for session in sessions[:4]) and sessions[4] is sessions[5]
+
+
+def test_graphs_built_ahead_are_the_graphs_and_are_handed_over_once(monkeypatch):
+    """The front ends' graphs built in a thread of their own are byte for byte the graphs built in place; a
+    graph is handed over once (asked again, or never queued, it is built in place); one whose building
+    fails ahead is built again in place; closing drops what was not taken."""
+    import threading
+
+    from jamcaps_desktop.analysis import device_front_ends as module
+
+    group = "musicnn"
+    spec = InputSpec(FRONT_ENDS["musicnn-logmel"], 2.992, 187)
+    key = (44100, "int16", True)
+    built = module.GraphsAhead({group: spec}, [key])
+    deadline = time.monotonic() + 60
+    while not all(f.done() for f in built._futures.values()) and time.monotonic() < deadline:
+        time.sleep(0.05)  # every graph built ahead
+    assert built.graph(("pitch",), lambda: b"built in place") == graphs.pitch_graph().SerializeToString()
+    assert built.graph(("window", group), lambda: b"built in place") == module._window_graph(spec)
+    assert built.graph(("decoded", key), lambda: b"built in place") == (
+        graphs.decoded_audio_graph(*key).SerializeToString())
+    assert built.graph(("pitch",), lambda: b"built in place") == b"built in place"  # handed over once
+    assert built.graph(("never queued",), lambda: b"built in place") == b"built in place"
+
+    release = threading.Event()
+    calls: list[str] = []
+
+    def slow_onsets() -> bytes:
+        calls.append("onset")
+        release.wait(10)
+        return b"onsets"
+
+    def failing() -> bytes:
+        calls.append("pitch")
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(module, "_onset_graph", slow_onsets)
+    monkeypatch.setattr(module, "_pitch_graph", failing)
+    monkeypatch.setattr(module, "_window_graph", lambda spec: b"window")
+    built = module.GraphsAhead({group: spec}, [key])
+    assert built.graph(("window", group), lambda: b"in place") == b"window"
+    deadline = time.monotonic() + 10
+    while "onset" not in calls and time.monotonic() < deadline:
+        time.sleep(0.01)
+    # the decoded graph waits behind the onset graph: taken before its turn, it is built in place
+    assert built.graph(("decoded", key), lambda: b"decoded in place") == b"decoded in place"
+    release.set()
+    assert built.graph(("onset",), lambda: b"in place") == b"onsets"
+    assert built.graph(("pitch",), lambda: b"pitch in place") == b"pitch in place"  # its building failed ahead
+    built = module.GraphsAhead({group: spec}, [key])
+    built.close()
+    assert built.graph(("pitch",), lambda: b"after closing") == b"after closing"
+
+
+def test_a_gpu_that_fails_to_start_leaves_the_models_on_the_cpu_with_the_same_results(
+        installed_models, make_track, tmp_path, monkeypatch):
+    """The workers start before the sessions, on the word of a CUDA provider being there; where it then fails
+    to start, the job says so, runs on the CPU, and every track gets the results a CPU job gives."""
+    import logging
+
+    from jamcaps_desktop.analysis import analyze as analyze_module
+    from jamcaps_desktop.library import Library
+    from jamcaps_desktop.scan.scanner import scan
+
+    music = tmp_path / "music"
+    for i, fmt in enumerate(("mp3", "flac", "wav", "ogg")):
+        make_track(music, fmt, name=f"t{i}")
+    results = []
+    for expected_gpu in (False, True):
+        monkeypatch.setattr(analyze_module, "cuda_wanted", lambda _device, gpu=expected_gpu: gpu)
+        with Library(tmp_path / f"lib{expected_gpu}.sqlite") as library:
+            scan(library, [music])
+            with _captured_warnings(logging.getLogger("jamcaps_desktop.analysis.analyze")) as warnings:
+                summary = analyze_module.analyze(library, device="cpu", workers=2)
+            assert summary.analysed == 4 and not summary.errors
+            assert summary.device == "CPUExecutionProvider"
+            assert any("CUDA could not start" in w for w in warnings) == expected_gpu
+            results.append(library.conn.execute(
+                "SELECT t.path, a.model, a.labels, a.windows, f.bpm, f.key, round(f.loudness_lufs, 2) "
+                "FROM analyses a JOIN tracks t ON t.id = a.track_id JOIN track_features f ON f.track_id = t.id "
+                "ORDER BY t.path, a.model").fetchall())
+    assert len(results[0]) == 8
+    for cpu, fallback in zip(*results, strict=True):
+        assert cpu[:2] == fallback[:2] and cpu[3:] == fallback[3:]
+        cpu_labels, fallback_labels = json.loads(cpu[2]), json.loads(fallback[2])
+        assert cpu_labels.keys() == fallback_labels.keys()
+        assert max(abs(cpu_labels[k] - fallback_labels[k]) for k in cpu_labels) < 1e-3
+
+
+class _captured_warnings:
+    def __init__(self, logger):
+        import logging
+
+        self.logger, self.lines = logger, []
+        self.handler = logging.Handler(logging.WARNING)
+        self.handler.emit = lambda record: self.lines.append(record.getMessage())
+
+    def __enter__(self):
+        self.logger.addHandler(self.handler)
+        return self.lines
+
+    def __exit__(self, *exc):
+        self.logger.removeHandler(self.handler)

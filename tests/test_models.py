@@ -197,6 +197,6 @@ def test_tf32_reaches_cuda_only_for_models_whose_manifest_accepts_it(monkeypatch
     assert all(spec.get("cuda_math") is None for name, spec in registry.manifests().items()
                if not name.startswith("musicnn"))
     registry.install("musicnn-mtt", local=musicnn_wheel_file)
-    analysis._load("musicnn-mtt", "cuda")
+    analysis._open(analysis._prepare("musicnn-mtt"), "cuda")
     make_session(b"not used by the fake", "cuda", name="a built-in graph")
     assert [options["use_tf32"] for options in asked] == ["1", "0"]

@@ -35,31 +35,17 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import av
 import numpy as np
 
-from jamcaps_desktop.analysis.device_front_ends import DeviceFrontEnds
+from jamcaps_desktop.analysis.device_front_ends import DeviceFrontEnds, GraphsAhead
+from jamcaps_desktop.analysis.hearing import MEASURE_RATE, Heard, discard, hear
 from jamcaps_desktop.analysis.native_audio import (
-    NATIVE_BYTES,
-    RAW_BYTES,
-    RAW_FORMATS,
-    NativeAudio,
-    RawAudio,
-    RawWriter,
     SharedArray,
     native_audio_folder,
     remove_native_files,
-    save_array,
-    save_native,
 )
 from jamcaps_desktop.audio import frontends, resampler
-from jamcaps_desktop.audio.decode import DecodeError, DecodeStats, iter_frames, iter_outputs
-from jamcaps_desktop.audio.frontends import InputSpec, Windower
-from jamcaps_desktop.audio.key import Key, PitchProfile
-from jamcaps_desktop.audio.key import estimate as estimate_key
-from jamcaps_desktop.audio.loudness import Loudness, LoudnessMeter, step_samples
-from jamcaps_desktop.audio.tempo import OnsetEnvelope, Tempo
-from jamcaps_desktop.audio.tempo import estimate as estimate_tempo
+from jamcaps_desktop.audio.frontends import InputSpec
 from jamcaps_desktop.jobs.base import CancelToken, Progress, ProgressCallback, no_progress
 from jamcaps_desktop.jobs.workers import in_order, single_threaded_workers
 from jamcaps_desktop.library.database import Library, utc_now
@@ -71,9 +57,6 @@ log = logging.getLogger(__name__)
 
 BATCH_WINDOWS = {"cpu": 1, "cuda": 64}  # CPU: one window at a time measured fastest (and smallest)
 PARALLEL_ANALYSIS_THRESHOLD = 4  # fewer files than this are decoded in the job's own process
-MEASURE_RATE = 16000  # tempo and key are measured on the 16 kHz decode
-RAW_BLOCK = 65536  # decoded samples a worker gathers before it writes them to shared memory
-RAW_ROOM_MARGIN = 1.1  # a planar channel's room in shared memory: the stated duration times this, and 2 s
 FEATURES_VERSION = 2  # 1: loudness; 2: + tempo and key. Older measurements are redone.
 
 
@@ -122,183 +105,16 @@ def _audio_key(row: dict[str, Any]) -> str:
     return f"{row['codec']}|{row['sample_rate']}|{row['channels']}|{round(row['duration'] or 0, 2)}"
 
 
-@dataclass
-class _Heard:
-    """What a worker extracts from one file: model inputs per group, and the signal measurements."""
-
-    inputs: dict[_Group, np.ndarray] = field(default_factory=dict)
-    seconds: float = 0.0
-    loudness: Loudness | None = None
-    tempo: Tempo | None = None
-    key: Key | None = None
-    error: str | None = None
-    audio: np.ndarray | SharedArray | None = None  # the 16 kHz mono audio, where the front ends run on the GPU
-    native: NativeAudio | None = None  # the audio at its own rate, for the loudness on the models' device
-    raw: RawAudio | None = None  # the decoded samples as they are, resampled and measured on the models' device
-    source: str | None = None  # the file, where it may have to be decoded again (the device failed on ``raw``)
-
-
-def _hear(path: str, specs: dict[_Group, InputSpec], ship_audio: bool = False,
-          native_folder: str | None = None, decoded_samples: bool = True) -> _Heard:
-    """Decode one file once and compute every group's model inputs and the measurements (runs in a worker).
-    With ``ship_audio`` the worker hands the audio over instead, for the front ends on the models' device
-    (``device_front_ends``): where there is shared memory (``native_folder``), the decoded samples as
-    they are, which the device resamples and measures; for formats, rates and lengths it does not take,
-    the 16 kHz audio and the audio at its own rate for the loudness; without shared memory, the 16 kHz
-    audio, the worker measuring the loudness itself. (``decoded_samples=False`` always hands over the 16 kHz
-    audio, as before the device resampled: for comparing the two.)"""
-    try:
-        if not ship_audio:
-            return _hear_features(path, specs)
-        heard = _hear_raw(path, native_folder) if native_folder and decoded_samples else None
-        return heard or _hear_audio(path, native_folder)
-    except DecodeError as exc:
-        return _Heard(error=str(exc))
-    except Exception as exc:  # one file the decoding trips over never stops the batch
-        log.exception("decoding %s failed", path)
-        return _Heard(error=f"the audio could not be decoded ({type(exc).__name__}: {exc})")
-
-
-def _hear_features(path: str, specs: dict[_Group, InputSpec]) -> _Heard:
-    heard = _Heard()
-    rates = [MEASURE_RATE, *sorted({spec.sample_rate for spec in specs.values()} - {MEASURE_RATE})]
-    outputs: list[tuple[int | None, bool]] = [(rate, True) for rate in rates] + [(None, False)]  # loudness: own rate
-    loudness_output = len(outputs) - 1
-    windowers = {group: Windower(group.window_samples) for group in specs}
-    by_rate = {index: [g for g in specs if specs[g].sample_rate == rate] for index, rate in enumerate(rates)}
-    features: dict[_Group, list[np.ndarray]] = {group: [] for group in specs}
-    onsets, pitches = OnsetEnvelope(), PitchProfile()
-    meter: LoudnessMeter | None = None
-    stats = DecodeStats()
-    for index, chunk in iter_outputs(path, outputs, stats=stats):
-        if index == loudness_output:
-            meter = meter or LoudnessMeter(stats.source_rate)
-            meter.feed(chunk)
-            continue
-        for group in by_rate[index]:
-            features[group].extend(specs[group].features(w) for w in windowers[group].feed(chunk))
-        if index == 0:
-            onsets.feed(chunk)
-            pitches.feed(chunk)
-    for group, windower in windowers.items():
-        features[group].extend(specs[group].features(w) for w in windower.finish())
-        if features[group]:
-            heard.inputs[group] = np.stack(features[group]).astype(np.float32, copy=False)
-    if specs and not heard.inputs:
-        return _Heard(error="no audio could be decoded from the file")
-    heard.seconds = stats.samples / MEASURE_RATE
-    heard.tempo = estimate_tempo(onsets.envelope())
-    heard.key = estimate_key(pitches.profile(), pitches.frames)
-    heard.loudness = meter.result(stats.channels) if meter else None
-    return heard
-
-
-def _hear_raw(path: str, native_folder: str) -> _Heard | None:
-    """Decode only: the decoder's samples go to shared memory as they are (the decoding workers limit the
-    analysis on a GPU, and converting and resampling cost them about as much again as decoding). None
-    where the device cannot take the track: a sample format or rate ratio it does not handle, a format
-    that changes midway, a very long or very short track, no room in shared memory."""
-    stats = DecodeStats()
-    writer: RawWriter | None = None
-    shape: tuple[str, str, int] | None = None
-    names: list[str] = []
-    fifo = av.AudioFifo()  # frames gathered into blocks: one write per block and plane
-    try:
-        for frame in iter_frames(path, stats):
-            current = (frame.format.name, frame.layout.name, frame.sample_rate)
-            if writer is None:
-                writer = _raw_writer(frame, stats, native_folder)
-                if writer is None:
-                    return None
-                shape, names = current, [channel.name for channel in frame.layout.channels]
-            elif current != shape:  # a FIFO must never be given frames of another format
-                return None
-            fifo.write(frame)
-            if fifo.samples >= RAW_BLOCK and (not writer.write(fifo.read(RAW_BLOCK)) or writer.bytes() > RAW_BYTES):
-                return None
-        if writer is None or (fifo.samples and not writer.write(fifo.read())):
-            return None
-        rate = shape[2] if shape else 0
-        if writer.length < max(4 * step_samples(rate), resampler.shortest(rate, MEASURE_RATE)):
-            return None
-        try:
-            raw = writer.finish(rate, names)
-        except OSError:  # no room left in shared memory to move the channels together
-            return None
-        writer = None
-    finally:
-        if writer is not None:
-            writer.discard()
-    return _Heard(seconds=resampler.output_length(rate, MEASURE_RATE, raw.length) / MEASURE_RATE, raw=raw,
-                  source=path)
-
-
-def _raw_writer(frame: Any, stats: DecodeStats, native_folder: str) -> RawWriter | None:
-    """A writer for a track whose first decoded frame is ``frame``; None where the device cannot take it."""
-    kind = RAW_FORMATS.get(frame.format.name)
-    rate = frame.sample_rate
-    if kind is None or not rate or not resampler.exact(rate, MEASURE_RATE):
-        return None
-    dtype, channels, interleaved = np.dtype(kind), len(frame.layout.channels), not frame.format.is_planar
-    room = RAW_BYTES // dtype.itemsize
-    if not interleaved and channels > 1:  # each channel's region: the stated duration and a margin
-        if not stats.expected_seconds:
-            return None
-        room = min(room // channels, int(stats.expected_seconds * RAW_ROOM_MARGIN * rate) + 2 * rate)
-    try:
-        return RawWriter(native_folder, dtype, channels, interleaved, room)
-    except OSError:
-        return None
-
-
-def _hear_audio(path: str, native_folder: str | None) -> _Heard:
-    chunks: list[np.ndarray] = []
-    native: list[np.ndarray] = []
-    held = 0
-    meter: LoudnessMeter | None = None
-    stats = DecodeStats()
-    for index, chunk in iter_outputs(path, [(MEASURE_RATE, True), (None, False)], stats=stats):
-        if index == 0:
-            chunks.append(chunk)
-            continue
-        if (meter is None and native_folder and held + chunk.nbytes <= NATIVE_BYTES
-                and (not native or chunk.shape[0] == native[0].shape[0])):
-            native.append(chunk)
-            held += chunk.nbytes
-            continue
-        if meter is None:  # a long file, or one whose channels changed: measured here, as it streams
-            meter, native = _meter_of(native, stats.source_rate), []
-        meter.feed(chunk)
-    audio = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
-    heard = _Heard(seconds=stats.samples / MEASURE_RATE, audio=audio)
-    if native_folder:
-        heard.audio = save_array(audio, native_folder) or audio
-    if native and native_folder:
-        heard.native = save_native(native, stats.source_rate, stats.channels, native_folder)
-        if heard.native is None:  # no room in shared memory, or too short: measured here after all
-            meter = _meter_of(native, stats.source_rate)
-    if meter is not None:
-        heard.loudness = meter.result(stats.channels)
-    return heard
-
-
-def _meter_of(chunks: list[np.ndarray], rate: int) -> LoudnessMeter:
-    meter = LoudnessMeter(rate)
-    for chunk in chunks:
-        meter.feed(chunk)
-    return meter
-
-
 def _heard_in_order(paths: list[str], specs: dict[_Group, InputSpec], cancel: CancelToken,
                     workers: int | None, ship_audio: bool = False, native_folder: str | None = None,
-                    decoded_samples: bool = True) -> Iterator[_Heard]:
+                    decoded_samples: bool = True) -> Iterator[Heard]:
     """Decoded inputs per file, in order; decoding runs in worker processes when there are several files,
     so the models are fed while the next files are decoded."""
     count = workers if workers is not None else 1
-    hear = functools.partial(_hear, specs=specs, ship_audio=ship_audio, native_folder=native_folder,
-                             decoded_samples=decoded_samples)
-    return in_order(hear, paths, count, cancel, ahead=_files_in_flight(count, ship_audio),
-                    crashed=lambda _path: _Heard(error="the decoder crashed on this file"), discard=_discard,
+    one = functools.partial(hear, specs=specs, ship_audio=ship_audio, native_folder=native_folder,
+                            decoded_samples=decoded_samples)
+    return in_order(one, paths, count, cancel, ahead=_files_in_flight(count, ship_audio),
+                    crashed=lambda _path: Heard(error="the decoder crashed on this file"), discard=discard,
                     sequential_below=PARALLEL_ANALYSIS_THRESHOLD)
 
 
@@ -308,16 +124,6 @@ def _files_in_flight(workers: int, ship_audio: bool) -> int:
     Where the workers only decode for a GPU, twice as many (each holds about 45 MB of shared memory per
     three-minute track): on an H200 that measured 0.63 and 0.68 of decode-alone against 0.62."""
     return (2 * workers if ship_audio else workers) + 1
-
-
-def _discard(heard: _Heard) -> None:
-    """Remove the shared-memory files of a track that will not be measured."""
-    if isinstance(heard.audio, SharedArray):
-        heard.audio.remove()
-    if heard.native is not None:
-        heard.native.remove()
-    if heard.raw is not None:
-        heard.raw.remove()
 
 
 def _todo(library: Library, models: list[_Loaded], limit: int | None) -> tuple[list[dict[str, Any]], int]:
@@ -340,29 +146,37 @@ def _todo(library: Library, models: list[_Loaded], limit: int | None) -> tuple[l
     return (todo[:limit] if limit else todo), skipped
 
 
-def _load(name: str, device: str) -> _Loaded:
-    model = registry.verify(name, thorough=False)  # ModelError names the install command
-    if model.rebuild_hint:
-        log.warning(model.rebuild_hint)
+def _prepare(name: str) -> _Loaded:
+    """A model as its manifest describes it, its session not made yet (``_open``): what the decoding
+    workers need to start."""
+    model = registry.installed(name)  # ModelError names the install command
     spec = model.manifest
     try:
         input_spec = frontends.input_spec(spec["input"])
     except frontends.UnknownFrontEnd as exc:
         raise registry.ModelError(f"{name}: {exc}") from exc
     outputs = spec.get("outputs", {})
+    return _Loaded(name, model.version, model.labels, None, input_spec, spec["input"]["name"],
+                   outputs.get("labels"), outputs.get("embedding"), spec["input"].get("mask"))
+
+
+def _open(model: _Loaded, device: str) -> None:
+    """Check a prepared model's files and make its session."""
+    installed = registry.verify(model.name, thorough=False)  # ModelError names the install command
+    if installed.rebuild_hint:
+        log.warning(installed.rebuild_hint)
     session = None
-    if model.fp16_path is not None and cuda_wanted(device):  # the float16 graph, where it runs on CUDA
-        session = make_session(model.fp16_path, device)
+    if installed.fp16_path is not None and cuda_wanted(device):  # the float16 graph, where it runs on CUDA
+        session = make_session(installed.fp16_path, device)
         if session.get_providers()[0] != "CUDAExecutionProvider":
             session = None
     if session is None:
         try:  # the app's current manifest says how the model may compute on CUDA
-            tf32 = registry.manifest(name).get("cuda_math") == "tf32"
+            tf32 = registry.manifest(model.name).get("cuda_math") == "tf32"
         except registry.ModelError:
             tf32 = False
-        session = make_session(model.onnx_path, device, tf32=tf32)
-    return _Loaded(name, model.version, model.labels, session, input_spec, spec["input"]["name"],
-                   outputs.get("labels"), outputs.get("embedding"), spec["input"].get("mask"))
+        session = make_session(installed.onnx_path, device, tf32=tf32)
+    model.session = session
 
 
 @dataclass
@@ -370,7 +184,7 @@ class _TrackWork:
     """A heard track whose windows are going through the models."""
 
     row: dict[str, Any]
-    heard: _Heard
+    heard: Heard
     done: dict[_Group, int]  # windows already run, per group
     sums: dict[str, list[np.ndarray | None]]  # per model: label sum, embedding sum
     sent: dict[_Group, int] = field(default_factory=dict)  # windows handed to the models, per group
@@ -404,7 +218,7 @@ class _Batcher:
         self._in_flight: tuple[_Group, list[Future[None]], list[tuple[_TrackWork, int]]] | None = None
         self.pending: deque[_TrackWork] = deque()
 
-    def add(self, row: dict[str, Any], heard: _Heard) -> list[_TrackWork]:
+    def add(self, row: dict[str, Any], heard: Heard) -> list[_TrackWork]:
         self.pending.append(_TrackWork(row, heard, dict.fromkeys(self.groups, 0),
                                        {m.name: [None, None] for m in self.models}, dict.fromkeys(self.groups, 0)))
         return self._run(full_only=True)
@@ -534,10 +348,12 @@ def analyze(library: Library, *, models: list[str] | None = None, device: str = 
     cancel = cancel or CancelToken()
     names = models if models is not None else [  # the default audio models (text encoders have their own job)
         name for name in registry.default_models() if registry.manifest(name).get("kind") != "text-encoder"]
-    loaded = [_load(name, device) for name in names]
-    provider = loaded[0].session.get_providers()[0] if loaded else "CPUExecutionProvider"
-    summary = AnalysisSummary("running", names, device=provider)
-    on_gpu = provider == "CUDAExecutionProvider"
+    loaded = [_prepare(name) for name in names]
+    # the sessions are made once the decoding workers have started: on a GPU they take a few seconds (the
+    # first ones in a process most: CUDA starts), which the workers spend decoding. Until then, whether
+    # the models run on CUDA is what the machine offers; a provider that fails to start is told below.
+    on_gpu = bool(loaded) and cuda_wanted(device)
+    summary = AnalysisSummary("running", names, device="CUDAExecutionProvider" if on_gpu else "CPUExecutionProvider")
     specs = {model.group: model.spec for model in loaded}
     on_device = on_gpu if front_ends_on_device is None else front_ends_on_device
     if workers is None:  # with a GPU the cores are free for decoding; on the CPU the models need them too
@@ -552,10 +368,9 @@ def analyze(library: Library, *, models: list[str] | None = None, device: str = 
     with library.job_lock("analyze"), environment:
         todo, summary.skipped = _todo(library, loaded, limit)
         progress(Progress("analyze", 0, len(todo)))
-        native_folder = native_audio_folder() if on_device else None
-        heard_files: Any = _heard_in_order([fs_path(bytes(row["path_key"])) for row in todo], specs, cancel, workers,
-                                           ship_audio=on_device, native_folder=native_folder,
-                                           decoded_samples=decoded_samples)
+        native_folder = native_audio_folder() if on_device and todo else None
+        heard_files: Any = None
+        built: GraphsAhead | None = None
         batcher: _Batcher | None = None
         stored = 0
 
@@ -569,19 +384,36 @@ def analyze(library: Library, *, models: list[str] | None = None, device: str = 
                                   message=f"{speed:.0f}× real time"))
 
         try:
+            if todo:
+                heard_files = _heard_in_order([fs_path(bytes(row["path_key"])) for row in todo], specs, cancel,
+                                              workers, ship_audio=on_device, native_folder=native_folder,
+                                              decoded_samples=decoded_samples)
             front_ends = None
             if on_device and todo:  # tempo, key and windows are made beside the model runs, in threads of their own
                 ready: Future[DeviceFrontEnds] = Future()
                 heard_files = _MeasuredAhead(heard_files, ready, list(specs))  # the workers start now
-                front_ends = _made_front_ends(ready, specs, "cuda" if on_gpu else "cpu", todo)
+                formats = _likely_formats(todo)
+                built = GraphsAhead(specs, formats)  # beside the models' sessions
+            for model in loaded if todo else ():
+                _open(model, device)
+            if todo and loaded:
+                summary.device = loaded[0].session.get_providers()[0]
+                if on_gpu and summary.device != "CUDAExecutionProvider":
+                    log.warning("CUDA could not start: the models run on the CPU")
+                    on_gpu = False
+            if on_device and todo:
+                front_ends = _made_front_ends(ready, specs, "cuda" if on_gpu else "cpu", formats, built)
             batcher = _Batcher(loaded, BATCH_WINDOWS["cuda" if on_gpu else "cpu"], front_ends, full_batches=on_gpu)
             if on_gpu and todo:
                 batcher.warm_up()
-            for row, heard in zip(todo, heard_files, strict=False):
+            for row, heard in zip(todo, heard_files or (), strict=False):
                 store(batcher.add(row, heard))
             store(batcher.drain())  # also after a cancel: what was heard is kept
         finally:
-            heard_files.close()
+            if built is not None:
+                built.close()
+            if heard_files is not None:
+                heard_files.close()
             if batcher is not None:
                 batcher.close()
             if native_folder:
@@ -598,22 +430,31 @@ _INTEGER_DECODERS = {"flac": ("int16", True), "pcm_s16le": ("int16", True), "pcm
 WARMED_FORMATS = 3  # the commonest formats among the tracks to analyse get their graphs before the first track
 
 
+def _likely_formats(todo: list[dict[str, Any]]) -> list[tuple[int, str, bool]]:
+    """The decoded-audio formats (rate, sample type, interleaved) the tracks to analyse will most likely
+    decode to, commonest first: their graphs are made before the first track."""
+    formats = Counter((row["sample_rate"], *_INTEGER_DECODERS.get(row["codec"] or "", ("float32", False)))
+                      for row in todo if row["sample_rate"] and resampler.exact(row["sample_rate"], MEASURE_RATE))
+    return [key for key, _count in formats.most_common(WARMED_FORMATS)]
+
+
 def _made_front_ends(ready: Future[DeviceFrontEnds], specs: dict[_Group, InputSpec], device: str,
-                     todo: list[dict[str, Any]]) -> DeviceFrontEnds:
-    """The front ends' sessions, handed to the measuring threads, then warmed up for the formats the tracks
-    to analyse will most likely decode to (while the decoding workers start)."""
+                     formats: list[tuple[int, str, bool]], built: GraphsAhead | None = None) -> DeviceFrontEnds:
+    """The front ends' sessions (from the graphs ``built`` ahead), handed to the measuring threads, then
+    warmed up for the decoded-audio ``formats`` (while the decoding workers start)."""
     try:
-        front_ends = DeviceFrontEnds(specs, device)
+        front_ends = DeviceFrontEnds(specs, device, built)
     except BaseException as exc:
         ready.set_exception(exc)
         raise
     ready.set_result(front_ends)
-    formats = Counter((row["sample_rate"], *_INTEGER_DECODERS.get(row["codec"] or "", ("float32", False)))
-                      for row in todo if row["sample_rate"] and resampler.exact(row["sample_rate"], MEASURE_RATE))
     try:
-        front_ends.warm_up([key for key, _count in formats.most_common(WARMED_FORMATS)])
+        front_ends.warm_up(formats)
     except Exception:  # only a head start: each track's own measuring reports what fails for it
         log.exception("warming up the front ends failed")
+    finally:
+        if built is not None:
+            built.close()  # graphs of formats met later are built as they are needed
     return front_ends
 
 
@@ -632,7 +473,7 @@ class _MeasuredAhead:
     Its thread starts at once, and with it the decoding workers; the front ends (``front_ends``, resolved
     by the job's thread) are made and warmed up while the workers start."""
 
-    def __init__(self, heard_files: Iterator[_Heard], front_ends: Future[DeviceFrontEnds], groups: list[_Group]
+    def __init__(self, heard_files: Iterator[Heard], front_ends: Future[DeviceFrontEnds], groups: list[_Group]
                  ) -> None:
         self._heard_files, self._front_ends, self._groups = heard_files, front_ends, groups
         self._ahead: queue.Queue[Any] = queue.Queue(maxsize=MEASURED_AHEAD)
@@ -644,7 +485,7 @@ class _MeasuredAhead:
     def __iter__(self) -> _MeasuredAhead:
         return self
 
-    def __next__(self) -> _Heard:
+    def __next__(self) -> Heard:
         if self._ended:
             raise StopIteration
         item = self._ahead.get()
@@ -669,11 +510,11 @@ class _MeasuredAhead:
                 continue
         return False
 
-    def _measure_one(self, heard: _Heard) -> None:
+    def _measure_one(self, heard: Heard) -> None:
         _measure_on_device(self._front_ends.result(), heard, self._groups)
 
     def _measure(self) -> None:
-        pending: deque[tuple[_Heard, Future[None]]] = deque()
+        pending: deque[tuple[Heard, Future[None]]] = deque()
         try:
             with ThreadPoolExecutor(max_workers=MEASURE_THREADS, thread_name_prefix="analysis-measure") as pool:
                 for heard in self._heard_files:
@@ -692,7 +533,7 @@ class _MeasuredAhead:
             self._put(_END)
 
 
-def _settled(heard: _Heard, measuring: Future[None]) -> _Heard:
+def _settled(heard: Heard, measuring: Future[None]) -> Heard:
     exc = measuring.exception()
     if exc is not None:  # one track the graphs trip over never stops the batch
         log.error("measuring a track on the device failed: %s", exc)
@@ -700,7 +541,7 @@ def _settled(heard: _Heard, measuring: Future[None]) -> _Heard:
     return heard
 
 
-def _measure_on_device(front_ends: DeviceFrontEnds, heard: _Heard, groups: list[_Group]) -> None:
+def _measure_on_device(front_ends: DeviceFrontEnds, heard: Heard, groups: list[_Group]) -> None:
     """Loudness, tempo, key and the model windows of a track whose worker handed over its audio."""
     native, heard.native = heard.native, None
     raw, heard.raw = heard.raw, None
@@ -709,7 +550,7 @@ def _measure_on_device(front_ends: DeviceFrontEnds, heard: _Heard, groups: list[
             heard.audio, heard.loudness = front_ends.decoded(raw)  # removes the file, whatever happens
         except Exception:  # e.g. the GPU's memory: the file is decoded again here, and resampled by FFmpeg
             log.exception("measuring %s's decoded samples on the device failed", heard.source)
-            again = _hear(heard.source, {}, ship_audio=True) if heard.source else _Heard(error="no audio")
+            again = hear(heard.source, {}, ship_audio=True) if heard.source else Heard(error="no audio")
             if again.error:
                 heard.error = again.error
                 return

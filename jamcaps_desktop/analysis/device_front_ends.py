@@ -14,8 +14,11 @@ measurement would have made; the loudness takes one run per track (``native_audi
 
 from __future__ import annotations
 
+import functools
+import logging
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
@@ -25,14 +28,16 @@ from jamcaps_desktop.audio import frontend_graphs as graphs
 from jamcaps_desktop.audio import key as key_module
 from jamcaps_desktop.audio import resampler
 from jamcaps_desktop.audio import tempo as tempo_module
-from jamcaps_desktop.audio.frontend_graphs import block_plan, separation
 from jamcaps_desktop.audio.frontends import InputSpec, cut_windows
 from jamcaps_desktop.audio.key import Key
 from jamcaps_desktop.audio.key import estimate as estimate_key
 from jamcaps_desktop.audio.loudness import Loudness, loudness_of_steps
+from jamcaps_desktop.audio.loudness_blocks import block_plan, separation
 from jamcaps_desktop.audio.tempo import Tempo
 from jamcaps_desktop.audio.tempo import estimate as estimate_tempo
 from jamcaps_desktop.models.engine import make_session
+
+log = logging.getLogger(__name__)
 
 ONSET_STRETCH = 8192  # onset frames per run (82 s)
 PITCH_STRETCH = 512  # key frames per run (131 s)
@@ -41,14 +46,19 @@ PITCH_STRETCH = 512  # key frames per run (131 s)
 class DeviceFrontEnds:
     """Sessions for the window front ends of the given model inputs, and for the tempo and key graphs."""
 
-    def __init__(self, specs: dict[Any, InputSpec], device: str) -> None:
+    def __init__(self, specs: dict[Any, InputSpec], device: str, built: GraphsAhead | None = None) -> None:
+        """``built``: the graphs, built ahead in a thread of their own (else they are built here)."""
+        self._built = built or GraphsAhead({}, [], start=False)
         # one after the other: ONNX Runtime's CUDA provider, starting in one thread while another makes a
         # session or runs a graph for the first time, failed on an H100 ("operation not permitted when
         # stream is capturing"), and making them side by side gained nothing
-        self.windows: dict[Any, Any] = {group: _window_session(spec, device) for group, spec in specs.items()}
-        self.onsets = make_session(graphs.onset_graph().SerializeToString(), device, name="the onset front end",
+        self.windows: dict[Any, Any] = {
+            group: make_session(self._built.graph(("window", group), functools.partial(_window_graph, spec)),
+                                device, name=f"the {spec.front_end.name} front end", varying_shapes=True)
+            for group, spec in specs.items()}
+        self.onsets = make_session(self._built.graph(("onset",), _onset_graph), device, name="the onset front end",
                                    varying_shapes=True)
-        self.pitches = make_session(graphs.pitch_graph().SerializeToString(), device, name="the key front end",
+        self.pitches = make_session(self._built.graph(("pitch",), _pitch_graph), device, name="the key front end",
                                     varying_shapes=True)
         provider = self.onsets.get_providers()[0]
         self.device_type = "cuda" if provider == "CUDAExecutionProvider" else "cpu"
@@ -114,8 +124,8 @@ class DeviceFrontEnds:
 
     def _decoded_session(self, key: tuple[int, str, bool]) -> Any:
         return self._session(("decoded", key), lambda: make_session(
-            graphs.decoded_audio_graph(*key).SerializeToString(), self._device, name="the decoded-audio front end",
-            varying_shapes=True))
+            self._built.graph(("decoded", key), functools.partial(_decoded_graph, key)), self._device,
+            name="the decoded-audio front end", varying_shapes=True))
 
     def decoded(self, raw: RawAudio) -> tuple[np.ndarray, Loudness]:
         """The 16 kHz mono audio and the loudness of a track's decoded samples (its file is removed)."""
@@ -172,12 +182,78 @@ class DeviceFrontEnds:
         return profile, frames
 
 
-def _window_session(spec: InputSpec, device: str) -> Any:
-    """A session for the window front end of a model input."""
+class GraphsAhead:
+    """The front ends' graphs, serialised in a thread of their own while the job does other things.
+
+    Building them is mostly numpy on the CPU (the key graph's DFT bases, the loudness filter's state
+    space): about a second of every job's start, which this lets overlap the making of the models'
+    sessions (ONNX Runtime lets other threads run while it makes one). ``graph`` hands a graph over once,
+    waiting for it where its building is under way, and builds one it was not given itself."""
+
+    def __init__(self, specs: dict[Any, InputSpec], formats: list[tuple[int, str, bool]], start: bool = True
+                 ) -> None:
+        """``formats``: the decoded-audio graphs (rate, sample type, interleaved) to build, after the others."""
+        self._futures: dict[Any, Future[bytes]] = {}
+        self._lock = threading.Lock()
+        if not start:
+            return
+        builds: list[tuple[Any, Callable[[], bytes]]] = [
+            *((("window", group), functools.partial(_window_graph, spec)) for group, spec in specs.items()),
+            (("onset",), _onset_graph), (("pitch",), _pitch_graph),
+            *((("decoded", key), functools.partial(_decoded_graph, key)) for key in formats)]
+        queued = []
+        for key, build in builds:
+            self._futures[key] = Future()
+            queued.append((self._futures[key], build))
+        threading.Thread(target=_build_all, args=(queued,), name="front-end-graphs", daemon=True).start()
+
+    def graph(self, key: Any, build: Callable[[], bytes]) -> bytes:
+        """The serialised graph under ``key``: the one built ahead (once), else ``build()``."""
+        with self._lock:
+            future = self._futures.pop(key, None)
+        if future is None or future.cancel():  # not built ahead, or not started yet: built here, now
+            return build()
+        try:
+            return future.result()
+        except Exception:
+            log.exception("building a front-end graph ahead failed")
+            return build()
+
+    def close(self) -> None:
+        """Stop building what has not been started (the job ended, or failed, before it needed them)."""
+        with self._lock:
+            futures, self._futures = list(self._futures.values()), {}
+        for future in futures:
+            future.cancel()
+
+
+def _build_all(queued: list[tuple[Future[bytes], Callable[[], bytes]]]) -> None:
+    for future, build in queued:
+        if not future.set_running_or_notify_cancel():  # taken (and built) by the job before its turn came
+            continue
+        try:
+            future.set_result(build())
+        except BaseException as exc:  # handed to the job, which builds the graph again and reports
+            future.set_exception(exc)
+
+
+def _window_graph(spec: InputSpec) -> bytes:
+    """The window front end of a model input."""
     build = graphs.WINDOW_GRAPHS[spec.front_end.name]
     model = build(spec.window_samples, spec.frames) if spec.frames else build(spec.window_samples)
-    return make_session(model.SerializeToString(), device, name=f"the {spec.front_end.name} front end",
-                        varying_shapes=True)
+    return model.SerializeToString()
+
+
+def _onset_graph() -> bytes:
+    return graphs.onset_graph().SerializeToString()
+
+
+def _pitch_graph() -> bytes:
+    return graphs.pitch_graph().SerializeToString()
+
+
+def _decoded_graph(key: tuple[int, str, bool]) -> bytes:
+    return graphs.decoded_audio_graph(*key).SerializeToString()
 
 
 def _loudness(power: np.ndarray, steps: int, rate: int, names: list[str], peak: float) -> Loudness:

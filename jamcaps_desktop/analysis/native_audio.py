@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from jamcaps_desktop.audio.frontend_graphs import BlockPlan, block_plan, separation
+from jamcaps_desktop.audio.loudness_blocks import BlockPlan, block_plan, separation
 
 # a worker holds a track's samples at the file's own rate until the end of the file: tracks with more
 # than this many bytes of them (float32; about six minutes of CD audio) are measured in the worker, as

@@ -15,9 +15,7 @@ folded into that matrix), followed by the power or magnitude, the band matrix an
 
 from __future__ import annotations
 
-import functools
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -41,6 +39,7 @@ from jamcaps_desktop.audio.features import (
     periodic_hann,
     povey_window,
 )
+from jamcaps_desktop.audio.loudness_blocks import BlockPlan, block_plan, separation, state_space
 from jamcaps_desktop.models.onnx_graph import GraphBuilder
 
 OPSET = 18
@@ -282,55 +281,6 @@ LOUDNESS_BLOCKS = "blocks"  # [context + blocks, block] float16: the file's own 
 STEP_POWER = "step_power"  # [steps]: the K-weighted mean square of each 100 ms step
 
 
-def _state_space(sos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """A, B, C, D of a cascade of second-order sections (float64)."""
-    from scipy.signal import tf2ss
-
-    a_total: np.ndarray | None = None
-    b_total = c_total = None
-    d_total = 1.0
-    for section in sos:
-        a, b, c, d = tf2ss(section[:3], section[3:])
-        d = float(d[0, 0])
-        if a_total is None:
-            a_total, b_total, c_total, d_total = a, b, c, d
-            continue
-        # the next section is driven by the output so far: y1 = C1 x1 + D1 u
-        size1, size2 = a_total.shape[0], a.shape[0]
-        combined = np.zeros((size1 + size2, size1 + size2))
-        combined[:size1, :size1] = a_total
-        combined[size1:, :size1] = b @ c_total
-        combined[size1:, size1:] = a
-        b_total = np.vstack([b_total, b * d_total])
-        c_total = np.hstack([d * c_total, c])
-        a_total, d_total = combined, d * d_total
-    return a_total, b_total, c_total, d_total
-
-
-@dataclass(frozen=True)
-class BlockPlan:
-    """How a rate's samples are cut for the loudness graph: blocks of ``block`` samples, ``per_step`` of them
-    in a 100 ms step, each output block needing ``context`` blocks before it (the filter's memory)."""
-
-    rate: int
-    step: int
-    block: int
-    per_step: int
-    context: int
-
-
-@functools.lru_cache(maxsize=16)
-def block_plan(rate: int) -> BlockPlan:
-    step = loudness_module.step_samples(rate)
-    divisors = [d for d in range(1, 65) if step % d == 0]
-    per_step = min(divisors, key=lambda d: abs(step // d - 480))
-    block = step // per_step
-    a, _b, _c, _d = _state_space(loudness_module.k_weighting(rate))
-    decay = float(np.max(np.abs(np.linalg.eigvals(a)))) ** block  # how much of the state a block leaves
-    context = int(np.clip(np.ceil(np.log(1e-10) / np.log(max(decay, 1e-300))) + 2, 2, 256))
-    return BlockPlan(rate, step, block, per_step, context)
-
-
 def loudness_graph(rate: int) -> Any:
     """[context + steps·per_step, block] (half precision, as ``native_audio`` lays a track out) → the K-weighted
     mean square of each 100 ms step after the context (``_k_weighted_power``)."""
@@ -355,7 +305,7 @@ def _k_weighted_power(g: _Graph, samples: str, plan: BlockPlan) -> None:
     import scipy.linalg  # loaded where a graph is built (the decoding workers, which import this, never do)
     from onnx import helper
 
-    a, b, c, d = _state_space(loudness_module.k_weighting(plan.rate))
+    a, b, c, d = state_space(loudness_module.k_weighting(plan.rate))
     size = plan.block
     powers = [np.eye(a.shape[0])]
     for _ in range(size):
@@ -454,6 +404,3 @@ def decoded_audio_graph(rate: int, dtype: str, interleaved: bool) -> Any:
                     helper.make_tensor_value_info(PEAK, TensorProto.FLOAT, [])], "decoded_audio")
 
 
-def separation(plan: BlockPlan) -> int:
-    """Blocks of silence between two channels: whole steps, at least the filter's memory."""
-    return -(-plan.context // plan.per_step) * plan.per_step
