@@ -89,6 +89,13 @@ def test_onset_envelope_and_pitch_profile_match_the_streaming_numpy(front_ends, 
     assert frames == pitches.frames
     expected_profile = pitches.profile()
     assert np.abs(profile - expected_profile).max() <= 1e-5 * max(1.0, expected_profile.max())
+    # the track as it stays on the device after resampling: longer than the track (the resampler's tail, here
+    # loud noise), of which only the first ``length`` samples are measured
+    tail = np.random.default_rng(1).standard_normal(20000).astype(np.float32)
+    on_device = front_ends.on_device(np.concatenate([audio, tail]))
+    assert np.array_equal(front_ends.onset_envelope(on_device, len(audio)), envelope)
+    again, again_frames = front_ends.pitch_profile(on_device, len(audio))
+    assert again_frames == frames and np.array_equal(again, profile)
 
 
 def test_tempo_and_key_on_the_device_are_those_of_the_numpy_path(front_ends):
@@ -567,7 +574,7 @@ def test_a_track_the_device_fails_to_measure_is_decoded_again_and_kept(installed
     music = tmp_path / "music"
     for i, fmt in enumerate(("mp3", "flac", "wav", "ogg")):
         make_track(music, fmt, name=f"t{i}")
-    real = DeviceFrontEnds.decoded
+    real = DeviceFrontEnds.decoded_here_and_there
     failed = []
 
     def failing(self, raw):
@@ -580,7 +587,7 @@ def test_a_track_the_device_fails_to_measure_is_decoded_again_and_kept(installed
     results = []
     for fail in (False, True):
         if fail:
-            monkeypatch.setattr(DeviceFrontEnds, "decoded", failing)
+            monkeypatch.setattr(DeviceFrontEnds, "decoded_here_and_there", failing)
         with Library(tmp_path / f"lib{fail}.sqlite") as library:
             scan(library, [music])
             summary = analyze(library, device="cpu", workers=2, front_ends_on_device=True)

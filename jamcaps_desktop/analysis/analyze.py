@@ -545,9 +545,10 @@ def _measure_on_device(front_ends: DeviceFrontEnds, heard: Heard, groups: list[_
     """Loudness, tempo, key and the model windows of a track whose worker handed over its audio."""
     native, heard.native = heard.native, None
     raw, heard.raw = heard.raw, None
+    on_device = None  # the 16 kHz audio as it stays on the device, where it was resampled there
     if raw is not None:
-        try:
-            heard.audio, heard.loudness = front_ends.decoded(raw)  # removes the file, whatever happens
+        try:  # removes the file, whatever happens
+            heard.audio, on_device, heard.loudness = front_ends.decoded_here_and_there(raw)
         except Exception:  # e.g. the GPU's memory: the file is decoded again here, and resampled by FFmpeg
             log.exception("measuring %s's decoded samples on the device failed", heard.source)
             again = hear(heard.source, {}, ship_audio=True) if heard.source else Heard(error="no audio")
@@ -565,8 +566,10 @@ def _measure_on_device(front_ends: DeviceFrontEnds, heard: Heard, groups: list[_
         audio = audio.take()
     if audio is None or heard.error:
         return
-    heard.tempo = front_ends.tempo(audio)
-    heard.key = front_ends.key(audio)
+    if on_device is None:  # copied over once, for both measurements
+        on_device = front_ends.on_device(audio)
+    heard.tempo = front_ends.tempo(on_device, len(audio))
+    heard.key = front_ends.key(on_device, len(audio))
     heard.inputs = front_ends.cut(audio, groups)
     if groups and not heard.inputs:
         heard.error = "no audio could be decoded from the file"

@@ -115,9 +115,9 @@ class DeviceFrontEnds:
         """Make the decoded-audio graphs of the given formats (rate, sample type, interleaved), and run every
         graph once on a second of silence: on a GPU a graph's first run loads its kernels and sets up its
         memory, which would otherwise hold up the first tracks (the job does this while its workers start)."""
-        silence = np.zeros(graphs.MODEL_RATE, dtype=np.float32)
-        self.onsets.run(None, {graphs.SIGNAL: silence})
-        self.pitches.run(None, {graphs.SIGNAL: silence})
+        silence = self.on_device(np.zeros(graphs.MODEL_RATE, dtype=np.float32))
+        self.onset_envelope(silence, graphs.MODEL_RATE)
+        self.pitch_profile(silence, graphs.MODEL_RATE)
         for rate, dtype, interleaved in formats:
             shape = (rate, 2) if interleaved else (2, rate)
             self._decoded_session((rate, dtype, interleaved)).run(None, {graphs.RAW: np.zeros(shape, dtype=dtype)})
@@ -129,26 +129,49 @@ class DeviceFrontEnds:
 
     def decoded(self, raw: RawAudio) -> tuple[np.ndarray, Loudness]:
         """The 16 kHz mono audio and the loudness of a track's decoded samples (its file is removed)."""
+        audio, _on_device, loudness = self.decoded_here_and_there(raw)
+        return audio, loudness
+
+    def decoded_here_and_there(self, raw: RawAudio) -> tuple[np.ndarray, Any, Loudness]:
+        """``decoded``, with the 16 kHz audio also as it stays on the device (an OrtValue, for ``tempo`` and
+        ``key``: the track then crosses to the device once, not once per measurement)."""
         try:
             session = self._decoded_session((raw.rate, raw.dtype, raw.interleaved))
-            audio, power, peak = session.run(None, {graphs.RAW: raw.array.take()})
+            binding = session.io_binding()
+            binding.bind_cpu_input(graphs.RAW, raw.array.take())
+            binding.bind_output(graphs.AUDIO, self.device_type)
+            binding.bind_output(graphs.STEP_POWER, "cpu")
+            binding.bind_output(graphs.PEAK, "cpu")
+            session.run_with_iobinding(binding)
+            on_device, power, peak = binding.get_outputs()
+            audio = on_device.numpy()
         finally:
             raw.remove()
         length = resampler.output_length(raw.rate, graphs.MODEL_RATE, raw.length)
         steps = raw.length // block_plan(raw.rate).step
-        return audio[:length], _loudness(power, steps, raw.rate, raw.names, float(peak))
+        return audio[:length], on_device, _loudness(power.numpy(), steps, raw.rate, raw.names, float(peak.numpy()))
 
-    def tempo(self, audio: np.ndarray) -> Tempo | None:
-        return estimate_tempo(self.onset_envelope(audio))
+    def on_device(self, audio: np.ndarray) -> Any:
+        """A track's 16 kHz audio copied to the device once, for ``tempo`` and ``key``."""
+        import onnxruntime as ort
 
-    def key(self, audio: np.ndarray) -> Key | None:
-        profile, frames = self.pitch_profile(audio)
+        return ort.OrtValue.ortvalue_from_numpy(_float32(audio), self.device_type, 0)
+
+    def tempo(self, audio: Any, length: int | None = None) -> Tempo | None:
+        """The tempo of a track's 16 kHz audio (an array, or an OrtValue from ``on_device`` or
+        ``decoded_here_and_there``, of which the first ``length`` samples are the track)."""
+        return estimate_tempo(self.onset_envelope(audio, length))
+
+    def key(self, audio: Any, length: int | None = None) -> Key | None:
+        """The key of a track's 16 kHz audio (as for ``tempo``)."""
+        profile, frames = self.pitch_profile(audio, length)
         return estimate_key(profile, frames)
 
-    def onset_envelope(self, audio: np.ndarray) -> np.ndarray:
+    def onset_envelope(self, audio: Any, length: int | None = None) -> np.ndarray:
         """``tempo.OnsetEnvelope``'s envelope of a whole track."""
+        signal, length = self._signal(audio, length)
         fft, hop, lead = tempo_module.FFT, tempo_module.HOP, tempo_module.FFT // 2
-        total = len(audio) + lead
+        total = length + lead
         if total < fft:
             return np.zeros(0, dtype=np.float32)
         frames = 1 + (total - fft) // hop
@@ -158,28 +181,44 @@ class DeviceFrontEnds:
             count = min(ONSET_STRETCH, frames - first)
             start = first * hop - lead  # where the stretch's first frame starts, in the track's samples
             end = start + (count - 1) * hop + fft
-            if start < 0:
-                stretch = np.concatenate([np.zeros(-start, dtype=np.float32), audio[:end]])
-            else:
-                stretch = audio[start:end]
-            rises, first_bands, last_bands = self.onsets.run(None, {graphs.SIGNAL: _float32(stretch)})
+            rises, first_bands, last_bands = self._run_stretch(self.onsets, signal, max(start, 0), end,
+                                                               (max(-start, 0), 0))
             head = np.float32(0.0) if last is None else np.maximum(first_bands - last, 0.0).mean(dtype=np.float32)
             pieces += [np.array([head], dtype=np.float32), rises]
             last = last_bands
         return np.concatenate(pieces)
 
-    def pitch_profile(self, audio: np.ndarray) -> tuple[np.ndarray, int]:
+    def pitch_profile(self, audio: Any, length: int | None = None) -> tuple[np.ndarray, int]:
         """``key.PitchProfile``'s profile of a whole track, and its frame count."""
+        signal, length = self._signal(audio, length)
         fft, hop = key_module.FFT, key_module.HOP
-        if len(audio) < fft:
+        if length < fft:
             return np.zeros(12), 0
-        frames = 1 + (len(audio) - fft) // hop
+        frames = 1 + (length - fft) // hop
         profile = np.zeros(12)
         for first in range(0, frames, PITCH_STRETCH):
             count = min(PITCH_STRETCH, frames - first)
-            stretch = audio[first * hop:(first + count - 1) * hop + fft]
-            profile += self.pitches.run(None, {graphs.SIGNAL: _float32(stretch)})[0]
+            profile += self._run_stretch(self.pitches, signal, first * hop, (first + count - 1) * hop + fft)[0]
         return profile, frames
+
+    def _signal(self, audio: Any, length: int | None) -> tuple[Any, int]:
+        if isinstance(audio, np.ndarray):
+            audio = self.on_device(audio)
+        return audio, audio.shape()[0] if length is None else length
+
+    def _run_stretch(self, session: Any, signal: Any, start: int, end: int,
+                     lead: tuple[int, int] | None = None) -> list[np.ndarray]:
+        """One run of the tempo or key graph over samples ``start:end`` of a track on the device."""
+        binding = session.io_binding()
+        binding.bind_ortvalue_input(graphs.SIGNAL, signal)
+        binding.bind_cpu_input(graphs.STRETCH_START, np.array([start], dtype=np.int64))
+        binding.bind_cpu_input(graphs.STRETCH_END, np.array([end], dtype=np.int64))
+        if lead is not None:
+            binding.bind_cpu_input(graphs.STRETCH_LEAD, np.array(lead, dtype=np.int64))
+        for output in session.get_outputs():
+            binding.bind_output(output.name, "cpu")
+        session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()
 
 
 class GraphsAhead:

@@ -15,7 +15,6 @@ folded into that matrix), followed by the power or magnitude, the band matrix an
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -45,7 +44,10 @@ from jamcaps_desktop.models.onnx_graph import GraphBuilder
 OPSET = 18
 FEATURES = "features"  # the window front ends' output: [windows, frames, bins]
 AUDIO = "audio"  # their input: [windows, samples] of 16 kHz mono
-SIGNAL = "signal"  # the tempo and key graphs' input: [samples] of one stretch of a track
+SIGNAL = "signal"  # the tempo and key graphs' input: [samples] of a whole track (16 kHz mono)
+STRETCH_START = "stretch_start"  # [1] int64: where in ``signal`` the stretch the graph measures starts...
+STRETCH_END = "stretch_end"  # [1] int64: ...and ends
+STRETCH_LEAD = "stretch_lead"  # [2] int64: zeros put in front of the stretch, and behind it (the tempo graph)
 
 
 def _dft_kernels(size: int, bins: np.ndarray, frame_map: np.ndarray | None = None,
@@ -99,34 +101,41 @@ class _Graph(GraphBuilder):
         return model
 
 
-def _framed(g: _Graph, signal: str, size: int, hop: int, axis: int) -> str:
+def _framed(g: _Graph, signal: str, size: int, hop: int, axis: int) -> tuple[str, int]:
     """Frames of ``size`` samples every ``hop`` along ``axis`` (the last one) of ``signal``, as many whole frames
-    as fit: [..., frames, size]. Frames are put together from blocks of gcd(size, hop) samples by strided
-    slices, all on the device (a gather would need an index tensor as large as the frames, made on the
-    CPU); then one matrix product per transform is far faster on a GPU than a convolution with kernels of
-    hundreds of samples."""
-    piece = math.gcd(size, hop)
-    stride, parts = hop // piece, size // piece
+    as fit: [..., frames, width], each frame followed by samples up to a whole number of hops (``width`` =
+    ⌈size / hop⌉ · hop; ``_transform`` gives them no weight). Frame i is blocks i … i + ⌈size / hop⌉ − 1 of
+    ``hop`` samples: a few slices and one concatenation, all on the device (a gather would need an index
+    tensor as large as the frames, made on the CPU; the tempo graph's 1024-sample frames every 160 samples
+    took 32 slices when built from blocks of their greatest common divisor, and a GPU busy with a model
+    runs each small kernel late). Then one matrix product per transform is far faster on a GPU than a
+    convolution with kernels of hundreds of samples."""
+    parts = -(-size // hop)
+    width = parts * hop
     length = g.node("Gather", [g.node("Shape", [signal]), g.const(_int64(axis), "axis")])  # [1]
     count = g.node("Add", [g.node("Div", [g.node("Sub", [length, g.const(_int64(size), "size")]),
                                           g.const(_int64(hop), "hop")]), g.const(_int64(1), "one")])
-    whole = g.node("Mul", [g.node("Div", [length, g.const(_int64(piece), "piece")]), g.const(_int64(piece), "piece")])
-    trimmed = g.node("Slice", [signal, g.const(_int64(0), "start"), whole, g.const(_int64(axis), "axis")])
-    shape = g.const(_int64(-1, piece) if axis == 0 else _int64(0, -1, piece), "shape")
-    blocks = g.node("Reshape", [trimmed, shape])  # [..., pieces, piece]
-    span = g.node("Add", [g.node("Mul", [g.node("Sub", [count, g.const(_int64(1), "one")]),
-                                         g.const(_int64(stride), "stride")]), g.const(_int64(1), "one")])
+    if width > size:  # the last frame's extra samples: zeros (whatever they are, they are given no weight)
+        pads = _int64(0, width - size) if axis == 0 else _int64(0, 0, 0, width - size)
+        signal = g.node("Pad", [signal, g.const(pads, "pads")], mode="constant")
+    blocks_used = g.node("Mul", [g.node("Add", [count, g.const(_int64(parts - 1), "more")]),
+                                 g.const(_int64(hop), "hop")])
+    trimmed = g.node("Slice", [signal, g.const(_int64(0), "start"), blocks_used, g.const(_int64(axis), "axis")])
+    shape = g.const(_int64(-1, hop) if axis == 0 else _int64(0, -1, hop), "shape")
+    blocks = g.node("Reshape", [trimmed, shape])  # [..., blocks, hop]
     columns = []
-    for offset in range(parts):  # frame i's piece j is block i·stride + j
+    for offset in range(parts):  # frame i's part j is block i + j
         start = g.const(_int64(offset), "start")
-        columns.append(g.node("Slice", [blocks, start, g.node("Add", [span, start]), g.const(_int64(axis), "axis"),
-                                        g.const(_int64(stride), "step")]))
-    return g.node("Concat", columns, axis=axis + 1) if len(columns) > 1 else columns[0]
+        columns.append(g.node("Slice", [blocks, start, g.node("Add", [count, start]), g.const(_int64(axis), "axis")]))
+    return (g.node("Concat", columns, axis=axis + 1) if parts > 1 else columns[0]), width
 
 
-def _transform(g: _Graph, frames: str, kernels: np.ndarray) -> str:
-    """[..., frames, size] → [..., frames, kernels]."""
-    return g.node("MatMul", [frames, g.const(kernels.T.astype(np.float32), "dft")])
+def _transform(g: _Graph, framed: tuple[str, int], kernels: np.ndarray) -> str:
+    """``_framed``'s [..., frames, width] → [..., frames, kernels] (kernels: [kernels, size ≤ width])."""
+    frames, width = framed
+    matrix = np.zeros((width, kernels.shape[0]), dtype=np.float32)
+    matrix[:kernels.shape[1]] = kernels.T
+    return g.node("MatMul", [frames, g.const(matrix, "dft")])
 
 
 def musicnn_logmel_graph(window_samples: int, frames: int) -> Any:
@@ -209,15 +218,32 @@ ONSET_LAST = "last_bands"  # [40]
 PITCH_PROFILE = "profile"  # [12]: the stretch's pitch-class profile
 
 
+def _stretch(g: _Graph, lead: bool) -> str:
+    """The stretch of the track ``signal`` between ``stretch_start`` and ``stretch_end`` (and, with ``lead``,
+    the zeros ``stretch_lead`` asks for around it). The track stays where it is, on the device, for every
+    stretch of it: only the bounds come from the host."""
+    stretch = g.node("Slice", [SIGNAL, STRETCH_START, STRETCH_END, g.const(_int64(0), "axis")])
+    return g.node("Pad", [stretch, STRETCH_LEAD], mode="constant") if lead else stretch
+
+
+def _stretch_inputs(lead: bool) -> list[Any]:
+    from onnx import TensorProto, helper
+
+    return [helper.make_tensor_value_info(SIGNAL, TensorProto.FLOAT, ["samples"]),
+            helper.make_tensor_value_info(STRETCH_START, TensorProto.INT64, [1]),
+            helper.make_tensor_value_info(STRETCH_END, TensorProto.INT64, [1]),
+            *([helper.make_tensor_value_info(STRETCH_LEAD, TensorProto.INT64, [2])] if lead else [])]
+
+
 def onset_graph() -> Any:
-    """[samples] (at least two frames) → the spectral flux of ``tempo.OnsetEnvelope`` (frames every 10 ms, no
-    padding: the caller puts the first stretch's lead of zeros in front)."""
+    """A stretch of a track (at least two frames, with the zeros the first stretch's lead needs) → the spectral
+    flux of ``tempo.OnsetEnvelope`` (frames every 10 ms)."""
     from onnx import TensorProto, helper
 
     g = _Graph()
     fft, bins = tempo_module.FFT, tempo_module.FFT // 2 + 1
     kernels = _dft_kernels(fft, np.arange(bins), window=periodic_hann(fft))
-    spectrum = _transform(g, _framed(g, SIGNAL, fft, tempo_module.HOP, 0), kernels)  # [frames, 2·bins]
+    spectrum = _transform(g, _framed(g, _stretch(g, lead=True), fft, tempo_module.HOP, 0), kernels)  # [frames, 2·bins]
     magnitude = g.node("Sqrt", [g.power(spectrum, bins, axis=1)])
     pooled = g.node("MatMul", [magnitude, g.const(tempo_module.band_filters().T.copy(), "mel")])
     bands = g.node("Log", [g.node("Add", [g.node("Mul", [pooled, g.scalar(100.0)]), g.scalar(1.0)])])  # [frames, 40]
@@ -228,21 +254,21 @@ def onset_graph() -> Any:
     g.nodes.append(helper.make_node("Squeeze", [g.slice(bands, -1, big, 0), g.const(_int64(0), "axis")],
                                     [ONSET_LAST]))
     band_info = [tempo_module.BANDS]
-    return g.model([helper.make_tensor_value_info(SIGNAL, TensorProto.FLOAT, ["samples"])],
+    return g.model(_stretch_inputs(lead=True),
                    [helper.make_tensor_value_info(ONSET_RISES, TensorProto.FLOAT, ["frames"]),
                     helper.make_tensor_value_info(ONSET_FIRST, TensorProto.FLOAT, band_info),
                     helper.make_tensor_value_info(ONSET_LAST, TensorProto.FLOAT, band_info)], "onsets")
 
 
 def pitch_graph() -> Any:
-    """[samples] (at least one frame) → ``key.PitchProfile``'s profile."""
+    """A stretch of a track (at least one frame) → ``key.PitchProfile``'s profile."""
     from onnx import TensorProto, helper
 
     g = _Graph()
     fft, hop = key_module.FFT, key_module.HOP
     chosen, lower, upper_share = key_module.analysed_bins()
     kernels = _dft_kernels(fft, chosen, window=periodic_hann(fft))
-    spectrum = _transform(g, _framed(g, SIGNAL, fft, hop, 0), kernels)  # [frames, 2·bins]
+    spectrum = _transform(g, _framed(g, _stretch(g, lead=False), fft, hop, 0), kernels)  # [frames, 2·bins]
     count = len(chosen)
     magnitude = g.node("Sqrt", [g.power(spectrum, count, axis=1)])  # [frames, bins]
     # local maxima: above the left neighbour and not below the right one (the edge bins never count)
@@ -271,7 +297,7 @@ def pitch_graph() -> Any:
     share[np.arange(count), (lower + 1) % 12] += upper_share
     profile = g.node("MatMul", [per_bin, g.const(share.astype(np.float32), "classes")])
     g.nodes.append(helper.make_node("Squeeze", [profile, g.const(_int64(0), "axis")], [PITCH_PROFILE]))
-    return g.model([helper.make_tensor_value_info(SIGNAL, TensorProto.FLOAT, ["samples"])],
+    return g.model(_stretch_inputs(lead=False),
                    [helper.make_tensor_value_info(PITCH_PROFILE, TensorProto.FLOAT, [12])], "pitch_profile")
 
 
