@@ -64,7 +64,7 @@ FEATURES_VERSION = 2  # 1: loudness; 2: + tempo and key. Older measurements are 
 class AnalysisSummary:
     status: str
     models: list[str]
-    device: str = "cpu"
+    device: str = "cpu"  # the models' provider ("" where no session was made: there was nothing to analyse)
     analysed: int = 0
     skipped: int = 0
     errors: list[dict[str, str]] = field(default_factory=list)
@@ -111,11 +111,20 @@ def _heard_in_order(paths: list[str], specs: dict[_Group, InputSpec], cancel: Ca
     """Decoded inputs per file, in order; decoding runs in worker processes when there are several files,
     so the models are fed while the next files are decoded."""
     count = workers if workers is not None else 1
-    one = functools.partial(hear, specs=specs, ship_audio=ship_audio, native_folder=native_folder,
-                            decoded_samples=decoded_samples)
+    # workers that only decode get no specs: unpickling them would import the whole job (and SciPy) in each
+    one = functools.partial(hear, specs={} if ship_audio else specs, ship_audio=ship_audio,
+                            native_folder=native_folder, decoded_samples=decoded_samples)
     return in_order(one, paths, count, cancel, ahead=_files_in_flight(count, ship_audio),
                     crashed=lambda _path: Heard(error="the decoder crashed on this file"), discard=discard,
                     sequential_below=PARALLEL_ANALYSIS_THRESHOLD)
+
+
+def _default_workers(on_gpu: bool, on_device: bool) -> int:
+    """With a GPU the cores are free for decoding; on the CPU the models need them too. The job's own
+    process takes about three cores when it feeds the GPU the front ends' audio (its threads copy the audio
+    over and measure; 13 workers of 16 cores measured faster than 15)."""
+    cores = os.cpu_count() or 1
+    return max(1, cores - (3 if on_device else 1)) if on_gpu else min(4, cores)
 
 
 def _files_in_flight(workers: int, ship_audio: bool) -> int:
@@ -353,14 +362,11 @@ def analyze(library: Library, *, models: list[str] | None = None, device: str = 
     # first ones in a process most: CUDA starts), which the workers spend decoding. Until then, whether
     # the models run on CUDA is what the machine offers; a provider that fails to start is told below.
     on_gpu = bool(loaded) and cuda_wanted(device)
-    summary = AnalysisSummary("running", names, device="CUDAExecutionProvider" if on_gpu else "CPUExecutionProvider")
+    summary = AnalysisSummary("running", names, device="")  # the provider of the sessions, once made
     specs = {model.group: model.spec for model in loaded}
     on_device = on_gpu if front_ends_on_device is None else front_ends_on_device
-    if workers is None:  # with a GPU the cores are free for decoding; on the CPU the models need them too
-        cores = os.cpu_count() or 1
-        # the job's own process takes about three cores when it feeds the GPU the front ends' audio (its
-        # threads copy the audio over and measure; 13 workers of 16 cores measured faster than 15)
-        workers = max(1, cores - (3 if on_device else 1)) if on_gpu else min(4, cores)
+    workers_asked = workers
+    workers = _default_workers(on_gpu, on_device) if workers is None else workers
     started = time.monotonic()
     # with the front ends on the device, decoding pools start in the measuring thread: the workers'
     # environment is set here, once, before any thread runs (see ``single_threaded_workers``)
@@ -401,6 +407,17 @@ def analyze(library: Library, *, models: list[str] | None = None, device: str = 
                 if on_gpu and summary.device != "CUDAExecutionProvider":
                     log.warning("CUDA could not start: the models run on the CPU")
                     on_gpu = False
+                    if front_ends_on_device is None and on_device:  # the CPU's own way after all: decoding
+                        # starts again, the workers computing the models' inputs beside the models
+                        if built is not None:
+                            built.close()
+                        heard_files.close()
+                        if native_folder:
+                            remove_native_files(native_folder)
+                        on_device, native_folder, built = False, None, None
+                        heard_files = _heard_in_order(
+                            [fs_path(bytes(row["path_key"])) for row in todo], specs, cancel,
+                            _default_workers(False, False) if workers_asked is None else workers_asked)
             if on_device and todo:
                 front_ends = _made_front_ends(ready, specs, "cuda" if on_gpu else "cpu", formats, built)
             batcher = _Batcher(loaded, BATCH_WINDOWS["cuda" if on_gpu else "cpu"], front_ends, full_batches=on_gpu)

@@ -109,7 +109,8 @@ def _framed(g: _Graph, signal: str, size: int, hop: int, axis: int) -> tuple[str
     tensor as large as the frames, made on the CPU; the tempo graph's 1024-sample frames every 160 samples
     took 32 slices when built from blocks of their greatest common divisor, and a GPU busy with a model
     runs each small kernel late). Then one matrix product per transform is far faster on a GPU than a
-    convolution with kernels of hundreds of samples."""
+    convolution with kernels of hundreds of samples. ``signal`` must hold at least one frame (callers pad or
+    check: ONNX's integer division rounds a negative count towards zero)."""
     parts = -(-size // hop)
     width = parts * hop
     length = g.node("Gather", [g.node("Shape", [signal]), g.const(_int64(axis), "axis")])  # [1]

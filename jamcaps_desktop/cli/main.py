@@ -551,7 +551,8 @@ def analyze(obj: Context, device: str, limit: int | None, models: tuple[str, ...
         _emit_json(summary.to_dict())
     else:
         speed = summary.seconds_of_audio / summary.elapsed_s if summary.elapsed_s else 0.0
-        out.print(f"Analysed {summary.analysed} track(s) with {', '.join(summary.models)} on {summary.device} in "
+        where = f" on {summary.device}" if summary.device else ""  # no device started: nothing to analyse
+        out.print(f"Analysed {summary.analysed} track(s) with {', '.join(summary.models)}{where} in "
                   f"{summary.elapsed_s:.1f} s ({speed:.0f}× real time); {summary.skipped} already analysed.")
         for item in summary.errors:
             out.print(f"[red]  {item['path']}[/]\n    [dim]{item['reason']}")

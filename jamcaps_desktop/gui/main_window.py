@@ -411,7 +411,8 @@ class MainWindow(QMainWindow):
     def _analysed(self, summary: Any) -> None:
         self.reload()
         errors = len(summary.errors)
-        self.statusBar().showMessage(f"Analysed {summary.analysed:,} track(s) on {summary.device} in "
+        where = f" on {summary.device}" if summary.device else ""  # no device started: nothing to analyse
+        self.statusBar().showMessage(f"Analysed {summary.analysed:,} track(s){where} in "
                                      f"{summary.elapsed_s:.0f} s" + (f"; {errors} could not be analysed" if errors
                                                                      else ""))
         if errors:
