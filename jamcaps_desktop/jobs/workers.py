@@ -124,40 +124,57 @@ def in_order(function: Callable[[Any], Any], items: list[Any], workers: int, can
     dies (a decoder crash) takes every unfinished item of its pool with it: those are computed again one at
     a time, each in a process of its own, so that only the item that crashes gets ``crashed(item)``; a fresh
     pool takes the rest. Results that had finished meanwhile are computed again too, and handed to
-    ``discard`` (to free what they hold outside the process)."""
+    ``discard`` (to free what they hold outside the process). A caller that stops taking results (a cancel,
+    or closing the iterator) waits only for the items the workers have started: the rest are never computed,
+    and results finished but never taken go to ``discard`` too."""
     if workers <= 1 or len(items) < sequential_below:
         for item in items:
             if cancel.cancelled:
                 return
             yield function(item)
         return
-    with _pool(workers, context) as pool:
-        futures = deque(pool.submit(function, item) for item in items[:ahead])
-        submitted = len(futures)
-        while futures:
-            if cancel.cancelled:
-                for future in futures:
-                    future.cancel()
-                return
+    futures: deque[Any] = deque()
+    try:
+        with _pool(workers, context) as pool:
             try:
-                result = futures[0].result()
-            except BrokenProcessPool:
-                pool.shutdown(wait=False, cancel_futures=True)
-                for future in futures:
-                    if discard is not None and future.done() and not future.cancelled() and future.exception() is None:
-                        discard(future.result())
-                for item in items[submitted - len(futures):submitted]:
+                futures.extend(pool.submit(function, item) for item in items[:ahead])
+                submitted = len(futures)
+                while futures:
                     if cancel.cancelled:
                         return
-                    yield _isolated(function, item, crashed, context)
-                yield from in_order(function, items[submitted:], workers, cancel, ahead=ahead, crashed=crashed,
-                                    discard=discard, sequential_below=sequential_below, context=context)
-                return
-            futures.popleft()  # the result's memory goes with its future
-            if submitted < len(items) and not cancel.cancelled:
-                futures.append(pool.submit(function, items[submitted]))
-                submitted += 1
-            yield result
+                    try:
+                        result = futures[0].result()
+                    except BrokenProcessPool:
+                        pool.shutdown(wait=False, cancel_futures=True)
+                        broken, futures = futures, deque()
+                        for future in broken:
+                            if _finished(future) and discard is not None:
+                                discard(future.result())
+                        for item in items[submitted - len(broken):submitted]:
+                            if cancel.cancelled:
+                                return
+                            yield _isolated(function, item, crashed, context)
+                        yield from in_order(function, items[submitted:], workers, cancel, ahead=ahead,
+                                            crashed=crashed, discard=discard, sequential_below=sequential_below,
+                                            context=context)
+                        return
+                    futures.popleft()  # the result's memory goes with its future
+                    if submitted < len(items) and not cancel.cancelled:
+                        futures.append(pool.submit(function, items[submitted]))
+                        submitted += 1
+                    yield result
+            finally:  # cancelled, closed early or failed: the items no worker has started are never computed
+                for future in futures:
+                    future.cancel()
+    finally:  # once the pool has stopped: results computed but never taken are handed to ``discard``
+        if discard is not None:
+            for future in futures:
+                if _finished(future):
+                    discard(future.result())
+
+
+def _finished(future: Any) -> bool:
+    return future.done() and not future.cancelled() and future.exception() is None
 
 
 @contextmanager
