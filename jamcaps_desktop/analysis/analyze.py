@@ -119,6 +119,17 @@ def _heard_in_order(paths: list[str], specs: dict[_Group, InputSpec], cancel: Ca
                     sequential_below=PARALLEL_ANALYSIS_THRESHOLD)
 
 
+def _stop_hearing(built: GraphsAhead | None, heard_files: Any, native_folder: str | None) -> None:
+    """Stop building graphs ahead and decoding, and remove the shared-memory files of tracks heard but never
+    measured (a cancel, a failure, a job that falls back to the CPU)."""
+    if built is not None:
+        built.close()
+    if heard_files is not None:
+        heard_files.close()
+    if native_folder:
+        remove_native_files(native_folder)
+
+
 def _default_workers(on_gpu: bool, on_device: bool) -> int:
     """With a GPU the cores are free for decoding; on the CPU the models need them too. The job's own
     process takes about three cores when it feeds the GPU the front ends' audio (its threads copy the audio
@@ -390,36 +401,30 @@ def analyze(library: Library, *, models: list[str] | None = None, device: str = 
                                   message=f"{speed:.0f}× real time"))
 
         try:
-            if todo:
-                heard_files = _heard_in_order([fs_path(bytes(row["path_key"])) for row in todo], specs, cancel,
-                                              workers, ship_audio=on_device, native_folder=native_folder,
-                                              decoded_samples=decoded_samples)
             front_ends = None
-            if on_device and todo:  # tempo, key and windows are made beside the model runs, in threads of their own
-                ready: Future[DeviceFrontEnds] = Future()
-                heard_files = _MeasuredAhead(heard_files, ready, list(specs))  # the workers start now
-                formats = _likely_formats(todo)
-                built = GraphsAhead(specs, formats)  # beside the models' sessions
-            for model in loaded if todo else ():
-                _open(model, device)
-            if todo and loaded:
-                summary.device = loaded[0].session.get_providers()[0]
+            if todo:
+                paths = [fs_path(bytes(row["path_key"])) for row in todo]
+                heard_files = _heard_in_order(paths, specs, cancel, workers, ship_audio=on_device,
+                                              native_folder=native_folder, decoded_samples=decoded_samples)
+                if on_device:  # tempo, key and windows are made beside the model runs, in threads of their own
+                    ready: Future[DeviceFrontEnds] = Future()
+                    heard_files = _MeasuredAhead(heard_files, ready, list(specs))  # the workers start now
+                    formats = _likely_formats(todo)
+                    built = GraphsAhead(specs, formats)  # beside the models' sessions
+                for model in loaded:
+                    _open(model, device)
+                summary.device = loaded[0].session.get_providers()[0] if loaded else "CPUExecutionProvider"
                 if on_gpu and summary.device != "CUDAExecutionProvider":
                     log.warning("CUDA could not start: the models run on the CPU")
                     on_gpu = False
                     if front_ends_on_device is None and on_device:  # the CPU's own way after all: decoding
                         # starts again, the workers computing the models' inputs beside the models
-                        if built is not None:
-                            built.close()
-                        heard_files.close()
-                        if native_folder:
-                            remove_native_files(native_folder)
+                        _stop_hearing(built, heard_files, native_folder)
                         on_device, native_folder, built = False, None, None
-                        heard_files = _heard_in_order(
-                            [fs_path(bytes(row["path_key"])) for row in todo], specs, cancel,
-                            _default_workers(False, False) if workers_asked is None else workers_asked)
-            if on_device and todo:
-                front_ends = _made_front_ends(ready, specs, "cuda" if on_gpu else "cpu", formats, built)
+                        cpu_workers = _default_workers(False, False) if workers_asked is None else workers_asked
+                        heard_files = _heard_in_order(paths, specs, cancel, cpu_workers)
+                if on_device:
+                    front_ends = _made_front_ends(ready, specs, "cuda" if on_gpu else "cpu", formats, built)
             batcher = _Batcher(loaded, BATCH_WINDOWS["cuda" if on_gpu else "cpu"], front_ends, full_batches=on_gpu)
             if on_gpu and todo:
                 batcher.warm_up()
@@ -427,14 +432,9 @@ def analyze(library: Library, *, models: list[str] | None = None, device: str = 
                 store(batcher.add(row, heard))
             store(batcher.drain())  # also after a cancel: what was heard is kept
         finally:
-            if built is not None:
-                built.close()
-            if heard_files is not None:
-                heard_files.close()
+            _stop_hearing(built, heard_files, native_folder)
             if batcher is not None:
                 batcher.close()
-            if native_folder:
-                remove_native_files(native_folder)  # of tracks heard but never measured (a cancel, a failure)
         summary.status = "cancelled" if cancel.cancelled else "completed"
     summary.elapsed_s = round(time.monotonic() - started, 3)
     return summary

@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from multiprocessing import process
 from typing import TYPE_CHECKING, Any
 
@@ -136,36 +136,31 @@ def in_order(function: Callable[[Any], Any], items: list[Any], workers: int, can
     futures: deque[Any] = deque()
     try:
         with _pool(workers, context) as pool:
-            try:
-                futures.extend(pool.submit(function, item) for item in items[:ahead])
-                submitted = len(futures)
-                while futures:
-                    if cancel.cancelled:
-                        return
-                    try:
-                        result = futures[0].result()
-                    except BrokenProcessPool:
-                        pool.shutdown(wait=False, cancel_futures=True)
-                        broken, futures = futures, deque()
-                        for future in broken:
-                            if _finished(future) and discard is not None:
-                                discard(future.result())
-                        for item in items[submitted - len(broken):submitted]:
-                            if cancel.cancelled:
-                                return
-                            yield _isolated(function, item, crashed, context)
-                        yield from in_order(function, items[submitted:], workers, cancel, ahead=ahead,
-                                            crashed=crashed, discard=discard, sequential_below=sequential_below,
-                                            context=context)
-                        return
-                    futures.popleft()  # the result's memory goes with its future
-                    if submitted < len(items) and not cancel.cancelled:
-                        futures.append(pool.submit(function, items[submitted]))
-                        submitted += 1
-                    yield result
-            finally:  # cancelled, closed early or failed: the items no worker has started are never computed
-                for future in futures:
-                    future.cancel()
+            futures.extend(pool.submit(function, item) for item in items[:ahead])
+            submitted = len(futures)
+            while futures:
+                if cancel.cancelled:
+                    return
+                try:
+                    result = futures[0].result()
+                except BrokenProcessPool:
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    broken, futures = futures, deque()
+                    for future in broken:
+                        if _finished(future) and discard is not None:
+                            discard(future.result())
+                    for item in items[submitted - len(broken):submitted]:
+                        if cancel.cancelled:
+                            return
+                        yield _isolated(function, item, crashed, context)
+                    yield from in_order(function, items[submitted:], workers, cancel, ahead=ahead, crashed=crashed,
+                                        discard=discard, sequential_below=sequential_below, context=context)
+                    return
+                futures.popleft()  # the result's memory goes with its future
+                if submitted < len(items) and not cancel.cancelled:
+                    futures.append(pool.submit(function, items[submitted]))
+                    submitted += 1
+                yield result
     finally:  # once the pool has stopped: results computed but never taken are handed to ``discard``
         if discard is not None:
             for future in futures:
@@ -179,13 +174,16 @@ def _finished(future: Any) -> bool:
 
 @contextmanager
 def _pool(workers: int, context: multiprocessing.context.BaseContext | None) -> Iterator[ProcessPoolExecutor]:
-    if context is not None:
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=init_worker) as pool:
+    """A pool of ``workers`` processes; when the block ends (its caller done, cancelled or failed), the items no
+    worker has started are cancelled, and the pool waits only for those under way."""
+    environment = single_threaded_workers() if context is None else nullcontext()
+    with environment:
+        pool = ProcessPoolExecutor(workers, mp_context=context or multiprocessing.get_context("spawn"),
+                                   initializer=init_worker)
+        try:
             yield pool
-        return
-    with single_threaded_workers(), ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                                        initializer=init_worker) as pool:
-        yield pool
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _isolated(function: Callable[[Any], Any], item: Any, crashed: Callable[[Any], Any],
