@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -64,15 +64,20 @@ def _decode_one(path: str) -> int:
     return sum(len(chunk) for chunk in iter_samples(path, 16000))
 
 
-def _decode_all(paths: list[str], workers: int) -> float:
+def _decode_all(paths: list[str], workers: int, done: list[float] | None = None) -> float:
+    """Seconds to decode every file; ``done`` gets the time each file finished (for ``_pace``)."""
+    done = [] if done is None else done
     start = time.perf_counter()
     if workers <= 1:
         for path in paths:
             _decode_one(path)
+            done.append(time.perf_counter())
     else:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            list(pool.map(_decode_one, paths))
+            for future in as_completed([pool.submit(_decode_one, path) for path in paths]):
+                future.result()
+                done.append(time.perf_counter())
     return time.perf_counter() - start
 
 
@@ -86,13 +91,17 @@ def _measure(folder: Path, workdir: Path, device: str, workers: int, models: lis
 
     out: dict[str, object] = {}
     decode_s = 0.0
+    decode_pace: dict[str, float] = {}
     for run, placement in enumerate(front_ends):
         library = Library(workdir / f"{folder.name}-{run}.sqlite")
         scan(library, [folder])
         rows = library.conn.execute("SELECT path, duration FROM tracks WHERE status = 'ok'").fetchall()
         paths, seconds = [r[0] for r in rows], sum(r[1] for r in rows)
         if not decode_s:
-            decode_s = _decode_all(paths, decode_workers or workers)
+            decoded: list[float] = []
+            decode_start = time.perf_counter()
+            decode_s = _decode_all(paths, decode_workers or workers, decoded)
+            decode_pace = {f"decode_{key}": value for key, value in _pace(decoded, decode_start).items()}
         on_device = {"auto": None, "workers": False, "device": True, "device-resampled": True}[placement]
         stored: list[float] = []
         start = time.perf_counter()
@@ -110,8 +119,11 @@ def _measure(folder: Path, workdir: Path, device: str, workers: int, models: lis
             "analysis_s": round(analysis_s, 1), "analysis_tracks_per_min": round(summary.analysed / analysis_s * 60, 1),
             "analysis_x_realtime": round(seconds / analysis_s, 1),
             "analysis_vs_decode": round(decode_s / analysis_s, 2),
-            **_pace(stored, start),
+            **_pace(stored, start), **decode_pace,
         }
+        running, decoding = result.get("running_tracks_per_s"), result.get("decode_running_tracks_per_s")
+        if isinstance(running, float) and isinstance(decoding, float) and decoding:
+            result["running_vs_decode"] = round(running / decoding, 2)  # the jobs once running
         if len(front_ends) == 1:
             return result
         repeats = sum(1 for key in out if key.split(" (")[0] == placement)

@@ -866,3 +866,58 @@ class _captured_warnings:
 
     def __exit__(self, *exc):
         self.logger.removeHandler(self.handler)
+
+
+class _WithoutVectorRuns:
+    """A session as an onnxruntime without ``run_with_ortvaluevector`` offers it."""
+
+    def __init__(self, session) -> None:
+        self._session = session
+
+    def __getattr__(self, name):
+        if name == "run_with_ortvaluevector":
+            raise AttributeError(name)
+        return getattr(self._session, name)
+
+
+@pytest.mark.parametrize("vector_runs", [True, False], ids=["value vectors", "io binding"])
+def test_runs_that_copy_inside_the_run_give_the_same_outputs_where_asked(vector_runs):
+    import onnxruntime as ort
+
+    from jamcaps_desktop.models.engine import run_values
+
+    rng = np.random.default_rng(5)
+    raw = (rng.standard_normal((3 * 44100, 2)) * 8000).astype(np.int16)
+    session = _session(graphs.decoded_audio_graph(44100, "int16", True))
+    expected = session.run(None, {graphs.RAW: raw})
+    runner = session if vector_runs else _WithoutVectorRuns(session)
+    fetches = {graphs.AUDIO_HOST: "cpu", graphs.PEAK: "cpu", graphs.AUDIO: "cpu"}
+    audio_host, peak, audio = run_values(runner, {graphs.RAW: raw}, fetches)
+    assert all(isinstance(value, ort.OrtValue) and value.device_name() == "cpu" for value in (audio_host, peak, audio))
+    assert np.array_equal(audio.numpy(), expected[0]) and np.array_equal(audio_host.numpy(), audio.numpy())
+    assert float(peak.numpy()) == float(expected[2]) == pytest.approx(np.abs(raw).max() / 2**15)
+    # an OrtValue already made is fed as it is, and the array handed over is left as it was
+    before = raw.copy()
+    again = run_values(runner, {graphs.RAW: ort.OrtValue.ortvalue_from_numpy(raw)}, {graphs.AUDIO: "cpu"})[0]
+    assert np.array_equal(again.numpy(), expected[0]) and np.array_equal(raw, before)
+
+
+def test_the_audio_handed_to_the_host_outlives_the_run_that_made_it(front_ends, tmp_path):
+    """The 16 kHz audio is a view of the run's host output: it must stay valid once the run's values are gone."""
+    import gc
+
+    from jamcaps_desktop.analysis.native_audio import RawAudio
+
+    rng = np.random.default_rng(6)
+    tracks = [(rng.standard_normal((2, 44100 * 5)) * 0.3).astype(np.float32) for _ in range(3)]
+    results = []
+    for samples in tracks:
+        array = save_array(samples, str(tmp_path / "raw-"))
+        audio, _loudness = front_ends.decoded(RawAudio(array, 44100, False, ["FL", "FR"]))
+        results.append(audio)
+        gc.collect()
+    _garbage = [np.full(44100 * 10, 7.0, dtype=np.float32) for _ in range(20)]
+    for samples, audio in zip(tracks, results, strict=True):
+        again, _loudness = front_ends.decoded(RawAudio(save_array(samples, str(tmp_path / "raw-")), 44100, False,
+                                                       ["FL", "FR"]))
+        assert np.array_equal(audio, again) and 0.05 < float(np.abs(audio).mean()) < 1.0

@@ -51,7 +51,7 @@ from jamcaps_desktop.jobs.workers import in_order, single_threaded_workers
 from jamcaps_desktop.library.database import Library, utc_now
 from jamcaps_desktop.library.paths import fs_path
 from jamcaps_desktop.models import registry
-from jamcaps_desktop.models.engine import cuda_wanted, make_session
+from jamcaps_desktop.models.engine import cuda_wanted, make_session, run_values
 
 log = logging.getLogger(__name__)
 
@@ -331,14 +331,10 @@ def _run_model(model: _Loaded, batch: Any, owners: list[tuple[_TrackWork, int]])
             feeds[model.mask_input] = mask
         outputs = model.session.run(names, feeds)
     else:
-        binding = model.session.io_binding()
-        binding.bind_ortvalue_input(model.input_name, batch)
+        feeds = {model.input_name: batch}
         if model.mask_input:
-            binding.bind_cpu_input(model.mask_input, mask)
-        for name in names:
-            binding.bind_output(name, "cpu")
-        model.session.run_with_iobinding(binding)
-        outputs = binding.copy_outputs_to_cpu()
+            feeds[model.mask_input] = mask
+        outputs = [value.numpy() for value in run_values(model.session, feeds, dict.fromkeys(names, "cpu"))]
     results = dict(zip(names, outputs, strict=True))
     offset = 0
     for work, take in owners:

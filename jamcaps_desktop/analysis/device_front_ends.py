@@ -35,7 +35,7 @@ from jamcaps_desktop.audio.loudness import Loudness, loudness_of_steps
 from jamcaps_desktop.audio.loudness_blocks import block_plan, separation
 from jamcaps_desktop.audio.tempo import Tempo
 from jamcaps_desktop.audio.tempo import estimate as estimate_tempo
-from jamcaps_desktop.models.engine import make_session
+from jamcaps_desktop.models.engine import make_session, run_values
 
 log = logging.getLogger(__name__)
 
@@ -81,12 +81,7 @@ class DeviceFrontEnds:
 
     def features(self, group: Any, batch: np.ndarray) -> Any:
         """The model input of a batch of windows, as an OrtValue on the device."""
-        session = self.windows[group]
-        binding = session.io_binding()
-        binding.bind_cpu_input(graphs.AUDIO, np.ascontiguousarray(batch, dtype=np.float32))
-        binding.bind_output(graphs.FEATURES, self.device_type)
-        session.run_with_iobinding(binding)
-        return binding.get_outputs()[0]
+        return run_values(self.windows[group], {graphs.AUDIO: _float32(batch)}, {graphs.FEATURES: self.device_type})[0]
 
     def cut(self, audio: np.ndarray, groups: list[Any]) -> dict[Any, np.ndarray]:
         """Each group's windows of a track's audio (views where they can be)."""
@@ -137,14 +132,9 @@ class DeviceFrontEnds:
         ``key``: the track then crosses to the device once, not once per measurement)."""
         try:
             session = self._decoded_session((raw.rate, raw.dtype, raw.interleaved))
-            binding = session.io_binding()
-            binding.bind_cpu_input(graphs.RAW, raw.array.take())
-            binding.bind_output(graphs.AUDIO, self.device_type)
-            binding.bind_output(graphs.STEP_POWER, "cpu")
-            binding.bind_output(graphs.PEAK, "cpu")
-            session.run_with_iobinding(binding)
-            on_device, power, peak = binding.get_outputs()
-            audio = on_device.numpy()
+            on_device, power, peak, here = run_values(session, {graphs.RAW: raw.array.take()}, {
+                graphs.AUDIO: self.device_type, graphs.STEP_POWER: "cpu", graphs.PEAK: "cpu", graphs.AUDIO_HOST: "cpu"})
+            audio = here.numpy()  # a view of the host copy, not another copy
         finally:
             raw.remove()
         length = resampler.output_length(raw.rate, graphs.MODEL_RATE, raw.length)
@@ -209,16 +199,12 @@ class DeviceFrontEnds:
     def _run_stretch(self, session: Any, signal: Any, start: int, end: int,
                      lead: tuple[int, int] | None = None) -> list[np.ndarray]:
         """One run of the tempo or key graph over samples ``start:end`` of a track on the device."""
-        binding = session.io_binding()
-        binding.bind_ortvalue_input(graphs.SIGNAL, signal)
-        binding.bind_cpu_input(graphs.STRETCH_START, np.array([start], dtype=np.int64))
-        binding.bind_cpu_input(graphs.STRETCH_END, np.array([end], dtype=np.int64))
+        feeds = {graphs.SIGNAL: signal, graphs.STRETCH_START: np.array([start], dtype=np.int64),
+                 graphs.STRETCH_END: np.array([end], dtype=np.int64)}
         if lead is not None:
-            binding.bind_cpu_input(graphs.STRETCH_LEAD, np.array(lead, dtype=np.int64))
-        for output in session.get_outputs():
-            binding.bind_output(output.name, "cpu")
-        session.run_with_iobinding(binding)
-        return binding.copy_outputs_to_cpu()
+            feeds[graphs.STRETCH_LEAD] = np.array(lead, dtype=np.int64)
+        outputs = run_values(session, feeds, {output.name: "cpu" for output in session.get_outputs()})
+        return [output.numpy() for output in outputs]
 
 
 class GraphsAhead:

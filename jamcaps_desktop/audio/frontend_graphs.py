@@ -366,6 +366,7 @@ def _k_weighted_power(g: _Graph, samples: str, plan: BlockPlan) -> None:
 
 RAW = "raw"  # [samples, channels] (interleaved) or [channels, samples] (planar): int16, int32 or float32
 PEAK = "peak"  # []: the largest magnitude of any sample (linear)
+AUDIO_HOST = "audio_host"  # ``AUDIO`` again, for the caller to take to the host while ``AUDIO`` stays on the device
 RAW_SCALES = {"int16": 1.0 / 2**15, "int32": 1.0 / 2**31, "float32": 1.0}  # FFmpeg's conversions to float
 MODEL_RATE = 16000
 
@@ -374,7 +375,9 @@ def decoded_audio_graph(rate: int, dtype: str, interleaved: bool) -> Any:
     """A track's decoded samples at its own ``rate`` → ``AUDIO`` (mono at 16 kHz, resampled as FFmpeg
     resamples: ``audio.resampler``; the caller keeps the first ``output_length`` samples), ``STEP_POWER``
     (the K-weighted power of each channel's 100 ms steps, the channels laid one after the other with the
-    filter's rest between them, as ``native_audio.save_native`` lays them out) and ``PEAK``. The samples must
+    filter's rest between them, as ``native_audio.save_native`` lays them out) and ``PEAK``; ``AUDIO_HOST``
+    is ``AUDIO`` once more, so that one run can leave the audio on the device and hand it to the host
+    too. The samples must
     be longer than the resampling filter and than four 100 ms steps."""
     from onnx import TensorProto, helper
 
@@ -423,11 +426,13 @@ def decoded_audio_graph(rate: int, dtype: str, interleaved: bool) -> Any:
         frames = g.node("Concat", rows, axis=1) if span > 1 else rows[0]
         product = g.node("MatMul", [frames, g.const(resample.matrix, "resample")])
         g.nodes.append(helper.make_node("Reshape", [product, g.const(_int64(-1), "shape")], [AUDIO]))
+    g.nodes.append(helper.make_node("Identity", [AUDIO], [AUDIO_HOST]))
     shape = ["samples", "channels"] if interleaved else ["channels", "samples"]
     element = {"int16": TensorProto.INT16, "int32": TensorProto.INT32, "float32": TensorProto.FLOAT}[dtype]
     return g.model([helper.make_tensor_value_info(RAW, element, shape)],
                    [helper.make_tensor_value_info(AUDIO, TensorProto.FLOAT, ["audio_samples"]),
                     helper.make_tensor_value_info(STEP_POWER, TensorProto.FLOAT, ["steps"]),
-                    helper.make_tensor_value_info(PEAK, TensorProto.FLOAT, [])], "decoded_audio")
+                    helper.make_tensor_value_info(PEAK, TensorProto.FLOAT, []),
+                    helper.make_tensor_value_info(AUDIO_HOST, TensorProto.FLOAT, ["audio_samples"])], "decoded_audio")
 
 
