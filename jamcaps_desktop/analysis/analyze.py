@@ -472,13 +472,12 @@ def _made_front_ends(ready: Future[DeviceFrontEnds], specs: dict[_Group, InputSp
 
 
 _END = object()
-# four threads measuring eight tracks ahead: 0.64 of decode-alone, against 0.60 for three threads four tracks
-# ahead (musicnn on an H200). Eight threads sixteen ahead measured no better on an H100 (BEATs 13.6–14.1 s for
-# 400 tracks against 12.9–15.3 s; the musicnn taggers 16.3–16.7 s against 15.7–16.2 s): the measuring limits a
-# job on a fast GPU, and its threads then wait for one another's copies to and from the GPU, which the driver
-# makes one at a time (about 9 GB/s to the GPU and 2–4 GB/s back from pageable memory, with any number of threads).
-MEASURED_AHEAD = 8  # tracks measured ahead of the model runs
-MEASURE_THREADS = 4  # tracks measured at once: their graphs and copies run beside one another
+# Eight threads sixteen tracks ahead, on an H100 (400 tracks, the same machine, alternating): BEATs 39.6–40.7
+# tracks/s once running against 36.7–37.4 with four threads eight ahead; the musicnn taggers, which the models
+# limit rather than the measuring, 30.7–30.8 against 31.3–32.4. Before the copies to and from the GPU left
+# the interpreter free (``engine.run_values``), eight threads gained nothing: each copy held every thread up.
+MEASURED_AHEAD = 16  # tracks measured ahead of the model runs
+MEASURE_THREADS = 8  # tracks measured at once: their graphs and copies run beside one another
 
 
 class _MeasuredAhead:

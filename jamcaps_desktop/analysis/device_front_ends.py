@@ -4,8 +4,9 @@ Used when the models run on a GPU: the decoding workers then hand over each trac
 they are (``native_audio``), which are resampled to 16 kHz and measured for loudness here; the log-mel
 or fbank of every window, the tempo's onset envelope and the key's pitch profile follow, all computed by
 the graphs of ``audio.frontend_graphs``, on the GPU. (Tracks the device does not take come resampled,
-with their audio at their own rate for the loudness.) The window features never leave the device: they go from the
-front end's session to the models' through ONNX Runtime's I/O binding.
+with their audio at their own rate for the loudness.) The window features never leave the device: the front end's
+session leaves them there for the models' (``engine.run_values``, which makes every copy between host and
+GPU inside the run, where the other threads go on).
 
 Long tracks are measured a stretch at a time (about 80 s of frames for the tempo, 130 s for the key),
 the stretches overlapping by what one frame needs, so that every value is the one the streaming numpy
