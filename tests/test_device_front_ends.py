@@ -680,7 +680,7 @@ def test_tracks_are_decoded_while_the_models_sessions_are_made(installed_models,
     assert not glob.glob(folders[0] + "*")
 
 
-def test_a_warm_up_that_fails_costs_the_job_nothing(installed_models, make_track, tmp_path, monkeypatch):
+def test_sessions_made_ahead_that_fail_cost_the_job_nothing(installed_models, make_track, tmp_path, monkeypatch):
     from jamcaps_desktop.analysis.analyze import analyze
     from jamcaps_desktop.library import Library
     from jamcaps_desktop.scan.scanner import scan
@@ -692,7 +692,7 @@ def test_a_warm_up_that_fails_costs_the_job_nothing(installed_models, make_track
     def failing(self, formats):
         raise RuntimeError("a graph could not be built")
 
-    monkeypatch.setattr(DeviceFrontEnds, "warm_up", failing)
+    monkeypatch.setattr(DeviceFrontEnds, "prepare", failing)
     with Library(tmp_path / "lib.sqlite") as library:
         scan(library, [music])
         summary = analyze(library, device="cpu", workers=2, front_ends_on_device=True)

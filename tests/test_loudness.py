@@ -7,6 +7,8 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from jamcaps_desktop.audio.loudness import HIGHPASS_A_48K, SHELF_A_48K, SHELF_B_48K, k_weighting, measure
 
@@ -68,3 +70,34 @@ def test_k_weighting_responds_alike_at_every_rate(rate):
     _, ours = sosfreqz(k_weighting(rate), worN=freqs, fs=rate)
     _, reference = sosfreqz(k_weighting(48000), worN=freqs, fs=48000)
     assert np.allclose(20 * np.log10(np.abs(ours)), 20 * np.log10(np.abs(reference)), atol=0.05)
+
+
+@pytest.mark.filterwarnings("ignore:Badly conditioned filter coefficients")  # SciPy's, for a leading zero
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(-4.0, 4.0), min_size=3, max_size=3),
+       st.lists(st.floats(-1.9, 1.9), min_size=2, max_size=2), st.floats(0.25, 4.0))
+def test_a_sections_state_space_is_scipys(numerator, poles, scale):
+    """The loudness graphs' filter in state-space form, written out so that a job need not import
+    ``scipy.signal``, gives SciPy's ``tf2ss`` for any second-order section (and so the same filter)."""
+    from scipy.signal import tf2ss
+
+    from jamcaps_desktop.audio.loudness_blocks import section_state_space
+
+    denominator = np.array([1.0, *poles]) * scale
+    ours = section_state_space(np.array(numerator), denominator)
+    theirs = tf2ss(np.array(numerator), denominator)
+    for mine, reference in zip(ours, theirs, strict=True):
+        np.testing.assert_allclose(mine, reference, rtol=1e-12, atol=1e-12)
+
+
+def test_the_loudness_blocks_are_planned_without_scipy_signal():
+    import subprocess
+    import sys
+
+    from jamcaps_desktop.audio.loudness_blocks import block_plan
+
+    code = ("import sys; from jamcaps_desktop.audio.loudness_blocks import block_plan; "
+            "print('scipy.signal' in sys.modules, *(block_plan(r).context for r in (44100, 48000)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", str(block_plan(44100).context), str(block_plan(48000).context)]
+    assert all(2 < int(context) < 256 for context in out[1:])

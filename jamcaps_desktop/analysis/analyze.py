@@ -440,7 +440,7 @@ def analyze(library: Library, *, models: list[str] | None = None, device: str = 
 _INTEGER_DECODERS = {"flac": ("int16", True), "pcm_s16le": ("int16", True), "pcm_s16be": ("int16", True),
                      "tta": ("int16", True), "alac": ("int16", False), "ape": ("int16", False),
                      "wavpack": ("int16", False), "tak": ("int16", False)}
-WARMED_FORMATS = 3  # the commonest formats among the tracks to analyse get their graphs before the first track
+PREPARED_FORMATS = 3  # the commonest formats among the tracks to analyse get their sessions before the first track
 
 
 def _likely_formats(todo: list[dict[str, Any]]) -> list[tuple[int, str, bool]]:
@@ -448,26 +448,26 @@ def _likely_formats(todo: list[dict[str, Any]]) -> list[tuple[int, str, bool]]:
     decode to, commonest first: their graphs are made before the first track."""
     formats = Counter((row["sample_rate"], *_INTEGER_DECODERS.get(row["codec"] or "", ("float32", False)))
                       for row in todo if row["sample_rate"] and resampler.exact(row["sample_rate"], MEASURE_RATE))
-    return [key for key, _count in formats.most_common(WARMED_FORMATS)]
+    return [key for key, _count in formats.most_common(PREPARED_FORMATS)]
 
 
 def _made_front_ends(ready: Future[DeviceFrontEnds], specs: dict[_Group, InputSpec], device: str,
                      formats: list[tuple[int, str, bool]], built: GraphsAhead | None = None) -> DeviceFrontEnds:
-    """The front ends' sessions (from the graphs ``built`` ahead), handed to the measuring threads, then
-    warmed up for the decoded-audio ``formats`` (while the decoding workers start)."""
+    """The front ends' sessions (from the graphs ``built`` ahead), those of the decoded-audio ``formats``
+    included, handed to the measuring threads."""
     try:
         front_ends = DeviceFrontEnds(specs, device, built)
     except BaseException as exc:
         ready.set_exception(exc)
         raise
-    ready.set_result(front_ends)
     try:
-        front_ends.warm_up(formats)
+        front_ends.prepare(formats)
     except Exception:  # only a head start: each track's own measuring reports what fails for it
-        log.exception("warming up the front ends failed")
+        log.exception("making the front ends' sessions ahead failed")
     finally:
         if built is not None:
             built.close()  # graphs of formats met later are built as they are needed
+        ready.set_result(front_ends)
     return front_ends
 
 
@@ -486,7 +486,7 @@ class _MeasuredAhead:
     workers, overlap one another and the model runs of the job's thread.
 
     Its thread starts at once, and with it the decoding workers; the front ends (``front_ends``, resolved
-    by the job's thread) are made and warmed up while the workers start."""
+    by the job's thread) are made while the workers start."""
 
     def __init__(self, heard_files: Iterator[Heard], front_ends: Future[DeviceFrontEnds], groups: list[_Group]
                  ) -> None:

@@ -107,16 +107,14 @@ class DeviceFrontEnds:
         finally:
             native.remove()
 
-    def warm_up(self, formats: list[tuple[int, str, bool]]) -> None:
-        """Make the decoded-audio graphs of the given formats (rate, sample type, interleaved), and run every
-        graph once on a second of silence: on a GPU a graph's first run loads its kernels and sets up its
-        memory, which would otherwise hold up the first tracks (the job does this while its workers start)."""
-        silence = self.on_device(np.zeros(graphs.MODEL_RATE, dtype=np.float32))
-        self.onset_envelope(silence, graphs.MODEL_RATE)
-        self.pitch_profile(silence, graphs.MODEL_RATE)
-        for rate, dtype, interleaved in formats:
-            shape = (rate, 2) if interleaved else (2, rate)
-            self._decoded_session((rate, dtype, interleaved)).run(None, {graphs.RAW: np.zeros(shape, dtype=dtype)})
+    def prepare(self, formats: list[tuple[int, str, bool]]) -> None:
+        """Make the decoded-audio sessions of the given formats (rate, sample type, interleaved) before the
+        measuring threads start: a session made in one thread while another runs a graph for the first time
+        can stop ONNX Runtime's CUDA provider. Nothing is run: the measuring threads' first tracks load the
+        graphs' kernels, beside the models' warm-up (which they used to wait for: 0.5 s of a job's start on
+        an H100)."""
+        for key in formats:
+            self._decoded_session(key)
 
     def _decoded_session(self, key: tuple[int, str, bool]) -> Any:
         return self._session(("decoded", key), lambda: make_session(

@@ -13,15 +13,26 @@ import numpy as np
 from jamcaps_desktop.audio.loudness import k_weighting, step_samples
 
 
+def section_state_space(numerator: np.ndarray, denominator: np.ndarray
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A, B, C, D of one second-order section b(z)/a(z) in controller canonical form (what SciPy's
+    ``tf2ss`` gives; written out here because importing ``scipy.signal`` took a job half a second to
+    a second and a half, on the path to its first measured track)."""
+    b = np.asarray(numerator, dtype=np.float64) / denominator[0]
+    a = np.asarray(denominator, dtype=np.float64) / denominator[0]
+    matrix = np.array([[-a[1], -a[2]], [1.0, 0.0]])
+    feed = np.array([[1.0], [0.0]])
+    out = np.array([[b[1] - b[0] * a[1], b[2] - b[0] * a[2]]])
+    return matrix, feed, out, np.array([[b[0]]])
+
+
 def state_space(sos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """A, B, C, D of a cascade of second-order sections (float64)."""
-    from scipy.signal import tf2ss
-
     a_total: np.ndarray | None = None
     b_total = c_total = None
     d_total = 1.0
     for section in sos:
-        a, b, c, d = tf2ss(section[:3], section[3:])
+        a, b, c, d = section_state_space(section[:3], section[3:])
         d = float(d[0, 0])
         if a_total is None:
             a_total, b_total, c_total, d_total = a, b, c, d
