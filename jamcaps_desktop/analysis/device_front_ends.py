@@ -5,7 +5,7 @@ they are (``native_audio``), which are resampled to 16 kHz and measured for loud
 or fbank of every window, the tempo's onset envelope and the key's pitch profile follow, all computed by
 the graphs of ``audio.frontend_graphs``, on the GPU. (Tracks the device does not take come resampled,
 with their audio at their own rate for the loudness.) The window features never leave the device: the front end's
-session leaves them there for the models' (``engine.run_values``, which makes every copy between host and
+session leaves them there for the models' (``engine.run_values``, which makes its copies between host and
 GPU inside the run, where the other threads go on).
 
 Long tracks are measured a stretch at a time (about 80 s of frames for the tempo, 130 s for the key),
@@ -123,22 +123,28 @@ class DeviceFrontEnds:
 
     def decoded(self, raw: RawAudio) -> tuple[np.ndarray, Loudness]:
         """The 16 kHz mono audio and the loudness of a track's decoded samples (its file is removed)."""
-        audio, _on_device, loudness = self.decoded_here_and_there(raw)
+        audio, _on_device, loudness = self._decoded(raw, keep=False)
         return audio, loudness
 
     def decoded_here_and_there(self, raw: RawAudio) -> tuple[np.ndarray, Any, Loudness]:
         """``decoded``, with the 16 kHz audio also as it stays on the device (an OrtValue, for ``tempo`` and
         ``key``: the track then crosses to the device once, not once per measurement)."""
+        return self._decoded(raw, keep=True)
+
+    def _decoded(self, raw: RawAudio, keep: bool) -> tuple[np.ndarray, Any, Loudness]:
+        fetches = {graphs.AUDIO_HOST: "cpu", graphs.STEP_POWER: "cpu", graphs.PEAK: "cpu"}
+        if keep:
+            fetches[graphs.AUDIO] = self.device_type
         try:
             session = self._decoded_session((raw.rate, raw.dtype, raw.interleaved))
-            on_device, power, peak, here = run_values(session, {graphs.RAW: raw.array.take()}, {
-                graphs.AUDIO: self.device_type, graphs.STEP_POWER: "cpu", graphs.PEAK: "cpu", graphs.AUDIO_HOST: "cpu"})
-            audio = here.numpy()  # a view of the host copy, not another copy
+            here, power, peak, *kept = run_values(session, {graphs.RAW: raw.array.take()}, fetches)
+            audio = here.numpy()  # a view of the run's host output (a copy of it on older ONNX Runtime)
         finally:
             raw.remove()
         length = resampler.output_length(raw.rate, graphs.MODEL_RATE, raw.length)
         steps = raw.length // block_plan(raw.rate).step
-        return audio[:length], on_device, _loudness(power.numpy(), steps, raw.rate, raw.names, float(peak.numpy()))
+        loudness = _loudness(power.numpy(), steps, raw.rate, raw.names, float(peak.numpy()))
+        return audio[:length], kept[0] if kept else None, loudness
 
     def on_device(self, audio: np.ndarray) -> Any:
         """A track's 16 kHz audio copied to the device once, for ``tempo`` and ``key``."""

@@ -100,7 +100,7 @@ def run_values(session: Any, feeds: dict[str, Any], fetches: dict[str, str]) -> 
     Every copy between the host and the GPU is made inside the run, where ONNX Runtime lets the other
     Python threads go on. An I/O binding copies a bound host array to the GPU as it is bound, and an
     OrtValue copies itself back to the host, both while holding the interpreter's lock: in an analysis
-    on an H100 that held every other thread up for about 6 s of a 15 s job (the decoded samples, 30–65 MB a
+    on an H100 that held every other thread up for about 6 s of a 16-s job (the decoded samples, 30–65 MB a
     track, and their 16 kHz audio coming back)."""
     import onnxruntime as ort
 
