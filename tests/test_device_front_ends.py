@@ -921,3 +921,59 @@ def test_the_audio_handed_to_the_host_outlives_the_run_that_made_it(front_ends, 
         again, _loudness = front_ends.decoded(RawAudio(save_array(samples, str(tmp_path / "raw-")), 44100, False,
                                                        ["FL", "FR"]))
         assert np.array_equal(audio, again) and 0.05 < float(np.abs(audio).mean()) < 1.0
+
+
+class _Handed:
+    """Heard tracks as the decoding workers hand them over (an iterator the measuring closes)."""
+
+    def __init__(self, heard) -> None:
+        self._heard = iter(heard)
+        self.closed = False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return next(self._heard)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize(("megabytes", "most"), [(10, 8), (300, 3)], ids=["short tracks", "long tracks"])
+def test_the_measuring_threads_hold_no_more_samples_than_the_device_can_take(monkeypatch, megabytes, most):
+    """Eight tracks at once, unless their decoded samples pass ``MEASURED_BYTES`` (768 MB): then only one
+    more than fits; and the tracks come out in order, each measured once."""
+    import threading
+    from concurrent.futures import Future
+
+    from jamcaps_desktop.analysis import analyze as analysis
+    from jamcaps_desktop.analysis.hearing import Heard
+    from jamcaps_desktop.analysis.native_audio import RawAudio
+
+    assert analysis.MEASURE_THREADS == 8 and analysis.MEASURED_BYTES == 768 * 1024 * 1024
+    running, peak, measured, lock = [0], [0], [], threading.Lock()
+
+    def measure(front_ends, heard, groups):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.03)
+        with lock:
+            running[0] -= 1
+            measured.append(heard.source)
+
+    monkeypatch.setattr(analysis, "_measure_on_device", measure)
+    samples = megabytes * 1024 * 1024 // 4
+    heard = [Heard(source=f"t{i}", raw=RawAudio(SharedArray(f"/nonexistent/{i}", "<f4", (2, samples // 2)), 44100,
+                                                 False, ["FL", "FR"])) for i in range(24)]
+    handed = _Handed(heard)
+    ready: Future = Future()
+    ready.set_result(object())
+    ahead = analysis._MeasuredAhead(handed, ready, [])
+    try:
+        out = [track.source for track in ahead]
+    finally:
+        ahead.close()
+    assert out == [f"t{i}" for i in range(24)] and sorted(measured) == sorted(out)
+    assert peak[0] == most and handed.closed

@@ -478,6 +478,10 @@ _END = object()
 # the interpreter free (``engine.run_values``), eight threads gained nothing: each copy held every thread up.
 MEASURED_AHEAD = 16  # tracks measured ahead of the model runs
 MEASURE_THREADS = 8  # tracks measured at once: their graphs and copies run beside one another
+# and no more decoded samples than this at once, whatever the threads: the GPU holds about five times a track's
+# samples while it resamples them, so eight long tracks would take a smaller card's memory (a track the device
+# fails to measure is decoded again and measured on the CPU, slowly). Eight five-minute tracks fit.
+MEASURED_BYTES = 768 * 1024 * 1024
 
 
 class _MeasuredAhead:
@@ -529,23 +533,35 @@ class _MeasuredAhead:
         _measure_on_device(self._front_ends.result(), heard, self._groups)
 
     def _measure(self) -> None:
-        pending: deque[tuple[Heard, Future[None]]] = deque()
+        pending: deque[tuple[Heard, Future[None], int]] = deque()
+        held = 0  # bytes of decoded samples being measured
         try:
             with ThreadPoolExecutor(max_workers=MEASURE_THREADS, thread_name_prefix="analysis-measure") as pool:
                 for heard in self._heard_files:
-                    pending.append((heard, pool.submit(self._measure_one, heard)))
+                    size = _handed_bytes(heard)
+                    pending.append((heard, pool.submit(self._measure_one, heard), size))
+                    held += size
                     # in order: a track goes on once it and every track before it are measured
-                    while pending and (len(pending) > MEASURE_THREADS or pending[0][1].done()):
-                        if not self._put(_settled(*pending.popleft())):
+                    while pending and (len(pending) > MEASURE_THREADS or pending[0][1].done()
+                                       or (held > MEASURED_BYTES and len(pending) > 1)):
+                        measured, measuring, size = pending.popleft()
+                        held -= size
+                        if not self._put(_settled(measured, measuring)):
                             return
                 while pending:
-                    if not self._put(_settled(*pending.popleft())):
+                    measured, measuring, _size = pending.popleft()
+                    if not self._put(_settled(measured, measuring)):
                         return
         except BaseException as exc:  # the workers' failure is the job's: hand it over
             self._put(exc)
         finally:
             self._heard_files.close()  # type: ignore[attr-defined]
             self._put(_END)
+
+
+def _handed_bytes(heard: Heard) -> int:
+    """The samples a worker handed over for the device to measure, in bytes."""
+    return sum(part.array.nbytes for part in (heard.raw, heard.native) if part is not None)
 
 
 def _settled(heard: Heard, measuring: Future[None]) -> Heard:

@@ -54,6 +54,10 @@ class SharedArray:
     dtype: str
     shape: tuple[int, ...]
 
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape)) * np.dtype(self.dtype).itemsize
+
     def take(self) -> np.ndarray:
         """The array, mapped; the file is removed (the mapping keeps the data while it is used).
 
@@ -63,7 +67,7 @@ class SharedArray:
         try:
             dtype = np.dtype(self.dtype)
             populate = getattr(mmap, "MAP_POPULATE", 0)
-            size = int(np.prod(self.shape)) * dtype.itemsize
+            size = self.nbytes
             if not populate or size == 0:
                 return np.memmap(self.path, dtype=dtype, mode="r", shape=self.shape)
             handle = os.open(self.path, os.O_RDONLY)
