@@ -460,8 +460,8 @@ def test_a_raw_file_that_vanished_fails_that_track_only(front_ends, tmp_path):
 class _CountingSession:
     """A model that labels each window with its first value and embeds it as it is."""
 
-    def __init__(self, fail_at: int | None = None) -> None:
-        self.calls, self.fail_at = 0, fail_at
+    def __init__(self, fail_at: int | None = None, slow: bool = False) -> None:
+        self.calls, self.fail_at, self.slow = 0, fail_at, slow
         self.sizes: list[int] = []
 
     def run(self, names, feeds):
@@ -469,6 +469,8 @@ class _CountingSession:
         self.sizes.append(len(feeds["x"]))
         if self.calls == self.fail_at:
             raise RuntimeError("the device was lost")
+        if self.slow:  # the next batch is put together meanwhile: this one must not change under it
+            time.sleep(0.02)
         windows = feeds["x"]  # [n, values], or model inputs of any shape (a warm-up's)
         return [windows.reshape(len(windows), -1)[:, :1] * np.ones((1, 3), dtype=np.float32), windows]
 
@@ -491,8 +493,9 @@ def _batcher_models(sessions):
             for i, session in enumerate(sessions)]
 
 
+@pytest.mark.parametrize("slow", [False, True], ids=["quick models", "slow models"])
 @pytest.mark.parametrize("full_batches", [False, True])
-def test_batches_in_flight_give_each_track_its_own_windows_in_order(full_batches):
+def test_batches_in_flight_give_each_track_its_own_windows_in_order(full_batches, slow):
     """Batches of four windows spanning tracks of 0–12 windows, each batch's two models running while the
     next batch is put together: every track gets the sums of exactly its windows, tracks come back in
     order, and only once every window of theirs has been through both models. With ``full_batches`` (a
@@ -500,7 +503,7 @@ def test_batches_in_flight_give_each_track_its_own_windows_in_order(full_batches
     from jamcaps_desktop.analysis.analyze import _Batcher
     from jamcaps_desktop.analysis.hearing import Heard
 
-    models = _batcher_models([_CountingSession(), _CountingSession()])
+    models = _batcher_models([_CountingSession(slow=slow), _CountingSession(slow=slow)])
     group = models[0].group
     batcher = _Batcher(models, 4, _PassThroughFrontEnds(), full_batches=full_batches)
     counts = [1, 7, 3, 0, 12, 5, 2]
@@ -529,6 +532,29 @@ def test_batches_in_flight_give_each_track_its_own_windows_in_order(full_batches
     assert models[0].session.calls == models[1].session.calls == -(-sum(counts) // 4)
     sizes = models[0].session.sizes
     assert sizes == ([4] * len(sizes) if full_batches else [4] * (len(sizes) - 1) + [sum(counts) % 4 or 4])
+
+
+def test_a_batch_being_run_is_not_overwritten_by_the_next_one_put_together():
+    """Batches of three windows from tracks of two, so that every batch joins pieces of two tracks in the
+    batcher's own buffers while the one before is still being run (slowly)."""
+    from jamcaps_desktop.analysis.analyze import _Batcher
+    from jamcaps_desktop.analysis.hearing import Heard
+
+    models = _batcher_models([_CountingSession(slow=True)])
+    group = models[0].group
+    batcher = _Batcher(models, 3, _PassThroughFrontEnds(), full_batches=True)
+    windows = [np.array([[i + 0.25, -i], [i + 0.5, -i]], dtype=np.float32) for i in range(9)]
+    back = []
+    try:
+        for i, track in enumerate(windows):
+            back += batcher.add({"id": i}, Heard(inputs={group: track}))
+        back += batcher.drain()
+    finally:
+        batcher.close()
+    assert [w.row["id"] for w in back] == list(range(9))
+    for work in back:
+        _labels, embedding = work.sums[models[0].name]
+        assert np.allclose(embedding, windows[work.row["id"]].sum(axis=0)), work.row["id"]
 
 
 def test_a_warm_up_runs_every_model_on_a_full_batch_and_counts_nothing():
