@@ -308,8 +308,9 @@ class _Batcher:
     def _joined(self, group: _Group, pieces: list[np.ndarray]) -> np.ndarray:
         """The pieces as one batch (filled up with silence for full batches), in one of two buffers kept
         for the group: a batch of 64 ten-second windows is 41 MB, which a new array for each batch had to
-        be given page by page (a sixth of the job's thread's time for BEATs on an H100). Two, because the
-        batch in flight may still be read while the next is put together, and only that one."""
+        be given page by page (in a profiled BEATs job on an H100, a sixth of the job's thread's time; the
+        job's pace did not change measurably, the thread having time to spare). Two, because the batch in
+        flight may still be read while the next is put together, and only that one."""
         count = sum(len(piece) for piece in pieces)
         size = self.batch if self.full_batches else count
         if len(pieces) == 1 and size == count:
@@ -625,8 +626,8 @@ def _measure_on_device(front_ends: DeviceFrontEnds, heard: Heard, groups: list[_
 
 def _store_analyses(library: Library, finished: list[_TrackWork], models: list[_Loaded],
                     summary: AnalysisSummary) -> None:
-    """Store the finished tracks' measurements and model results, in one transaction: a commit for each
-    track was a twentieth of the job's thread's time for BEATs on an H100."""
+    """Store the finished tracks' measurements and model results, in one transaction (a commit for each
+    track took a twentieth of the job's thread's time in a profiled BEATs job on an H100)."""
     if not finished:
         return
     with library.transaction() as conn:
