@@ -494,6 +494,7 @@ _END = object()
 # tracks/s once running against 36.7–37.4 with four threads eight ahead; the musicnn taggers, which the models
 # limit rather than the measuring, 30.7–30.8 against 31.3–32.4. Before the copies to and from the GPU left
 # the interpreter free (``engine.run_values``), eight threads gained nothing: each copy held every thread up.
+# Twelve or sixteen gained nothing either (BEATs 40.0–41.3 and 37.5 tracks/s against 39.8–42.6 on another H100).
 MEASURED_AHEAD = 16  # tracks measured ahead of the model runs
 MEASURE_THREADS = 8  # tracks measured at once: their graphs and copies run beside one another
 # and no more decoded samples than this at once, whatever the threads: the GPU holds about five times a track's
