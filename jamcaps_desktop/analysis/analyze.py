@@ -343,15 +343,12 @@ def _run_model(model: _Loaded, batch: Any, owners: list[tuple[_TrackWork, int]])
     # whole windows: nothing is padding (a short tail is zero-filled, as a recording's silence)
     shape = batch.shape if isinstance(batch, np.ndarray) else batch.shape()
     mask = np.zeros(shape[:2], dtype=bool) if model.mask_input else None
+    feeds = {model.input_name: batch}
+    if model.mask_input:
+        feeds[model.mask_input] = mask
     if isinstance(batch, np.ndarray):
-        feeds = {model.input_name: batch}
-        if model.mask_input:
-            feeds[model.mask_input] = mask
         outputs = model.session.run(names, feeds)
     else:
-        feeds = {model.input_name: batch}
-        if model.mask_input:
-            feeds[model.mask_input] = mask
         outputs = [value.numpy() for value in run_values(model.session, feeds, dict.fromkeys(names, "cpu"))]
     results = dict(zip(names, outputs, strict=True))
     offset = 0

@@ -215,8 +215,8 @@ class DeviceFrontEnds:
 class GraphsAhead:
     """The front ends' graphs, serialised in a thread of their own while the job does other things.
 
-    Building them is mostly numpy on the CPU (the key graph's DFT bases, the loudness filter's state
-    space): about a second of every job's start, which this lets overlap the making of the models'
+    Building them is mostly numpy on the CPU (the key graph's DFT bases): up to a second of a job's
+    start on a slow processor, which this lets overlap the making of the models'
     sessions (ONNX Runtime lets other threads run while it makes one). ``graph`` hands a graph over once,
     waiting for it where its building is under way, and builds one it was not given itself."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from pathlib import Path
@@ -115,12 +116,15 @@ def run_values(session: Any, feeds: dict[str, Any], fetches: dict[str, str]) -> 
     for value in values.values():
         inputs.push_back(value._get_c_value())
     outputs = OrtValueVector()
-    devices = [_device(ort, kind) for kind in fetches.values()]
-    run(ort.RunOptions(), list(values), inputs, list(fetches), outputs, devices)
+    run(ort.RunOptions(), list(values), inputs, list(fetches), outputs, [_device(kind) for kind in fetches.values()])
     return [ort.OrtValue(value) for value in outputs]
 
 
-def _device(ort: Any, kind: str) -> Any:
+@functools.lru_cache(maxsize=8)
+def _device(kind: str) -> Any:
+    """ONNX Runtime's description of device ``kind`` (made once: every measuring run asks for it)."""
+    import onnxruntime as ort
+
     return ort.OrtDevice.make(kind, 0)._get_c_device()
 
 
