@@ -2,7 +2,7 @@
 
     python benchmarks/analysis_benchmark.py [--audio FOLDER] [--minutes 60] [--device auto|cpu|cuda]
                                             [--workers N] [--decode-workers N] [--batches 1,8,64,256]
-                                            [--skip-memory]
+                                            [--skip-memory] [--ready]
                                             [--front-ends auto|workers|device|device-resampled[,...]]
 
 Measures, on the same files: (1) decoding alone (PyAV to 16 kHz mono, as the analysis decodes, in as
@@ -82,10 +82,13 @@ def _decode_all(paths: list[str], workers: int, done: list[float] | None = None)
 
 
 def _measure(folder: Path, workdir: Path, device: str, workers: int, models: list[str] | None = None,
-             front_ends: tuple[str, ...] = ("auto",), decode_workers: int | None = None) -> dict[str, object]:
+             front_ends: tuple[str, ...] = ("auto",), decode_workers: int | None = None,
+             ready: bool = False) -> dict[str, object]:
     """Decoding alone (with ``decode_workers``, by default as many as the analysis), then the whole analysis
-    once per front-end placement (each on a fresh library)."""
-    from jamcaps_desktop.analysis.analyze import analyze
+    once per front-end placement (each on a fresh library). Each analysis makes its own sessions, unless
+    ``ready``: then they are made ready before it is timed, as the window makes them when it opens."""
+    from jamcaps_desktop.analysis import kept_sessions
+    from jamcaps_desktop.analysis.analyze import analyze, get_ready, likely_formats
     from jamcaps_desktop.library import Library
     from jamcaps_desktop.scan.scanner import scan
 
@@ -103,6 +106,12 @@ def _measure(folder: Path, workdir: Path, device: str, workers: int, models: lis
             decode_s = _decode_all(paths, decode_workers or workers, decoded)
             decode_pace = {f"decode_{key}": value for key, value in _pace(decoded, decode_start).items()}
         on_device = {"auto": None, "workers": False, "device": True, "device-resampled": True}[placement]
+        kept_sessions.release()  # nothing kept from the run before
+        ready_s = None
+        if ready:
+            ready_start = time.perf_counter()
+            get_ready(device, models, likely_formats(library))
+            ready_s = round(time.perf_counter() - ready_start, 2)
         stored: list[float] = []
         start = time.perf_counter()
         summary = analyze(library, device=device, workers=workers, models=models, front_ends_on_device=on_device,
@@ -112,7 +121,8 @@ def _measure(folder: Path, workdir: Path, device: str, workers: int, models: lis
         library.close()
         result = {
             "device": summary.device, "workers": workers, "decode_workers": decode_workers or workers,
-            "front_ends": placement,
+            "front_ends": placement, "sessions": "made ready before" if ready else "made by the job",
+            "getting_ready_s": ready_s,
             "tracks": len(paths), "audio_minutes": round(seconds / 60, 1),
             "decode_s": round(decode_s, 1), "decode_tracks_per_min": round(len(paths) / decode_s * 60, 1),
             "decode_x_realtime": round(seconds / decode_s, 1),
@@ -204,6 +214,9 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=1, help="repeat the generated tracks this many times")
     parser.add_argument("--models", help="Comma-separated models to analyse with (default: the default ones).")
     parser.add_argument("--skip-throughput", action="store_true", help="Do not time the models alone.")
+    parser.add_argument("--ready", action="store_true",
+                        help="Make the models' sessions ready before timing each analysis, as the window does when "
+                             "it opens (CUDA's start, the sessions, their first runs), and time that apart.")
     parser.add_argument("--front-ends", default="auto",
                         help="Where the model inputs, tempo and key are computed: auto (on the GPU where the models "
                              "run there), workers, device, device-resampled (on the device, the workers resampling "
@@ -218,10 +231,10 @@ def main() -> None:
             results.update(_model_throughput(args.device, [int(b) for b in args.batches.split(",")], models))
         for folder in args.audio:
             results[str(folder)] = _measure(folder, work, args.device, args.workers, models, placements,
-                                            args.decode_workers)
+                                            args.decode_workers, args.ready)
         generated = _generated_hour(args.cache / "hour-of-music", args.minutes, args.copies)
         results["generated"] = _measure(generated, work, args.device, args.workers, models, placements,
-                                        args.decode_workers)
+                                        args.decode_workers, args.ready)
         if not args.skip_memory:
             long_file = args.cache / "two-hours.flac"
             if not long_file.exists():

@@ -16,6 +16,16 @@ from jamcaps_desktop.library import Library
 SHARED = (Path(__file__).resolve().parent.parent.parent / "shared").resolve()  # a link to it counts as it
 
 
+@pytest.fixture(autouse=True)
+def _no_sessions_kept_between_tests():
+    """Each test makes its own analysis sessions (a job keeps them for the next, in the same process)."""
+    from jamcaps_desktop.analysis import kept_sessions
+
+    kept_sessions.release()
+    yield
+    kept_sessions.release()
+
+
 @pytest.fixture
 def shared_corpus() -> Path:
     corpus = SHARED / "corpus"

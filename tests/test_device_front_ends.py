@@ -634,7 +634,7 @@ def test_a_session_that_cannot_be_made_stops_the_job_with_its_error(installed_mo
     """The decoding workers start before the models' and the front ends' sessions are made: where making one
     fails, the job ends with that error, the workers stop, and no track's audio is left in shared memory."""
     from jamcaps_desktop.analysis import analyze as analyze_module
-    from jamcaps_desktop.analysis import native_audio
+    from jamcaps_desktop.analysis import kept_sessions, native_audio
     from jamcaps_desktop.library import Library
     from jamcaps_desktop.scan.scanner import scan
 
@@ -656,7 +656,7 @@ def test_a_session_that_cannot_be_made_stops_the_job_with_its_error(installed_mo
     if failing_part == "front ends":
         monkeypatch.setattr(DeviceFrontEnds, "__init__", failing)
     else:
-        monkeypatch.setattr(analyze_module, "make_session", failing)
+        monkeypatch.setattr(kept_sessions, "make_session", failing)
     with Library(tmp_path / "lib.sqlite") as library:
         scan(library, [music])
         with pytest.raises(RuntimeError, match="no device memory"):

@@ -4,6 +4,7 @@ progress and cancel, proposals are reviewed, written into the files, and undone.
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 import numpy as np
@@ -274,3 +275,45 @@ def test_captions_from_the_window_are_shown_and_searchable(qtbot, window, make_t
     assert window.model.rowCount() == 1 and window.model.rows[0].tags["title"] == ["Nocturne"]
     window.go_to_track(window.model.rows[0].id)
     assert "classical" in window.panel.caption.text()
+
+
+def test_the_window_gets_the_models_ready_as_it_opens_unless_told_to_use_the_cpu(qtbot, window, make_track,
+                                                                                 tmp_path, monkeypatch):
+    """Opening the window starts making the analysis' GPU sessions in a thread of their own, for the formats
+    of the library's tracks; set to the CPU, it makes none. After an analysis they are let go (with what the
+    job's tracks took of the GPU's memory) and made again. Closing the window waits for that thread."""
+    from jamcaps_desktop.analysis import analyze as analyze_module
+    from jamcaps_desktop.analysis import kept_sessions
+
+    music = tmp_path / "music"
+    make_track(music, "flac", name="t0")
+    with Library(window.library_path) as library:
+        scan(library, [music])
+    asked: list[tuple[str, list]] = []
+    busy = threading.Event()
+
+    def recorded(device, models=None, formats=None):
+        asked.append((device, formats))
+        busy.wait(10)
+        return True
+
+    monkeypatch.setattr(analyze_module, "get_ready", recorded)
+    window.settings.device = "cpu"
+    assert window.get_models_ready() is None and asked == []
+    window.settings.device = "auto"
+    thread = window.get_models_ready()
+    qtbot.waitUntil(lambda: bool(asked), timeout=10_000)
+    assert asked == [("auto", [(44100, "int16", True)])] and thread.is_alive()
+    busy.set()
+    thread.join(10)
+
+    released: list[bool] = []
+    monkeypatch.setattr(kept_sessions, "release", lambda: released.append(True))
+    window.run_analyze()  # no model is installed: the job fails, and says so
+    _wait_idle(qtbot, window)
+    assert "failed" in window.statusBar().currentMessage()
+    qtbot.waitUntil(lambda: len(asked) == 2, timeout=10_000)
+    assert released == [True] and asked[1] == asked[0]
+    again = window._getting_ready
+    window.close()
+    assert not thread.is_alive() and not again.is_alive()

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from jamcaps_desktop.analysis import kept_sessions
 from jamcaps_desktop.analysis.device_front_ends import DeviceFrontEnds, GraphsAhead
 from jamcaps_desktop.analysis.hearing import MEASURE_RATE, Heard, discard, hear
 from jamcaps_desktop.analysis.native_audio import (
@@ -51,7 +52,7 @@ from jamcaps_desktop.jobs.workers import in_order, single_threaded_workers
 from jamcaps_desktop.library.database import Library, utc_now
 from jamcaps_desktop.library.paths import fs_path
 from jamcaps_desktop.models import registry
-from jamcaps_desktop.models.engine import cuda_wanted, make_session, run_values
+from jamcaps_desktop.models.engine import cuda_wanted, run_values
 
 log = logging.getLogger(__name__)
 
@@ -181,22 +182,8 @@ def _prepare(name: str) -> _Loaded:
 
 
 def _open(model: _Loaded, device: str) -> None:
-    """Check a prepared model's files and make its session."""
-    installed = registry.verify(model.name, thorough=False)  # ModelError names the install command
-    if installed.rebuild_hint:
-        log.warning(installed.rebuild_hint)
-    session = None
-    if installed.fp16_path is not None and cuda_wanted(device):  # the float16 graph, where it runs on CUDA
-        session = make_session(installed.fp16_path, device)
-        if session.get_providers()[0] != "CUDAExecutionProvider":
-            session = None
-    if session is None:
-        try:  # the app's current manifest says how the model may compute on CUDA
-            tf32 = registry.manifest(model.name).get("cuda_math") == "tf32"
-        except registry.ModelError:
-            tf32 = False
-        session = make_session(installed.onnx_path, device, tf32=tf32)
-    model.session = session
+    """Check a prepared model's files and give it its session (kept from an earlier job where one is)."""
+    model.session = kept_sessions.model_session(model.name, device)
 
 
 @dataclass
@@ -377,8 +364,7 @@ def analyze(library: Library, *, models: list[str] | None = None, device: str = 
     former way, kept for comparing the two: the results are the same to float rounding)."""
     progress = progress or no_progress
     cancel = cancel or CancelToken()
-    names = models if models is not None else [  # the default audio models (text encoders have their own job)
-        name for name in registry.default_models() if registry.manifest(name).get("kind") != "text-encoder"]
+    names = _model_names(models)
     loaded = [_prepare(name) for name in names]
     # the sessions are made once the decoding workers have started: on a GPU they take a few seconds (the
     # first ones in a process most: CUDA starts), which the workers spend decoding. Until then, whether
@@ -421,24 +407,28 @@ def analyze(library: Library, *, models: list[str] | None = None, device: str = 
                     ready: Future[DeviceFrontEnds] = Future()
                     heard_files = _MeasuredAhead(heard_files, ready, list(specs))  # the workers start now
                     formats = _likely_formats(todo)
-                    built = GraphsAhead(specs, formats)  # beside the models' sessions
-                for model in loaded:
-                    _open(model, device)
-                summary.device = loaded[0].session.get_providers()[0] if loaded else "CPUExecutionProvider"
-                if on_gpu and summary.device != "CUDAExecutionProvider":
-                    log.warning("CUDA could not start: the models run on the CPU")
-                    on_gpu = False
-                    if front_ends_on_device is None and on_device:  # the CPU's own way after all: decoding
-                        # starts again, the workers computing the models' inputs beside the models
-                        _stop_hearing(built, heard_files, native_folder)
-                        on_device, native_folder, built = False, None, None
-                        cpu_workers = _default_workers(False, False) if workers_asked is None else workers_asked
-                        heard_files = _heard_in_order(paths, specs, cancel, cpu_workers)
-                if on_device:
-                    front_ends = _made_front_ends(ready, specs, "cuda" if on_gpu else "cpu", formats, built)
-            batcher = _Batcher(loaded, BATCH_WINDOWS["cuda" if on_gpu else "cpu"], front_ends, full_batches=on_gpu)
-            if on_gpu and todo:
-                batcher.warm_up()
+                    if not kept_sessions.has_front_ends(_front_ends_key(specs, "cuda" if on_gpu else "cpu")):
+                        built = GraphsAhead(specs, formats)  # beside the models' sessions
+            with kept_sessions.making():  # after a window's ``get_ready``, where it is still under way
+                if todo:
+                    for model in loaded:
+                        _open(model, device)
+                    summary.device = loaded[0].session.get_providers()[0] if loaded else "CPUExecutionProvider"
+                    if on_gpu and summary.device != "CUDAExecutionProvider":
+                        log.warning("CUDA could not start: the models run on the CPU")
+                        on_gpu = False
+                        if front_ends_on_device is None and on_device:  # the CPU's own way after all: decoding
+                            # starts again, the workers computing the models' inputs beside the models
+                            _stop_hearing(built, heard_files, native_folder)
+                            on_device, native_folder, built = False, None, None
+                            cpu_workers = _default_workers(False, False) if workers_asked is None else workers_asked
+                            heard_files = _heard_in_order(paths, specs, cancel, cpu_workers)
+                    if on_device:
+                        front_ends = _made_front_ends(ready, specs, "cuda" if on_gpu else "cpu", formats, built)
+                batcher = _Batcher(loaded, BATCH_WINDOWS["cuda" if on_gpu else "cpu"], front_ends,
+                                   full_batches=on_gpu)
+                if on_gpu and todo:
+                    _warmed_up(batcher)
             for row, heard in zip(todo, heard_files or (), strict=False):
                 store(batcher.add(row, heard))
             store(batcher.drain())  # also after a cancel: what was heard is kept
@@ -466,12 +456,67 @@ def _likely_formats(todo: list[dict[str, Any]]) -> list[tuple[int, str, bool]]:
     return [key for key, _count in formats.most_common(PREPARED_FORMATS)]
 
 
+def _model_names(models: list[str] | None) -> list[str]:
+    """The models asked for, else the default audio models (text encoders have their own job)."""
+    if models is not None:
+        return models
+    return [name for name in registry.default_models() if registry.manifest(name).get("kind") != "text-encoder"]
+
+
+def _front_ends_key(specs: dict[_Group, InputSpec], device: str) -> tuple[Any, ...]:
+    return (device, frozenset(specs))
+
+
+def _warmed_up(batcher: _Batcher) -> None:
+    """The batcher's first runs, where its sessions have not had them in this process."""
+    key = (batcher.batch, id(batcher.front_ends), *(id(model.session) for model in batcher.models))
+    if not kept_sessions.warmed(key):
+        batcher.warm_up()
+        kept_sessions.mark_warmed(key)
+
+
+def get_ready(device: str = "auto", models: list[str] | None = None,
+              formats: list[tuple[int, str, bool]] | None = None) -> bool:
+    """Make the models' sessions and the front ends a job on a GPU needs, and run each once, keeping them
+    for the jobs that follow (``kept_sessions``): what a job does at its start, done ahead, as the window
+    opens. ``formats``: the decoded-audio formats to prepare (see ``likely_formats``). Returns whether the
+    models are ready on the GPU (False where none is to be used, or CUDA could not start); ModelError where
+    a model is not installed."""
+    loaded = [_prepare(name) for name in _model_names(models)]
+    if not loaded or not cuda_wanted(device):
+        return False
+    specs = {model.group: model.spec for model in loaded}
+    formats = formats or []
+    with kept_sessions.making():
+        for model in loaded:
+            _open(model, device)
+        if loaded[0].session.get_providers()[0] != "CUDAExecutionProvider":
+            return False
+        ready: Future[DeviceFrontEnds] = Future()
+        front_ends = _made_front_ends(ready, specs, "cuda", formats)
+        front_ends.warm_up(formats)
+        batcher = _Batcher(loaded, BATCH_WINDOWS["cuda"], front_ends, full_batches=True)
+        try:
+            _warmed_up(batcher)
+        finally:
+            batcher.close()
+    return True
+
+
+def likely_formats(library: Library) -> list[tuple[int, str, bool]]:
+    """The decoded-audio formats the library's tracks most likely decode to (for ``get_ready``)."""
+    rows = [{"codec": codec, "sample_rate": rate} for codec, rate in library.conn.execute(
+        "SELECT codec, sample_rate FROM tracks WHERE status = 'ok'")]
+    return _likely_formats(rows)
+
+
 def _made_front_ends(ready: Future[DeviceFrontEnds], specs: dict[_Group, InputSpec], device: str,
                      formats: list[tuple[int, str, bool]], built: GraphsAhead | None = None) -> DeviceFrontEnds:
-    """The front ends' sessions (from the graphs ``built`` ahead), those of the decoded-audio ``formats``
-    included, handed to the measuring threads."""
+    """The front ends' sessions (kept from an earlier job, or made from the graphs ``built`` ahead), those of
+    the decoded-audio ``formats`` included, handed to the measuring threads."""
     try:
-        front_ends = DeviceFrontEnds(specs, device, built)
+        front_ends = kept_sessions.front_ends(_front_ends_key(specs, device),
+                                              lambda: DeviceFrontEnds(specs, device, built))
     except BaseException as exc:
         ready.set_exception(exc)
         raise

@@ -116,6 +116,21 @@ class DeviceFrontEnds:
         for key in formats:
             self._decoded_session(key)
 
+    def warm_up(self, formats: list[tuple[int, str, bool]]) -> None:
+        """Run the decoded-audio graphs of ``formats``, and the tempo's and key's, once on a few seconds of
+        silence: a graph's first run loads the kernels it uses, which a measuring thread's first track would
+        otherwise wait for. For sessions made ahead of any job (``analyze.get_ready``), not in a job, where
+        the first tracks do it beside the models' warm-up."""
+        seconds = 3
+        for rate, dtype, interleaved in formats:
+            shape = (seconds * rate, 2) if interleaved else (2, seconds * rate)
+            session = self._decoded_session((rate, dtype, interleaved))
+            run_values(session, {graphs.RAW: np.zeros(shape, dtype=dtype)},
+                       {graphs.AUDIO_HOST: "cpu", graphs.STEP_POWER: "cpu", graphs.PEAK: "cpu"})
+        audio = self.on_device(np.zeros(seconds * graphs.MODEL_RATE, dtype=np.float32))
+        self.tempo(audio)
+        self.key(audio)
+
     def _decoded_session(self, key: tuple[int, str, bool]) -> Any:
         return self._session(("decoded", key), lambda: make_session(
             self._built.graph(("decoded", key), functools.partial(_decoded_graph, key)), self._device,

@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         QMessageBox.critical(None, "Cannot open the library", str(exc))
         return 1
     window.show()
+    window.get_models_ready()
     if args.folders:
         window.scan_paths(args.folders)
     else:

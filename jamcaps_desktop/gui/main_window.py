@@ -7,7 +7,9 @@ in its thread, and reports through the same progress events the command line sho
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +49,8 @@ from jamcaps_desktop.jobs.base import CancelToken, ProgressCallback
 from jamcaps_desktop.library.browse import TrackRow, browse_rows
 from jamcaps_desktop.library.database import Library, LibraryError
 
+log = logging.getLogger(__name__)
+
 Done = Callable[[Any], None]
 
 
@@ -71,6 +75,7 @@ class MainWindow(QMainWindow):
         self.last_result: Any = None
         self._fresh_rows: list[TrackRow] | None = None
         self.show_dialogs = True  # off in tests and scripted runs: outcomes go to the status line alone
+        self._getting_ready: threading.Thread | None = None  # see ``get_models_ready``
 
         self.model = TrackTableModel(self)
         self.table = QTableView()
@@ -321,10 +326,15 @@ class MainWindow(QMainWindow):
             QMessageBox.warning(self, f"{name.capitalize()} failed", message)
 
     def _job_ended(self) -> None:
+        analysed = self.runner is not None and self.runner.name == "analyze"
         if self.runner is not None:
             self.runner.wait()  # its thread has emitted its last signal and is returning
             self.runner.deleteLater()
         self.runner = None
+        if analysed and self._getting_ready is not None:
+            # the sessions kept through a job hold what its tracks needed (16 GB of an H100's memory after 100
+            # tracks with BEATs): they are made again, as the window made them when it opened (4.3 GB)
+            self.get_models_ready(afresh=True)
         self.job_bar.finish()
         self._next_job()
 
@@ -407,6 +417,34 @@ class MainWindow(QMainWindow):
         self.run_job("analyze", self._in_library(
             lambda lib, progress, cancel: analyze(lib, device=device, progress=progress, cancel=cancel)),
             self._analysed)
+
+    def get_models_ready(self, afresh: bool = False) -> threading.Thread | None:
+        """Make the analysis' sessions on the GPU as the window opens, in a thread of their own: CUDA's start,
+        the models' and the front ends' sessions and their first runs, about 2.5 s on an H100 that the first
+        folder analysed would otherwise wait for (they are kept for every analysis the window runs). Nothing
+        where the analysis is set to the CPU, or no GPU is usable: there, sessions take little to make.
+        ``afresh``: the sessions kept are let go first, and made again (after an analysis)."""
+        device = self.settings.device
+        if device == "cpu":
+            return None
+        path = self.library_path
+
+        def work() -> None:
+            try:
+                from jamcaps_desktop.analysis import kept_sessions
+                from jamcaps_desktop.analysis.analyze import get_ready, likely_formats
+
+                if afresh:
+                    kept_sessions.release()
+                with Library(path) as library:
+                    formats = likely_formats(library)
+                get_ready(device, formats=formats)
+            except Exception as exc:  # e.g. a model not installed: the analysis says so when it is asked for
+                log.info("the models could not be made ready ahead: %s", exc)
+
+        self._getting_ready = threading.Thread(target=work, name="models-ready", daemon=True)
+        self._getting_ready.start()
+        return self._getting_ready
 
     def _analysed(self, summary: Any) -> None:
         self.reload()
@@ -636,8 +674,13 @@ class MainWindow(QMainWindow):
         dialog.verify_requested.connect(lambda name: self.run_job(
             "verify model", lambda progress, cancel: registry.verify(name),
             lambda _r: self.statusBar().showMessage(f"{name} is installed and intact.")))
+        device = self.settings.device
         if dialog.exec() == QDialog.DialogCode.Accepted:
             dialog.save()
+            if self.settings.device != device:  # the sessions kept for the other device are let go
+                from jamcaps_desktop.analysis import kept_sessions
+
+                kept_sessions.release()
             if self.settings.library_path != self.library_path:
                 self.open_library(self.settings.library_path)
 
@@ -695,6 +738,9 @@ class MainWindow(QMainWindow):
         store.setValue("window/columns", self.table.horizontalHeader().saveState())
         self.settings.sync()
         self.library.close()
+        if self._getting_ready is not None:  # a process that ends while CUDA starts may crash as it ends
+            self._getting_ready.join(60)
+            self._getting_ready = None
         super().closeEvent(event)
 
 
