@@ -199,9 +199,12 @@ def test_settings_are_remembered(qtbot, tmp_path):
     dialog.fields["mood"].setChecked(False)
     dialog.id3.setCurrentText("ID3v2.3")
     dialog.keep_mtime.setChecked(True)
+    assert dialog.keep_ready.isChecked()  # by default the window keeps the models ready
+    dialog.keep_ready.setChecked(False)
     dialog.save()
     again = AppSettings(tmp_path / "s.ini")
     assert again.device == "cpu" and again.method == "hybrid" and again.id3_version == 3 and again.keep_mtime
+    assert not again.keep_ready
     assert "mood" not in again.impute_fields and "genre" in again.impute_fields
 
 
@@ -281,7 +284,8 @@ def test_the_window_gets_the_models_ready_as_it_opens_unless_told_to_use_the_cpu
                                                                                  tmp_path, monkeypatch):
     """Opening the window starts making the analysis' GPU sessions in a thread of their own, for the formats
     of the library's tracks; set to the CPU, it makes none. After an analysis they are let go (with what the
-    job's tracks took of the GPU's memory) and made again. Closing the window waits for that thread."""
+    job's tracks took of the GPU's memory) and made again, unless the settings say not to keep them. Closing
+    the window waits for that thread."""
     from jamcaps_desktop.analysis import analyze as analyze_module
     from jamcaps_desktop.analysis import kept_sessions
 
@@ -315,5 +319,12 @@ def test_the_window_gets_the_models_ready_as_it_opens_unless_told_to_use_the_cpu
     qtbot.waitUntil(lambda: len(asked) == 2, timeout=10_000)
     assert released == [True] and asked[1] == asked[0]
     again = window._getting_ready
+    again.join(10)
+
+    window.settings.keep_ready = False  # told not to keep them: none are made, and an analysis lets them go
+    assert window.get_models_ready() is None
+    window.run_analyze()
+    _wait_idle(qtbot, window)
+    assert released == [True, True] and len(asked) == 2
     window.close()
     assert not thread.is_alive() and not again.is_alive()

@@ -331,9 +331,10 @@ class MainWindow(QMainWindow):
             self.runner.wait()  # its thread has emitted its last signal and is returning
             self.runner.deleteLater()
         self.runner = None
-        if analysed and self._getting_ready is not None:
+        if analysed:
             # the sessions kept through a job hold what its tracks needed (16 GB of an H100's memory after 100
-            # tracks with BEATs): they are made again, as the window made them when it opened (4.3 GB)
+            # tracks with BEATs): they are made again, as the window made them when it opened (4.3–5.1 GB), or
+            # let go where the window is not to keep them
             self.get_models_ready(afresh=True)
         self.job_bar.finish()
         self._next_job()
@@ -422,10 +423,15 @@ class MainWindow(QMainWindow):
         """Make the analysis' sessions on the GPU as the window opens, in a thread of their own: CUDA's start,
         the models' and the front ends' sessions and their first runs, about 2.5 s on an H100 that the first
         folder analysed would otherwise wait for (they are kept for every analysis the window runs). Nothing
-        where the analysis is set to the CPU, or no GPU is usable: there, sessions take little to make.
-        ``afresh``: the sessions kept are let go first, and made again (after an analysis)."""
+        where the analysis is set to the CPU, or no GPU is usable (there, sessions take little to make), or
+        the settings say not to keep them. ``afresh``: the sessions kept are let go first, and made again
+        where they are to be kept (after an analysis, or a change of settings)."""
         device = self.settings.device
-        if device == "cpu":
+        if device == "cpu" or not self.settings.keep_ready:
+            if afresh:
+                from jamcaps_desktop.analysis import kept_sessions
+
+                kept_sessions.release()
             return None
         path = self.library_path
 
@@ -674,13 +680,11 @@ class MainWindow(QMainWindow):
         dialog.verify_requested.connect(lambda name: self.run_job(
             "verify model", lambda progress, cancel: registry.verify(name),
             lambda _r: self.statusBar().showMessage(f"{name} is installed and intact.")))
-        device = self.settings.device
+        kept = (self.settings.device, self.settings.keep_ready)
         if dialog.exec() == QDialog.DialogCode.Accepted:
             dialog.save()
-            if self.settings.device != device:  # the sessions kept for the other device are let go
-                from jamcaps_desktop.analysis import kept_sessions
-
-                kept_sessions.release()
+            if (self.settings.device, self.settings.keep_ready) != kept and not self.busy():
+                self.get_models_ready(afresh=True)  # for the other device, or let go
             if self.settings.library_path != self.library_path:
                 self.open_library(self.settings.library_path)
 

@@ -69,6 +69,15 @@ class AppSettings:
         self.store.setValue("analysis/device", value)
 
     @property
+    def keep_ready(self) -> bool:
+        """Whether the window keeps the analysis' models ready on the GPU between analyses."""
+        return str(self._get("analysis/keep_ready", "true")).lower() == "true"
+
+    @keep_ready.setter
+    def keep_ready(self, value: bool) -> None:
+        self.store.setValue("analysis/keep_ready", "true" if value else "false")
+
+    @property
     def impute_fields(self) -> list[str]:
         value = self._get("impute/fields", ",".join(IMPUTABLE_FIELDS))
         names = [v for v in str(value).split(",") if v in IMPUTABLE_FIELDS]
@@ -138,6 +147,11 @@ class SettingsDialog(QDialog):
         self.device.addItems(["auto", "cpu", "cuda"])
         self.device.setCurrentText(settings.device)
         form.addRow("Analysis device", self.device)
+        self.keep_ready = QCheckBox("Keep the models ready on the GPU between analyses")
+        self.keep_ready.setToolTip("An analysis then starts at once, instead of after a few seconds; the window "
+                                   "holds a few GB of the GPU's memory while it is open (about 5 GB with BEATs).")
+        self.keep_ready.setChecked(settings.keep_ready)
+        form.addRow("", self.keep_ready)
         self.fields: dict[str, QCheckBox] = {}
         boxes = QHBoxLayout()
         for name in IMPUTABLE_FIELDS:
@@ -202,6 +216,7 @@ class SettingsDialog(QDialog):
         settings = self.settings
         settings.library_path = Path(self.library.text()).expanduser()
         settings.device = self.device.currentText()
+        settings.keep_ready = self.keep_ready.isChecked()
         settings.impute_fields = [name for name, box in self.fields.items() if box.isChecked()]
         settings.method = self.method.currentText()
         settings.llm_model = self.llm_model.text().strip() or "gemma3-270m"
