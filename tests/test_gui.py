@@ -288,6 +288,7 @@ def test_the_window_gets_the_models_ready_as_it_opens_unless_told_to_use_the_cpu
     the window waits for that thread."""
     from jamcaps_desktop.analysis import analyze as analyze_module
     from jamcaps_desktop.analysis import kept_sessions
+    from jamcaps_desktop.models import engine
 
     music = tmp_path / "music"
     make_track(music, "flac", name="t0")
@@ -302,6 +303,9 @@ def test_the_window_gets_the_models_ready_as_it_opens_unless_told_to_use_the_cpu
         return True
 
     monkeypatch.setattr(analyze_module, "get_ready", recorded)
+    monkeypatch.setattr(engine, "nvidia_driver_present", lambda: False)
+    assert window.get_models_ready() is None and asked == []  # 'auto' without an NVIDIA driver: no GPU
+    monkeypatch.setattr(engine, "nvidia_driver_present", lambda: True)
     window.settings.device = "cpu"
     assert window.get_models_ready() is None and asked == []
     window.settings.device = "auto"

@@ -480,8 +480,8 @@ def get_ready(device: str = "auto", models: list[str] | None = None,
     """Make the models' sessions and the front ends a job on a GPU needs, and run each once, keeping them
     for the jobs that follow (``kept_sessions``): what a job does at its start, done ahead, as the window
     opens. ``formats``: the decoded-audio formats to prepare (see ``likely_formats``). Returns whether the
-    models are ready on the GPU (False where none is to be used, or CUDA could not start); ModelError where
-    a model is not installed."""
+    models are ready on the GPU (False where none is to be used, or, with 'auto', CUDA could not start);
+    ModelError where a model is not installed, RuntimeError where 'cuda' was asked for and could not start."""
     loaded = [_prepare(name) for name in _model_names(models)]
     if not loaded or not cuda_wanted(device):
         return False

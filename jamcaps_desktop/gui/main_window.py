@@ -426,8 +426,10 @@ class MainWindow(QMainWindow):
         where the analysis is set to the CPU, or no GPU is usable (there, sessions take little to make), or
         the settings say not to keep them. ``afresh``: the sessions kept are let go first, and made again
         where they are to be kept (after an analysis, or a change of settings)."""
+        from jamcaps_desktop.models.engine import nvidia_driver_present
+
         device = self.settings.device
-        if device == "cpu" or not self.settings.keep_ready:
+        if device == "cpu" or not self.settings.keep_ready or (device == "auto" and not nvidia_driver_present()):
             if afresh:
                 from jamcaps_desktop.analysis import kept_sessions
 

@@ -11,7 +11,8 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
-def _nvidia_driver_present() -> bool:
+def nvidia_driver_present() -> bool:
+    """Whether this machine has an NVIDIA driver (cheap: nothing is loaded)."""
     return Path("/proc/driver/nvidia/version").exists() or os.environ.get("CUDA_VISIBLE_DEVICES", "") not in ("", "-1")
 
 
@@ -35,7 +36,7 @@ def cuda_available() -> bool:
 
 def cuda_wanted(device: str) -> bool:
     """Whether a session for ``device`` will try CUDA (it may still fall back to the CPU)."""
-    return device == "cuda" or (device == "auto" and _nvidia_driver_present() and cuda_available())
+    return device == "cuda" or (device == "auto" and nvidia_driver_present() and cuda_available())
 
 
 def _options(ort: Any, on_gpu: bool) -> Any:
@@ -66,7 +67,7 @@ def make_session(model_path: str | os.PathLike[str] | bytes, device: str = "auto
     import onnxruntime as ort
 
     wanted: list[Any] = ["CPUExecutionProvider"]
-    if device == "cuda" or (device == "auto" and _nvidia_driver_present()):
+    if device == "cuda" or (device == "auto" and nvidia_driver_present()):
         if cuda_available():
             # by default no TF32: full float32 matrix arithmetic, so the GPU gives the CPU's numbers (to ~1e-6,
             # not ~1e-4)
