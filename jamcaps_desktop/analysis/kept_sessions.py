@@ -51,6 +51,7 @@ def model_session(name: str, device: str) -> Any:
         if session is None:
             for old in [k for k in _models if k[:2] == key[:2]]:  # the model's files changed: its old session goes
                 del _models[old]
+                _warmed.clear()  # (marked by the sessions' ids, which a new session may be given again)
             session = _models[key] = _made(installed, device)
         return session
 
