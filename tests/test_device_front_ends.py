@@ -464,7 +464,7 @@ class _CountingSession:
         self.calls, self.fail_at, self.slow = 0, fail_at, slow
         self.sizes: list[int] = []
 
-    def run(self, names, feeds):
+    def run(self, names, feeds, options=None):
         self.calls += 1
         self.sizes.append(len(feeds["x"]))
         if self.calls == self.fail_at:
@@ -481,7 +481,7 @@ class _CountingSession:
 class _PassThroughFrontEnds:
     device_type = "cpu"
 
-    def features(self, group, batch):
+    def features(self, group, batch, shrink=False):
         return batch
 
 

@@ -148,3 +148,32 @@ def test_warming_up_the_front_ends_makes_the_formats_sessions_and_leaves_the_res
     assert {("decoded", key) for key in formats} <= set(front_ends._sessions)
     after = (front_ends.onset_envelope(audio), front_ends.pitch_profile(audio))
     assert np.array_equal(before[0], after[0]) and np.array_equal(before[1][0], after[1][0])
+
+
+def test_warm_ups_made_ahead_give_the_gpu_memory_back_and_jobs_do_not(monkeypatch):
+    """Sessions kept ready while the app waits give back what their first runs took of the GPU's memory
+    (a job takes it again as it runs); a job's own runs keep their memory for the next batch."""
+    from jamcaps_desktop.analysis.analyze import _Batcher
+    from jamcaps_desktop.models import engine
+
+    key = "memory.enable_memory_arena_shrinkage"
+    assert engine.run_options(shrink=True).get_run_config_entry(key) == "gpu:0"
+    with pytest.raises(RuntimeError):
+        engine.run_options().get_run_config_entry(key)
+
+    asked: list[bool] = []
+    monkeypatch.setattr(analyze_module, "run_options", lambda shrink=False: asked.append(shrink))
+
+    class _Session:
+        def get_providers(self):
+            return ["CUDAExecutionProvider"]
+
+        def run(self, names, feeds, options=None):
+            return [np.zeros((len(feeds["x"]), 2), np.float32)]
+
+    spec = InputSpec(FRONT_ENDS["musicnn-logmel"], 2.992, 187)
+    model = analyze_module._Loaded("m", "1", ["a", "b"], _Session(), spec, "x", "labels", None)
+    batcher = _Batcher([model], 2)
+    batcher.warm_up(shrink=True)
+    batcher.warm_up()
+    assert asked == [True, False]

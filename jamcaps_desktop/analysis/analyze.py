@@ -52,7 +52,7 @@ from jamcaps_desktop.jobs.workers import in_order, single_threaded_workers
 from jamcaps_desktop.library.database import Library, utc_now
 from jamcaps_desktop.library.paths import fs_path
 from jamcaps_desktop.models import registry
-from jamcaps_desktop.models.engine import cuda_wanted, run_values
+from jamcaps_desktop.models.engine import cuda_wanted, run_options, run_values
 
 log = logging.getLogger(__name__)
 
@@ -231,19 +231,21 @@ class _Batcher:
                                        {m.name: [None, None] for m in self.models}, dict.fromkeys(self.groups, 0)))
         return self._run(full_only=True)
 
-    def warm_up(self) -> None:
+    def warm_up(self, shrink: bool = False) -> None:
         """Run each model (and its window front end, on the device) once on a full batch of silence: a GPU
         chooses its kernels (cuDNN tries them all) and sets up its memory on a graph's first run, which the
-        job does while its decoding workers start."""
+        job does while its decoding workers start. ``shrink``: the memory those runs took is given back (see
+        ``engine.run_options``), for sessions kept ready while the app waits."""
         for group, models in self.groups.items():
             if self.front_ends is not None:
-                features = self.front_ends.features(group, np.zeros((self.batch, group.window_samples), np.float32))
+                features = self.front_ends.features(group, np.zeros((self.batch, group.window_samples), np.float32),
+                                                    shrink)
             else:
                 window = models[0].spec.features(np.zeros(group.window_samples, dtype=np.float32))
                 features = np.ascontiguousarray(np.broadcast_to(window.astype(np.float32),
                                                                 (self.batch, *window.shape)))
             for model in models:
-                _run_model(model, features, [])
+                _run_model(model, features, [], shrink)
 
     def close(self) -> None:
         if self._pool is not None:
@@ -324,8 +326,9 @@ class _Batcher:
             work.done[group] += take
 
 
-def _run_model(model: _Loaded, batch: Any, owners: list[tuple[_TrackWork, int]]) -> None:
-    """Run a batch of model inputs: a numpy array, or an OrtValue already on the model's device."""
+def _run_model(model: _Loaded, batch: Any, owners: list[tuple[_TrackWork, int]], shrink: bool = False) -> None:
+    """Run a batch of model inputs: a numpy array, or an OrtValue already on the model's device (``shrink``:
+    see ``engine.run_options``)."""
     names = [n for n in (model.label_output, model.embedding_output) if n]
     # whole windows: nothing is padding (a short tail is zero-filled, as a recording's silence)
     shape = batch.shape if isinstance(batch, np.ndarray) else batch.shape()
@@ -334,9 +337,10 @@ def _run_model(model: _Loaded, batch: Any, owners: list[tuple[_TrackWork, int]])
     if model.mask_input:
         feeds[model.mask_input] = mask
     if isinstance(batch, np.ndarray):
-        outputs = model.session.run(names, feeds)
+        on_gpu = model.session.get_providers()[0] == "CUDAExecutionProvider"
+        outputs = model.session.run(names, feeds, run_options(shrink and on_gpu))
     else:
-        outputs = [value.numpy() for value in run_values(model.session, feeds, dict.fromkeys(names, "cpu"))]
+        outputs = [value.numpy() for value in run_values(model.session, feeds, dict.fromkeys(names, "cpu"), shrink)]
     results = dict(zip(names, outputs, strict=True))
     offset = 0
     for work, take in owners:
@@ -467,11 +471,11 @@ def _front_ends_key(specs: dict[_Group, InputSpec], device: str) -> tuple[Any, .
     return (device, frozenset(specs))
 
 
-def _warmed_up(batcher: _Batcher) -> None:
+def _warmed_up(batcher: _Batcher, shrink: bool = False) -> None:
     """The batcher's first runs, where its sessions have not had them in this process."""
     key = (batcher.batch, id(batcher.front_ends), *(id(model.session) for model in batcher.models))
     if not kept_sessions.warmed(key):
-        batcher.warm_up()
+        batcher.warm_up(shrink)
         kept_sessions.mark_warmed(key)
 
 
@@ -496,8 +500,8 @@ def get_ready(device: str = "auto", models: list[str] | None = None,
         front_ends = _made_front_ends(ready, specs, "cuda", formats)
         front_ends.warm_up(formats)
         batcher = _Batcher(loaded, BATCH_WINDOWS["cuda"], front_ends, full_batches=True)
-        try:
-            _warmed_up(batcher)
+        try:  # the memory the first runs took is given back while the app waits (the job takes it again)
+            _warmed_up(batcher, shrink=True)
         finally:
             batcher.close()
     return True

@@ -80,9 +80,11 @@ class DeviceFrontEnds:
                     session = self._sessions[key] = maker()
         return session
 
-    def features(self, group: Any, batch: np.ndarray) -> Any:
-        """The model input of a batch of windows, as an OrtValue on the device."""
-        return run_values(self.windows[group], {graphs.AUDIO: _float32(batch)}, {graphs.FEATURES: self.device_type})[0]
+    def features(self, group: Any, batch: np.ndarray, shrink: bool = False) -> Any:
+        """The model input of a batch of windows, as an OrtValue on the device (``shrink``: see
+        ``engine.run_options``)."""
+        return run_values(self.windows[group], {graphs.AUDIO: _float32(batch)}, {graphs.FEATURES: self.device_type},
+                          shrink)[0]
 
     def cut(self, audio: np.ndarray, groups: list[Any]) -> dict[Any, np.ndarray]:
         """Each group's windows of a track's audio (views where they can be)."""

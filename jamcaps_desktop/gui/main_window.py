@@ -332,9 +332,9 @@ class MainWindow(QMainWindow):
             self.runner.deleteLater()
         self.runner = None
         if analysed:
-            # the sessions kept through a job hold what its tracks needed (16 GB of an H100's memory after 100
-            # tracks with BEATs): they are made again, as the window made them when it opened (4.3–5.1 GB), or
-            # let go where the window is not to keep them
+            # the sessions kept through a job hold what its tracks needed (14–17.5 GB of an H100's memory after
+            # 100 tracks): they are made again, as the window made them when it opened (1.8–2.6 GB), or let go
+            # where the window is not to keep them
             self.get_models_ready(afresh=True)
         self.job_bar.finish()
         self._next_job()

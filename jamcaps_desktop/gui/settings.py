@@ -149,7 +149,7 @@ class SettingsDialog(QDialog):
         form.addRow("Analysis device", self.device)
         self.keep_ready = QCheckBox("Keep the models ready on the GPU between analyses")
         self.keep_ready.setToolTip("An analysis then starts at once, instead of after a few seconds; the window "
-                                   "holds a few GB of the GPU's memory while it is open (about 5 GB with BEATs).")
+                                   "holds about 2 GB of the GPU's memory while it waits.")
         self.keep_ready.setChecked(settings.keep_ready)
         form.addRow("", self.keep_ready)
         self.fields: dict[str, QCheckBox] = {}

@@ -94,7 +94,19 @@ def make_session(model_path: str | os.PathLike[str] | bytes, device: str = "auto
     return session
 
 
-def run_values(session: Any, feeds: dict[str, Any], fetches: dict[str, str]) -> list[Any]:
+def run_options(shrink: bool = False) -> Any:
+    """ONNX Runtime's options for a run; ``shrink``: the GPU memory the run took beyond its session's first
+    block is given back at its end (for a run made once, ahead of the work: a warm-up of a session kept
+    while the app waits)."""
+    import onnxruntime as ort
+
+    options = ort.RunOptions()
+    if shrink:
+        options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "gpu:0")
+    return options
+
+
+def run_values(session: Any, feeds: dict[str, Any], fetches: dict[str, str], shrink: bool = False) -> list[Any]:
     """Run ``session`` on ``feeds`` (numpy arrays, or OrtValues already where the session wants them) and
     return its ``fetches`` (output name → ``'cpu'`` or ``'cuda'``: where each output is to be left) as
     OrtValues, in that order.
@@ -103,21 +115,22 @@ def run_values(session: Any, feeds: dict[str, Any], fetches: dict[str, str]) -> 
     Python threads go on. An I/O binding copies a bound host array to the GPU as it is bound, and an
     OrtValue copies itself back to the host, both while holding the interpreter's lock: in an analysis
     on an H100 that held every other thread up for about 6 s of a 16-s job (the decoded samples, 30–65 MB a
-    track, and their 16 kHz audio coming back)."""
+    track, and their 16 kHz audio coming back). ``shrink``: see ``run_options``."""
     import onnxruntime as ort
 
     try:
         from onnxruntime.capi.onnxruntime_pybind11_state import OrtValueVector
         run = session.run_with_ortvaluevector
     except (ImportError, AttributeError):  # an onnxruntime without it: an I/O binding, whose copies hold the lock
-        return _run_bound(session, feeds, fetches)
+        return _run_bound(session, feeds, fetches, shrink)
     values = {name: value if isinstance(value, ort.OrtValue) else ort.OrtValue.ortvalue_from_numpy(value)
               for name, value in feeds.items()}  # host arrays are wrapped, not copied
     inputs = OrtValueVector()
     for value in values.values():
         inputs.push_back(value._get_c_value())
     outputs = OrtValueVector()
-    run(ort.RunOptions(), list(values), inputs, list(fetches), outputs, [_device(kind) for kind in fetches.values()])
+    run(run_options(shrink and _on_gpu(session)), list(values), inputs, list(fetches), outputs,
+        [_device(kind) for kind in fetches.values()])
     return [ort.OrtValue(value) for value in outputs]
 
 
@@ -129,7 +142,11 @@ def _device(kind: str) -> Any:
     return ort.OrtDevice.make(kind, 0)._get_c_device()
 
 
-def _run_bound(session: Any, feeds: dict[str, Any], fetches: dict[str, str]) -> list[Any]:
+def _on_gpu(session: Any) -> bool:
+    return session.get_providers()[0] == "CUDAExecutionProvider"
+
+
+def _run_bound(session: Any, feeds: dict[str, Any], fetches: dict[str, str], shrink: bool = False) -> list[Any]:
     import onnxruntime as ort
 
     binding = session.io_binding()
@@ -140,5 +157,5 @@ def _run_bound(session: Any, feeds: dict[str, Any], fetches: dict[str, str]) -> 
             binding.bind_cpu_input(name, value)
     for name, kind in fetches.items():
         binding.bind_output(name, kind)
-    session.run_with_iobinding(binding)
+    session.run_with_iobinding(binding, run_options(shrink and _on_gpu(session)))
     return binding.get_outputs()
