@@ -156,20 +156,25 @@ def test_warm_ups_made_ahead_give_the_gpu_memory_back_and_jobs_do_not(monkeypatc
     from jamcaps_desktop.analysis.analyze import _Batcher
     from jamcaps_desktop.models import engine
 
-    key = "memory.enable_memory_arena_shrinkage"
-    assert engine.run_options(shrink=True).get_run_config_entry(key) == "gpu:0"
-    with pytest.raises(RuntimeError):
-        engine.run_options().get_run_config_entry(key)
-
-    asked: list[bool] = []
-    monkeypatch.setattr(analyze_module, "run_options", lambda shrink=False: asked.append(shrink))
-
     class _Session:
+        def __init__(self, provider="CUDAExecutionProvider"):
+            self.provider = provider
+
         def get_providers(self):
-            return ["CUDAExecutionProvider"]
+            return [self.provider]
 
         def run(self, names, feeds, options=None):
             return [np.zeros((len(feeds["x"]), 2), np.float32)]
+
+    key = "memory.enable_memory_arena_shrinkage"
+    assert engine.run_options(_Session(), shrink=True).get_run_config_entry(key) == "gpu:0"
+    with pytest.raises(RuntimeError):
+        engine.run_options(_Session()).get_run_config_entry(key)
+    with pytest.raises(RuntimeError):  # a session on the CPU has no GPU memory to give back
+        engine.run_options(_Session("CPUExecutionProvider"), shrink=True).get_run_config_entry(key)
+
+    asked: list[bool] = []
+    monkeypatch.setattr(analyze_module, "run_options", lambda session, shrink=False: asked.append(shrink))
 
     spec = InputSpec(FRONT_ENDS["musicnn-logmel"], 2.992, 187)
     model = analyze_module._Loaded("m", "1", ["a", "b"], _Session(), spec, "x", "labels", None)

@@ -337,8 +337,7 @@ def _run_model(model: _Loaded, batch: Any, owners: list[tuple[_TrackWork, int]],
     if model.mask_input:
         feeds[model.mask_input] = mask
     if isinstance(batch, np.ndarray):
-        on_gpu = model.session.get_providers()[0] == "CUDAExecutionProvider"
-        outputs = model.session.run(names, feeds, run_options(shrink and on_gpu))
+        outputs = model.session.run(names, feeds, run_options(model.session, shrink))
     else:
         outputs = [value.numpy() for value in run_values(model.session, feeds, dict.fromkeys(names, "cpu"), shrink)]
     results = dict(zip(names, outputs, strict=True))
@@ -496,8 +495,7 @@ def get_ready(device: str = "auto", models: list[str] | None = None,
             _open(model, device)
         if loaded[0].session.get_providers()[0] != "CUDAExecutionProvider":
             return False
-        ready: Future[DeviceFrontEnds] = Future()
-        front_ends = _made_front_ends(ready, specs, "cuda", formats)
+        front_ends = _made_front_ends(None, specs, "cuda", formats)
         front_ends.warm_up(formats)
         batcher = _Batcher(loaded, BATCH_WINDOWS["cuda"], front_ends, full_batches=True)
         try:  # the memory the first runs took is given back while the app waits (the job takes it again)
@@ -514,15 +512,16 @@ def likely_formats(library: Library) -> list[tuple[int, str, bool]]:
     return _likely_formats(rows)
 
 
-def _made_front_ends(ready: Future[DeviceFrontEnds], specs: dict[_Group, InputSpec], device: str,
+def _made_front_ends(ready: Future[DeviceFrontEnds] | None, specs: dict[_Group, InputSpec], device: str,
                      formats: list[tuple[int, str, bool]], built: GraphsAhead | None = None) -> DeviceFrontEnds:
     """The front ends' sessions (kept from an earlier job, or made from the graphs ``built`` ahead), those of
-    the decoded-audio ``formats`` included, handed to the measuring threads."""
+    the decoded-audio ``formats`` included, handed to the measuring threads (``ready``, where a job's)."""
     try:
         front_ends = kept_sessions.front_ends(_front_ends_key(specs, device),
                                               lambda: DeviceFrontEnds(specs, device, built))
     except BaseException as exc:
-        ready.set_exception(exc)
+        if ready is not None:
+            ready.set_exception(exc)
         raise
     try:
         front_ends.prepare(formats)
@@ -531,7 +530,8 @@ def _made_front_ends(ready: Future[DeviceFrontEnds], specs: dict[_Group, InputSp
     finally:
         if built is not None:
             built.close()  # graphs of formats met later are built as they are needed
-        ready.set_result(front_ends)
+        if ready is not None:
+            ready.set_result(front_ends)
     return front_ends
 
 

@@ -94,14 +94,14 @@ def make_session(model_path: str | os.PathLike[str] | bytes, device: str = "auto
     return session
 
 
-def run_options(shrink: bool = False) -> Any:
-    """ONNX Runtime's options for a run; ``shrink``: the GPU memory the run took beyond its session's first
-    block is given back at its end (for a run made once, ahead of the work: a warm-up of a session kept
-    while the app waits)."""
+def run_options(session: Any, shrink: bool = False) -> Any:
+    """ONNX Runtime's options for a run of ``session``; ``shrink``: where the session runs on the GPU, the
+    memory the run took beyond its first block is given back at its end (for a run made once, ahead of the
+    work: a warm-up of a session kept while the app waits)."""
     import onnxruntime as ort
 
     options = ort.RunOptions()
-    if shrink:
+    if shrink and session.get_providers()[0] == "CUDAExecutionProvider":
         options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "gpu:0")
     return options
 
@@ -129,7 +129,7 @@ def run_values(session: Any, feeds: dict[str, Any], fetches: dict[str, str], shr
     for value in values.values():
         inputs.push_back(value._get_c_value())
     outputs = OrtValueVector()
-    run(run_options(shrink and _on_gpu(session)), list(values), inputs, list(fetches), outputs,
+    run(run_options(session, shrink), list(values), inputs, list(fetches), outputs,
         [_device(kind) for kind in fetches.values()])
     return [ort.OrtValue(value) for value in outputs]
 
@@ -140,10 +140,6 @@ def _device(kind: str) -> Any:
     import onnxruntime as ort
 
     return ort.OrtDevice.make(kind, 0)._get_c_device()
-
-
-def _on_gpu(session: Any) -> bool:
-    return session.get_providers()[0] == "CUDAExecutionProvider"
 
 
 def _run_bound(session: Any, feeds: dict[str, Any], fetches: dict[str, str], shrink: bool = False) -> list[Any]:
@@ -157,5 +153,5 @@ def _run_bound(session: Any, feeds: dict[str, Any], fetches: dict[str, str], shr
             binding.bind_cpu_input(name, value)
     for name, kind in fetches.items():
         binding.bind_output(name, kind)
-    session.run_with_iobinding(binding, run_options(shrink and _on_gpu(session)))
+    session.run_with_iobinding(binding, run_options(session, shrink))
     return binding.get_outputs()
